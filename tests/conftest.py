@@ -1,0 +1,6 @@
+"""Fixtures live in per-topic plugin modules so each area owns its own."""
+
+pytest_plugins = [
+    "tests.fixtures_media",
+    "tests.fixtures_fakes",
+]

@@ -1,0 +1,224 @@
+"""The run spec: one YAML file, validated by pydantic when definitions load.
+
+Field names follow the reference pipeline's spec so a TAO user's YAML loads as is;
+fields the reference lacks (limits, prices, budget, exports) have safe defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vr_assets.records import ALL_QA_TYPES
+
+DEFAULT_SPEC_ENV = "VR_CONFIG"
+DEFAULT_SPEC_PATH = "spec.yaml"
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GeminiSettings(SpecModel):
+    api_key: str = Field("", description="leave empty: read from env GOOGLE_API_KEY")
+    model: str = "gemini-3.1-flash-lite-preview"
+    media_resolution: Literal["MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM", "MEDIA_RESOLUTION_HIGH"] | None = (
+        "MEDIA_RESOLUTION_LOW"
+    )
+    temperature: float = 0.3
+    max_output_tokens: int = Field(8192, gt=0)
+    timeout: float = Field(120.0, gt=0, description="seconds per request")
+    base_url: str | None = Field(None, description="override the API endpoint (proxies, local fakes)")
+    api_version: str = "v1beta"
+
+
+class OpenAISettings(SpecModel):
+    api_key: str = Field("", description="leave empty: read from env OPENAI_API_KEY")
+    base_url: str | None = Field(None, description="e.g. http://host:8000/v1 for vLLM; env OPENAI_BASE_URL if unset")
+    model_name: str = "Qwen/Qwen3-VL-8B-Instruct"
+    temperature: float = 0.3
+    max_tokens: int = Field(8192, gt=0)
+    timeout: float = Field(120.0, gt=0)
+
+
+class RateLimits(SpecModel):
+    """Shared by every asset in one process; a Dagster pool spreads them across processes."""
+
+    max_concurrency: int | None = Field(None, ge=1, description="defaults to workflow.max_workers")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class RetrySettings(SpecModel):
+    max_attempts: int = Field(6, ge=1)
+    initial_delay_s: float = Field(1.0, ge=0)
+    max_delay_s: float = Field(60.0, gt=0)
+    bad_output_attempts: int = Field(2, ge=1, description="retries for empty/truncated/blocked answers")
+
+
+class ModelSpec(SpecModel):
+    backend: Literal["gemini", "openai"] = "gemini"
+    gemini: GeminiSettings = Field(default_factory=GeminiSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    limits: RateLimits = Field(default_factory=RateLimits)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @property
+    def model_name(self) -> str:
+        return self.gemini.model if self.backend == "gemini" else self.openai.model_name
+
+
+class MediaSettings(SpecModel):
+    """How clips are prepared before they are sent; models sample ~1-2 fps anyway."""
+
+    max_side: int | None = Field(640, ge=16, description="downscale longest side; null keeps the source size")
+    fps: float | None = Field(4.0, gt=0, description="re-encode frame rate; null keeps the source rate")
+    inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
+    max_live_uploads: int = Field(8, ge=1, description="Gemini Files API uploads alive at once")
+
+
+class WorkflowSettings(SpecModel):
+    steps: list[str] = Field(default_factory=lambda: ["0", "1a", "1b", "1c", "2", "3", "4"])
+    mode: Literal["auto", "anomaly", "normal"] = "auto"
+    max_workers: int = Field(4, ge=1, description="provider concurrency (per backend override: <model>.limits)")
+    max_video_length_sec: float = Field(300.0, gt=0)
+    chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])
+    max_chunks: int = Field(10, ge=1)
+    highlight_before_sec: float = Field(3.0, ge=0)
+    highlight_after_sec: float = Field(3.0, ge=0)
+    long_video_threshold_sec: float = Field(60.0, gt=0)
+    long_video_sample_fps: float = Field(0.5, gt=0)
+    long_video_max_frames: int = Field(60, ge=1)
+    qa_types: list[str] = Field(default_factory=lambda: list(ALL_QA_TYPES))
+
+    @field_validator("qa_types")
+    @classmethod
+    def _known_qa_types(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in ALL_QA_TYPES]
+        if bad:
+            raise ValueError(f"unknown qa types {bad}; choose from {list(ALL_QA_TYPES)}")
+        return v
+
+    @field_validator("chunk_duration_options")
+    @classmethod
+    def _positive_options(cls, v: list[float]) -> list[float]:
+        if not v or any(d <= 0 for d in v):
+            raise ValueError("chunk_duration_options needs at least one positive duration")
+        return sorted(v)
+
+
+class DataSettings(SpecModel):
+    video_root: str = ""
+    input_jsonl_files: list[str] = Field(default_factory=list)
+    filter_field: str | None = None
+
+
+class ExportSettings(SpecModel):
+    formats: list[Literal["tao", "parquet", "sharegpt"]] = Field(default_factory=lambda: ["tao"])
+    exclude_failed_checks: bool = Field(True, description="drop items that fail error-level checks")
+    mcq_seed: str = Field("", description="extra seed text for MCQ option shuffling")
+
+
+class Pricing(SpecModel):
+    """USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    thinking_per_mtok: float | None = Field(None, description="defaults to the output price")
+
+
+class Spec(SpecModel):
+    vlm: ModelSpec = Field(default_factory=ModelSpec)
+    llm: ModelSpec = Field(default_factory=ModelSpec)
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    license: str = ""
+    description_extra: str = ""
+    prompts_module: str = Field("", description="dotted module with PROMPT_TEMPLATES (TAO style)")
+    prompt_pack: str = Field("general", description="a folder name under prompts/ or a path to a pack folder")
+    results_dir: str = "results"
+    prices: dict[str, Pricing] = Field(default_factory=dict, description="per model name")
+    budget_usd: float | None = Field(None, gt=0, description="stop new calls once spent")
+
+    @model_validator(mode="after")
+    def _some_input(self) -> Spec:
+        return self
+
+    def resolved(self, base: Path) -> Spec:
+        """Relative paths in a spec are relative to the spec file, not the cwd."""
+        data = self.model_copy(deep=True)
+
+        def fix(p: str) -> str:
+            return p if not p or Path(p).is_absolute() else str((base / p).resolve())
+
+        data.results_dir = fix(data.results_dir)
+        data.data.video_root = fix(data.data.video_root)
+        data.data.input_jsonl_files = [fix(p) for p in data.data.input_jsonl_files]
+        return data
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message names each bad field."""
+
+
+def _unwrap(raw: dict[str, Any]) -> dict[str, Any]:
+    # TAO specs nest everything under `video_reasoning_annotation`.
+    if "video_reasoning_annotation" in raw and isinstance(raw["video_reasoning_annotation"], dict):
+        inner = dict(raw["video_reasoning_annotation"])
+        if "results_dir" in raw and "results_dir" not in inner:
+            inner["results_dir"] = raw["results_dir"]
+        return inner
+    return raw
+
+
+def apply_override(raw: dict[str, Any], dotted: str) -> None:
+    """`workflow.max_workers=8` style override; the value is parsed as YAML."""
+    if "=" not in dotted:
+        raise SpecError(f"override {dotted!r} must look like key.sub=value")
+    key, value = dotted.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {dotted!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid spec {origin}:"]
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "(root)"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(raw: dict[str, Any], origin: str = "<dict>", base: Path | None = None) -> Spec:
+    try:
+        spec = Spec.model_validate(_unwrap(raw))
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, origin)) from None
+    return spec.resolved(base or Path.cwd())
+
+
+def load_spec(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Spec:
+    """Load the spec from `path`, else $VR_CONFIG, else ./spec.yaml, else defaults."""
+    chosen = Path(path or os.environ.get(DEFAULT_SPEC_ENV) or DEFAULT_SPEC_PATH)
+    raw: dict[str, Any] = {}
+    if chosen.exists():
+        loaded = yaml.safe_load(chosen.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SpecError(f"invalid spec {chosen}: top level must be a mapping")
+        raw = loaded
+    elif path or os.environ.get(DEFAULT_SPEC_ENV):
+        raise SpecError(f"spec file not found: {chosen}")
+    raw = _unwrap(raw)
+    for o in overrides or []:
+        apply_override(raw, o)
+    return parse_spec(raw, str(chosen), chosen.resolve().parent)
