@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vr_assets.records import ALL_QA_TYPES
 
@@ -24,7 +24,7 @@ class SpecModel(BaseModel):
 
 
 class GeminiSettings(SpecModel):
-    api_key: str = Field("", description="leave empty: read from env GOOGLE_API_KEY")
+    api_key: str = Field("", repr=False, description="leave empty: read from env GOOGLE_API_KEY")
     model: str = "gemini-3.1-flash-lite-preview"
     media_resolution: Literal["MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM", "MEDIA_RESOLUTION_HIGH"] | None = (
         "MEDIA_RESOLUTION_LOW"
@@ -37,7 +37,7 @@ class GeminiSettings(SpecModel):
 
 
 class OpenAISettings(SpecModel):
-    api_key: str = Field("", description="leave empty: read from env OPENAI_API_KEY")
+    api_key: str = Field("", repr=False, description="leave empty: read from env OPENAI_API_KEY")
     base_url: str | None = Field(None, description="e.g. http://host:8000/v1 for vLLM; env OPENAI_BASE_URL if unset")
     model_name: str = "Qwen/Qwen3-VL-8B-Instruct"
     temperature: float = 0.3
@@ -145,10 +145,7 @@ class Spec(SpecModel):
     results_dir: str = "results"
     prices: dict[str, Pricing] = Field(default_factory=dict, description="per model name")
     budget_usd: float | None = Field(None, gt=0, description="stop new calls once spent")
-
-    @model_validator(mode="after")
-    def _some_input(self) -> Spec:
-        return self
+    offline_teacher: bool = Field(False, description="set by the keyless demo: outputs are marked as not real")
 
     def resolved(self, base: Path) -> Spec:
         """Relative paths in a spec are relative to the spec file, not the cwd."""
@@ -158,6 +155,8 @@ class Spec(SpecModel):
             return p if not p or Path(p).is_absolute() else str((base / p).resolve())
 
         data.results_dir = fix(data.results_dir)
+        if "/" in data.prompt_pack or data.prompt_pack.startswith("."):
+            data.prompt_pack = fix(data.prompt_pack)
         data.data.video_root = fix(data.data.video_root)
         data.data.input_jsonl_files = [fix(p) for p in data.data.input_jsonl_files]
         return data

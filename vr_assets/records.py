@@ -62,6 +62,8 @@ class VideoProbe(Record):
     has_audio: bool = False
     size_bytes: int = 0
     format_name: str = ""
+    keyframe_interval_sec: float | None = None
+    start_time_sec: float = 0.0
 
 
 # ---------------------------------------------------------------- provider usage
@@ -82,10 +84,12 @@ class CallUsage(Record):
     cost_usd: float = 0.0
     uploaded_bytes: int = 0
     inline_bytes: int = 0
+    cached: bool = Field(False, description="answered from the call cache: no provider call, no cost")
 
 
 class UsageSummary(Record):
     calls: int = 0
+    cached_calls: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
@@ -97,16 +101,18 @@ class UsageSummary(Record):
 
     @classmethod
     def of(cls, calls: list[CallUsage]) -> UsageSummary:
+        paid = [c for c in calls if not c.cached]
         return cls(
-            calls=len(calls),
-            prompt_tokens=sum(c.prompt_tokens for c in calls),
-            output_tokens=sum(c.output_tokens for c in calls),
-            thinking_tokens=sum(c.thinking_tokens for c in calls),
-            retries=sum(c.retries for c in calls),
-            cost_usd=round(sum(c.cost_usd for c in calls), 6),
-            latency_s=round(sum(c.latency_s for c in calls), 3),
-            uploaded_bytes=sum(c.uploaded_bytes for c in calls),
-            inline_bytes=sum(c.inline_bytes for c in calls),
+            calls=len(paid),
+            cached_calls=len(calls) - len(paid),
+            prompt_tokens=sum(c.prompt_tokens for c in paid),
+            output_tokens=sum(c.output_tokens for c in paid),
+            thinking_tokens=sum(c.thinking_tokens for c in paid),
+            retries=sum(c.retries for c in paid),
+            cost_usd=round(sum(c.cost_usd for c in paid), 6),
+            latency_s=round(sum(c.latency_s for c in paid), 3),
+            uploaded_bytes=sum(c.uploaded_bytes for c in paid),
+            inline_bytes=sum(c.inline_bytes for c in paid),
         )
 
 

@@ -1,0 +1,50 @@
+# The README's commands. Python deps go into .venv; Debian packages through apt.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup setup-test demo test lint bench bench-smoke ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	./scripts/install_system_deps.sh
+	$(BIN)/pip install -q -e '.'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	./scripts/install_system_deps.sh --test
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+## Annotate the bundled sample videos (real teacher with GOOGLE_API_KEY / OPENAI_BASE_URL, else offline).
+demo: setup
+	$(BIN)/vr-annotate demo --results results/demo
+
+## Lint and the whole test suite (what CI runs).
+test: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup-test
+	$(BIN)/ruff check .
+
+bench: setup-test
+	$(BIN)/python bench/run.py
+
+bench-smoke: setup-test
+	$(BIN)/python bench/run.py --n 2 --skip-reference --bookkeeping-partitions 3
+
+## Dagster UI on the demo results (run `make demo` first).
+ui: setup
+	mkdir -p results/demo/dagster_home
+	DAGSTER_HOME=$(abspath results/demo/dagster_home) VR_CONFIG=samples/demo_spec.yaml \
+		$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf results .pytest_cache .ruff_cache

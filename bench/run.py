@@ -1,0 +1,605 @@
+"""vr-assets benchmark (issue #4): our Dagster pipeline against the reference, on one machine.
+
+Sections: (1) wall time of N videos against a latency-injecting fake Gemini, with the ideal
+lower bound; (2) the same workload through the reference pipeline; (3) provider traffic per
+video; (4) ffmpeg CPU per minute of video, our MediaTool against the reference's method;
+(5) Dagster bookkeeping per partition-asset with a zero-latency fake.
+
+Nothing here asserts on time: it prints a markdown table and writes bench/out/results.json.
+Run it with the project venv's python (`make bench`); `--n 2` is a quick smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from calls import CallStats, call_stats, ideal
+from ffmpeg_cost import Cost, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
+from pydantic import BaseModel
+from workload import BenchVideo, make_tiny_copies, make_videos, sha256_file, stage, write_manifest
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+REF_VENV = BENCH / ".ref-venv"
+API_KEY = "bench-key"
+RUN_TIMEOUT_S = 4 * 3600
+
+# The package may not be pip-installed yet; `python bench/run.py` puts only bench/ on sys.path.
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- results records
+
+
+class PipelineRun(BaseModel):
+    name: str
+    wall_s: float
+    exit_code: int
+    calls: CallStats
+    per_video: dict[str, float]
+    ideal_s: float
+    critical_path_s: float
+    throughput_bound_s: float
+    wall_over_ideal: float
+    verdict_videos_seen: int
+    dataset_items: int
+    dataset_videos: int
+    inner_wall_s: float | None = None
+    step_wall_s: dict[str, float] = {}
+    log_tail: str = ""
+
+
+class Bookkeeping(BaseModel):
+    partitions: int
+    assets_per_partition: list[str]
+    materializations: int
+    runs: int
+    wall_s: float
+    model_calls: int
+    s_per_partition_asset: float
+    exit_code: int
+    what_ran: str
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def machine() -> dict[str, Any]:
+    ff = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ffmpeg": ff[0] if ff else "?",
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def dataset_summary(results_dir: Path) -> tuple[int, int]:
+    """(items, distinct videos) over every step-4 task file."""
+    items, videos = 0, set()
+    for f in sorted((results_dir / "step_4_output").glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        for it in doc.get("items", []):
+            items += 1
+            videos.add(it.get("video_id"))
+    return items, len(videos)
+
+
+def verdict_videos_seen(fake: Any, keys_by_video: dict[str, set[str]]) -> int:
+    """How many workload videos reached step 0 with media the teacher recognised (else it guesses)."""
+    seen = {sha for r in fake.log for sha in r.media_sha256[:1]}
+    return sum(1 for keys in keys_by_video.values() if keys & seen)
+
+
+def run_logged(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float, str]:
+    """Run to completion with output in a file; (exit code, wall seconds, stdout+stderr tail)."""
+    t0 = time.perf_counter()
+    with log_path.open("w") as fh:
+        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    wall = time.perf_counter() - t0
+    text = log_path.read_text(errors="replace")
+    return proc.returncode, wall, text[-3000:]
+
+
+def pipeline_env(dagster_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_", "OPENAI_", "VR_"))}
+    env["DAGSTER_HOME"] = str(dagster_home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_spec(
+    path: Path, base_url: str, video_root: Path, results_dir: Path, workers: int, extra: dict[str, Any] | None = None
+) -> None:
+    model = {"backend": "gemini", "gemini": {"base_url": base_url, "api_key": API_KEY}}
+    spec: dict[str, Any] = {
+        "vlm": model,
+        "llm": json.loads(json.dumps(model)),
+        "workflow": {"max_workers": workers, "mode": "auto"},
+        "data": {"video_root": str(video_root)},
+        "results_dir": str(results_dir),
+    }
+    for dotted, value in (extra or {}).items():
+        node = spec
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+# ---------------------------------------------------------------- teacher verdicts
+
+
+def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str]]:
+    """Fingerprints of what our pipeline sends at step 0: a downscaled copy, or the first sampled frame.
+
+    The teacher keys verdicts on the first media part it receives, so it needs these, not only
+    the original file's hash. Made with the pipeline's own MediaTool and settings.
+    """
+    from vr_assets.config import Spec
+    from vr_assets.media import MediaTool, frame_times
+
+    spec = Spec()
+    wf = spec.workflow
+    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps)
+    out: dict[str, set[str]] = {}
+    for v in videos:
+        d = fresh(scratch / f"ours_{v.index:03d}")
+        src = Path(v.path)
+        if v.duration_s > wf.long_video_threshold_sec:
+            times = frame_times(v.duration_s, wf.long_video_sample_fps, wf.long_video_max_frames)
+            frames = tool.sample_frames(src, times, d)
+            out[v.name] = {sha256_file(Path(frames[0]))}
+        else:
+            prepared = tool.prepare_video(src, d / "prepared.mp4")
+            out[v.name] = {sha256_file(Path(prepared))}
+    return out
+
+
+def ref_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str]]:
+    """The reference sends short videos as they are and long ones as frames made one ffmpeg per frame."""
+    out: dict[str, set[str]] = {}
+    for v in videos:
+        if v.long:
+            d = fresh(scratch / f"ref_{v.index:03d}")
+            t = ref_frame_times(v.duration_s)[0]
+            frame = d / "f.jpg"
+            subprocess.run(
+                ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-ss", str(t), "-i", v.path,
+                 "-frames:v", "1", "-q:v", "2", str(frame)],
+                check=True,
+            )  # fmt: skip
+            out[v.name] = {sha256_file(frame)}
+        else:
+            out[v.name] = {v.sha256}
+    return out
+
+
+_YES_NO_ONLY = re.compile(r"answer\s+with\s+only\W+yes\W+or\W+no", re.IGNORECASE)
+
+
+def make_teacher(videos: list[BenchVideo], extra_keys: dict[str, set[str]], **kw: Any) -> Any:
+    from vr_assets.fakes import Teacher, TeacherAnswer
+
+    class BenchTeacher(Teacher):
+        """Adds one route the offline teacher lacks: the reference's free-text suitability question.
+
+        Its filter prompt asks for a bare Yes/No without the words the teacher routes on, so the
+        teacher would answer with a caption and the reference would drop every video at step 0.
+        A no-op for any answer that already starts with yes/no.
+        """
+
+        def answer(
+            self, prompt_text: str, media_sha256: list[str], schema: dict[str, Any] | None, model: str = ""
+        ) -> Any:
+            got = super().answer(prompt_text, media_sha256, schema, model)
+            if schema is None and _YES_NO_ONLY.search(prompt_text) and not re.match(r"(?i)\s*(yes|no)\b", got.text):
+                lead = "Yes" if self.verdict_for(media_sha256).relevant else "No"
+                return TeacherAnswer(text=lead, think=got.think)
+            return got
+
+    teacher = BenchTeacher(**kw)
+    for v in videos:
+        for sha in {v.sha256, *extra_keys.get(v.name, set())}:
+            teacher.set_verdict(sha, relevant=v.relevant, label=v.label)
+    return teacher
+
+
+# ---------------------------------------------------------------- sections 1-3
+
+
+def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
+    from vr_assets.fakes import FakeGemini
+
+    work = fresh(args.out / "ours")
+    root = stage(videos, work / "videos")
+    fake = FakeGemini(
+        teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text
+    ).start()
+    try:
+        spec = work / "spec.yaml"
+        write_spec(spec, fake.base_url, root, work / "results", args.concurrency)
+        cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
+        log(f"ours: {len(videos)} videos, C={args.concurrency}, fake {fake.base_url}")
+        code, wall, tail = run_logged(cmd, pipeline_env(work / "dagster_home"), work / "run.log")
+        stats = call_stats(fake)
+        seen = verdict_videos_seen(fake, keys)
+    finally:
+        fake.stop()
+    return finish_run("ours", videos, args, stats, wall, code, tail, seen, work / "results")
+
+
+def run_reference(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
+    from vr_assets.fakes import FakeGemini
+
+    work = fresh(args.out / "reference")
+    root = stage(videos, work / "videos")
+    fake = FakeGemini(
+        teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text
+    ).start()
+    try:
+        cmd = [
+            str(REF_VENV / "bin" / "python"), str(BENCH / "reference_driver.py"),
+            "--video-root", str(root), "--results-dir", str(work / "results"),
+            "--base-url", fake.base_url, "--api-key", API_KEY, "--workers", str(args.concurrency),
+        ]  # fmt: skip
+        log(f"reference: {len(videos)} videos, max_workers={args.concurrency}, fake {fake.base_url}")
+        env = pipeline_env(work / "unused_dagster_home")
+        code, wall, tail = run_logged(cmd, env, work / "run.log")
+        stats = call_stats(fake)
+        seen = verdict_videos_seen(fake, keys)
+    finally:
+        fake.stop()
+    run = finish_run("reference", videos, args, stats, wall, code, tail, seen, work / "results")
+    for line in reversed(tail.splitlines()):
+        if line.startswith("{") and "wall_s" in line:
+            inner = json.loads(line)
+            run.inner_wall_s = inner["wall_s"]
+            run.step_wall_s = inner.get("step_wall_s", {})
+            break
+    return run
+
+
+def finish_run(
+    name: str,
+    videos: list[BenchVideo],
+    args: argparse.Namespace,
+    stats: CallStats,
+    wall: float,
+    code: int,
+    tail: str,
+    seen: int,
+    results: Path,
+) -> PipelineRun:
+    bound = ideal(
+        ((v.relevant, v.label) for v in videos), stats, args.latency_media, args.latency_text, args.concurrency
+    )
+    items, vids = dataset_summary(results)
+    if code != 0:
+        log(f"{name}: exit code {code}; log tail:\n{tail[-1500:]}")
+    return PipelineRun(
+        name=name,
+        wall_s=round(wall, 3),
+        exit_code=code,
+        calls=stats,
+        per_video=stats.per_video(len(videos)),
+        ideal_s=bound.ideal_s,
+        critical_path_s=bound.critical_path_s,
+        throughput_bound_s=bound.throughput_s,
+        wall_over_ideal=round(wall / bound.ideal_s, 3) if bound.ideal_s else 0.0,
+        verdict_videos_seen=seen,
+        dataset_items=items,
+        dataset_videos=vids,
+        log_tail=tail[-1500:],
+    )
+
+
+# ---------------------------------------------------------------- section 4
+
+
+def ffmpeg_section(videos: list[BenchVideo], max_files: int) -> dict[str, dict[str, Cost]]:
+    from vr_assets.config import Spec
+    from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
+
+    spec = Spec()
+    wf = spec.workflow
+    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps)
+    chosen = videos[:max_files] if max_files else videos
+    all_files = [(Path(v.path), v.duration_s) for v in chosen]
+    long_files = [(Path(v.path), v.duration_s) for v in chosen if v.long]
+
+    def ours_chunks(src: Path, length: float, out: Path) -> list[Path]:
+        d = choose_chunk_duration(length, wf.chunk_duration_options, wf.max_chunks)
+        return [Path(p) for p in tool.cut_chunks(src, plan_chunks(length, d), out)]
+
+    def ours_frames(src: Path, length: float, out: Path) -> list[Path]:
+        times = frame_times(length, wf.long_video_sample_fps, wf.long_video_max_frames)
+        return [Path(p) for p in tool.sample_frames(src, times, out)]
+
+    log(f"ffmpeg: chunking {len(all_files)} files, frames from {len(long_files)} long files")
+    out: dict[str, dict[str, Cost]] = {"chunks": {}, "frames": {}}
+    out["chunks"]["ours"] = run_method("ours (MediaTool)", "chunks", all_files, ours_chunks)
+    out["chunks"]["reference"] = run_method("reference method", "chunks", all_files, ref_cut_chunks)
+    if long_files:
+        out["frames"]["ours"] = run_method("ours (MediaTool)", "frames", long_files, ours_frames)
+        out["frames"]["reference"] = run_method("reference method", "frames", long_files, ref_sample_frames)
+    return out
+
+
+# ---------------------------------------------------------------- section 5
+
+
+def count_materializations(dagster_home: Path) -> tuple[int, int, dict[str, int]]:
+    """(materialized partition-assets incl. the dataset, runs, per asset) read back from the instance."""
+    code = (
+        "import json\n"
+        "from dagster import AssetKey, DagsterInstance\n"
+        "i = DagsterInstance.get()\n"
+        "per = {k.to_user_string(): len(i.get_materialized_partitions(k)) for k in i.get_asset_keys()}\n"
+        "ds = i.fetch_materializations(AssetKey('dataset'), limit=1000).records\n"
+        "if 'dataset' in per: per['dataset'] = len(ds)\n"
+        "print(json.dumps({'per': per, 'runs': i.get_runs_count()}))\n"
+    )
+    env = pipeline_env(dagster_home)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        log(f"could not read the Dagster instance: {res.stderr[-800:]}")
+        return 0, 0, {}
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    return sum(got["per"].values()), got["runs"], got["per"]
+
+
+def bookkeeping_section(args: argparse.Namespace) -> Bookkeeping:
+    from vr_assets.fakes import FakeGemini
+
+    work = fresh(args.out / "bookkeeping")
+    make_tiny_copies(args.bookkeeping_partitions, args.video_cache, work / "videos")
+    qa_types = ["scene_description"]
+    fake = FakeGemini(teacher=make_teacher([], {}, default_relevant=True, default_label="normal")).start()
+    try:
+        spec = work / "spec.yaml"
+        write_spec(
+            spec,
+            fake.base_url,
+            work / "videos",
+            work / "results",
+            args.concurrency,
+            {"workflow.mode": "normal", "workflow.qa_types": qa_types},
+        )
+        cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
+        log(f"bookkeeping: {args.bookkeeping_partitions} partitions of one 2 s clip, 0-latency fake")
+        code, wall, tail = run_logged(cmd, pipeline_env(work / "dagster_home"), work / "run.log")
+        calls = call_stats(fake).model_calls
+    finally:
+        fake.stop()
+    if code != 0:
+        log(f"bookkeeping: exit code {code}; log tail:\n{tail[-1500:]}")
+    mats, runs, per = count_materializations(work / "dagster_home")
+    return Bookkeeping(
+        partitions=args.bookkeeping_partitions,
+        assets_per_partition=sorted(per),
+        materializations=mats,
+        runs=runs,
+        wall_s=round(wall, 3),
+        model_calls=calls,
+        s_per_partition_asset=round(wall / mats, 4) if mats else 0.0,
+        exit_code=code,
+        what_ran=f"mode normal, filter relevant, qa_types {qa_types}, hardlinks of one 2 s 320x240 clip",
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def render(res: dict[str, Any]) -> str:
+    p, w = res["params"], res["workload"]
+    ours: dict[str, Any] | None = res.get("ours")
+    ref: dict[str, Any] | None = res.get("reference")
+    ref_ok = bool(ref) and "skipped" not in ref
+    lines = [
+        f"## vr-assets benchmark — {res['machine']['cores']} cores, {res['machine']['ffmpeg']}",
+        "",
+        f"Workload: {w['videos']} videos ({w['short']} short 8–20 s, {w['long']} long >60 s sent as frames; "
+        f"{w['anomaly']} anomaly, {w['normal']} normal, {w['filtered_out']} off-domain), "
+        f"{w['video_minutes']:.1f} min of {w['resolution']} video. Fake Gemini latency: media "
+        f"{p['latency_media_s']} s, text {p['latency_text_s']} s; concurrency C = {p['concurrency']}.",
+        "",
+        "| metric | ours | reference |",
+        "|---|---:|---:|",
+    ]
+
+    def row(label: str, key: str, nd: int = 2, src: str = "") -> None:
+        a = (ours or {}).get(key) if not src else ((ours or {}).get(src) or {}).get(key)
+        b = None
+        if ref_ok and ref is not None:
+            b = ref.get(key) if not src else (ref.get(src) or {}).get(key)
+        lines.append(f"| {label} | {fmt(a, nd)} | {fmt(b, nd)} |")
+
+    row("1. wall time (s)", "wall_s")
+    row("ideal lower bound (s)", "ideal_s")
+    row("… critical path of one video (s)", "critical_path_s")
+    row("… provider time ÷ C (s)", "throughput_bound_s")
+    row("wall ÷ ideal", "wall_over_ideal")
+    row("exit code", "exit_code")
+    row("dataset items", "dataset_items")
+    row("videos in the dataset", "dataset_videos")
+    row("videos whose step-0 media the teacher recognised", "verdict_videos_seen")
+    row("3. model calls / video", "model_calls", src="per_video")
+    row("… media calls / video", "media_calls", src="per_video")
+    row("… text calls / video", "text_calls", src="per_video")
+    row("uploads / video", "uploads", src="per_video")
+    row("request MB sent / video", "request_mb", 3, src="per_video")
+    row("… inline media MB / video", "inline_media_mb", 3, src="per_video")
+    row("… uploaded MB / video", "upload_mb", 3, src="per_video")
+    lines.append("")
+    if ref_ok and ref is not None:
+        lines.append(
+            f"**2. reference ÷ ours (wall): {fmt(res.get('reference_over_ours'))}×**"
+            f" (reference in-process wall {fmt(ref.get('inner_wall_s'))} s; per step {ref.get('step_wall_s')})"
+        )
+    else:
+        lines.append(f"2. reference skipped: {(ref or {}).get('skipped', 'not run')}")
+    ff = res.get("ffmpeg")
+    if ff:
+        lines += [
+            "",
+            "| 4. ffmpeg | method | files | video min | outputs | CPU s | CPU s / video min | wall s | out MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for op in ("chunks", "frames"):
+            for who in ("ours", "reference"):
+                c = ff.get(op, {}).get(who)
+                if c:
+                    per_min = c["cpu_s"] / c["video_min"] if c["video_min"] else 0.0
+                    lines.append(
+                        f"| {op} | {c['method']} | {c['files']} | {c['video_min']:.2f} | {c['outputs']} | "
+                        f"{c['cpu_s']:.2f} | {per_min:.2f} | {c['wall_s']:.2f} | {c['output_bytes'] / 1e6:.2f} |"
+                    )
+    elif "ffmpeg_skipped" in res:
+        lines += ["", f"4. ffmpeg skipped: {res['ffmpeg_skipped']}"]
+    bk = res.get("bookkeeping")
+    if bk:
+        lines += [
+            "",
+            "| 5. Dagster bookkeeping | value |",
+            "|---|---:|",
+            f"| partitions | {bk['partitions']} |",
+            f"| partition-assets materialized | {bk['materializations']} |",
+            f"| runs | {bk['runs']} |",
+            f"| model calls (0-latency fake) | {bk['model_calls']} |",
+            f"| wall (s) | {bk['wall_s']:.2f} |",
+            f"| ms per partition-asset | {bk['s_per_partition_asset'] * 1000:.1f} |",
+            f"| exit code | {bk['exit_code']} |",
+            "",
+            f"What ran: {bk['what_ran']}.",
+        ]
+    elif "bookkeeping_skipped" in res:
+        lines += ["", f"5. bookkeeping skipped: {res['bookkeeping_skipped']}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=40, help="videos in the workload")
+    p.add_argument("--concurrency", "-c", type=int, default=16, help="provider concurrency C for both pipelines")
+    p.add_argument("--latency-media", type=float, default=1.5)
+    p.add_argument("--latency-text", type=float, default=0.5)
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-ours", action="store_true")
+    p.add_argument("--skip-ffmpeg", action="store_true")
+    p.add_argument("--ffmpeg-max-files", type=int, default=0, help="0: every workload file")
+    p.add_argument("--bookkeeping-partitions", type=int, default=500, help="0 skips section 5")
+    p.add_argument("--out", type=Path, default=BENCH / "out")
+    p.add_argument("--video-cache", type=Path, default=BENCH / "out" / "videos", help="generated clips, reused")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    log(f"generating/reusing {args.n} videos in {args.video_cache}")
+    videos = make_videos(args.n, args.video_cache)
+    write_manifest(videos, args.out / "manifest.json")
+    res: dict[str, Any] = {
+        "machine": machine(),
+        "params": {
+            "n": args.n,
+            "concurrency": args.concurrency,
+            "latency_media_s": args.latency_media,
+            "latency_text_s": args.latency_text,
+            "bookkeeping_partitions": args.bookkeeping_partitions,
+        },
+        "workload": {
+            "videos": len(videos),
+            "short": sum(not v.long for v in videos),
+            "long": sum(v.long for v in videos),
+            "anomaly": sum(v.relevant and v.label == "anomaly" for v in videos),
+            "normal": sum(v.relevant and v.label == "normal" for v in videos),
+            "filtered_out": sum(not v.relevant for v in videos),
+            "video_minutes": round(sum(v.duration_s for v in videos) / 60, 3),
+            "bytes": sum(v.size_bytes for v in videos),
+            "resolution": "320x240 25 fps H.264",
+        },
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="bench-shas-"))
+    try:
+        if not args.skip_ours:
+            keys = our_media_shas(videos, scratch)
+            res["ours"] = run_ours(videos, args, keys).model_dump()
+        if args.skip_reference:
+            res["reference"] = {"skipped": "--skip-reference"}
+        elif not (REF_VENV / "bin" / "python").exists():
+            why = f"{REF_VENV} is missing; create it with bench/setup_reference.sh"
+            log(f"reference skipped: {why}")
+            res["reference"] = {"skipped": why}
+        else:
+            keys = ref_media_shas(videos, scratch)
+            res["reference"] = run_reference(videos, args, keys).model_dump()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ours, ref = res.get("ours"), res.get("reference")
+    if ours and ref and "skipped" not in ref and ours["wall_s"]:
+        res["reference_over_ours"] = round(ref["wall_s"] / ours["wall_s"], 3)
+    if args.skip_ffmpeg:
+        res["ffmpeg_skipped"] = "--skip-ffmpeg"
+    else:
+        ff = ffmpeg_section(videos, args.ffmpeg_max_files)
+        res["ffmpeg"] = {
+            op: {who: c.model_dump() | {"cpu_s_per_video_min": round(c.cpu_s_per_video_min, 3)} for who, c in d.items()}
+            for op, d in ff.items()
+        }
+    if args.bookkeeping_partitions > 0:
+        res["bookkeeping"] = bookkeeping_section(args).model_dump()
+    else:
+        res["bookkeeping_skipped"] = "--bookkeeping-partitions 0"
+    res["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    (args.out / "results.json").write_text(json.dumps(res, indent=2))
+    print(render(res))
+    print(f"\nJSON: {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

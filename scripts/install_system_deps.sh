@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the project needs: ffmpeg/ffprobe (media), chromium (browser tests),
+# opencv-doc (its vtest.avi is real camera footage used by the tests). Idempotent.
+set -euo pipefail
+want=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || want+=(ffmpeg)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null || want+=(chromium)
+  [ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || want+=(opencv-doc)
+fi
+[ ${#want[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages: ${want[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null

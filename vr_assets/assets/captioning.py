@@ -1,0 +1,153 @@
+"""Steps 1a and 1b: the VLM captions the whole video, then each chunk of it."""
+
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, asset
+
+from vr_assets.assets.common import (
+    OFFLINE_NOTE,
+    Pipeline,
+    code_version,
+    data_version_of,
+    drop_media_cache,
+    excerpt,
+    full_video_media,
+    md_escape,
+    media_failure,
+    run_calls,
+    usage_metadata,
+)
+from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
+from vr_assets.media import MediaError, choose_chunk_duration, plan_chunks, video_mime, video_workdir
+from vr_assets.partitions import videos_partitions
+from vr_assets.providers import MediaRef
+from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
+from vr_assets.resources import MediaResource, TeacherResource
+
+CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dense_caption", "normal_dense_caption")
+CHUNK_KEYS = ("anomaly_chunk_caption", "normal_chunk_caption")
+
+
+def build(pipe: Pipeline) -> list[AssetsDefinition]:
+    spec = pipe.spec
+    wf = spec.workflow
+    vlm_id = (spec.vlm.backend, spec.vlm.model_name, spec.vlm.gemini.temperature, spec.vlm.openai.temperature,
+              spec.vlm.gemini.media_resolution)
+
+    @asset(
+        name="captions",
+        partitions_def=videos_partitions,
+        group_name="step_1_captions",
+        code_version=code_version(
+            "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
+            wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
+        ),
+        kinds={"python", spec.vlm.backend},
+        owners=["team:video-data"],
+        pool="vlm",
+        output_required=False,
+        check_specs=CAPTION_SPECS,
+        description="Step 1a. A global narrative caption and a dense, timestamped caption of the whole video, in "
+        "the wording of its mode (anomaly or normal). Long videos are sent as sampled frames.",
+    )
+    def captions(
+        context: AssetExecutionContext, filter_result: FilterResult, vlm: TeacherResource, media: MediaResource
+    ) -> Iterator[object]:
+        key = context.partition_key
+        if not filter_result.proceed:
+            context.log.info(f"video {key}: not captioned, stopped at step 0 ({filter_result.stop_reason})")
+            return
+        video, probe, mode = filter_result.video, filter_result.probe, filter_result.mode
+        model = vlm.client(spec)
+        ref = full_video_media(pipe, video, probe, media.tool())
+        g, d = run_calls(
+            model,
+            [pipe.call("1a", f"{mode}_global_caption", key, ref), pipe.call("1a", f"{mode}_dense_caption", key, ref)],
+            key,
+            "1a",
+        )
+        # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now.
+        model.release(key)
+        drop_media_cache(pipe, key)
+        result = Captions(
+            video=video, probe=probe, mode=mode, global_caption=g.text, dense_caption=d.text,
+            media_kind=ref.kind, usage=[g.usage, d.usage],
+        )
+        preview = (
+            f"**Mode:** {mode} · sent as {ref.kind} ({len(ref.paths)} file(s))\n\n"
+            f"**Global caption:** {excerpt(g.text, 600)}\n\n**Dense caption:** {excerpt(d.text, 600)}\n"
+            + (f"\n_{OFFLINE_NOTE}_\n" if pipe.offline_teacher else "")
+        )
+        yield Output(
+            result,
+            data_version=data_version_of(result),
+            metadata={"preview": MetadataValue.md(preview), "mode": mode, "media_kind": ref.kind,
+                      **usage_metadata(result.usage)},
+        )
+        for outcome in check_captions(result):
+            yield outcome.result("captions")
+
+    @asset(
+        name="chunk_captions",
+        partitions_def=videos_partitions,
+        group_name="step_1_captions",
+        code_version=code_version(
+            "chunk_captions/1", pipe.pack.fingerprint(CHUNK_KEYS), vlm_id, wf.chunk_duration_options, wf.max_chunks,
+            spec.media.max_side, spec.media.fps,
+        ),
+        kinds={"python", "ffmpeg", spec.vlm.backend},
+        owners=["team:video-data"],
+        pool="vlm",
+        check_specs=CHUNK_SPECS,
+        description="Step 1b. The video cut into equal chunks (one ffmpeg pass, downscaled) and each chunk "
+        "captioned by the VLM, all chunks at once.",
+    )
+    def chunk_captions(
+        context: AssetExecutionContext, captions: Captions, vlm: TeacherResource, media: MediaResource
+    ) -> Iterator[object]:
+        key = context.partition_key
+        video, duration = captions.video, captions.probe.duration_sec
+        chunk_len = choose_chunk_duration(duration, wf.chunk_duration_options, wf.max_chunks)
+        plan = plan_chunks(duration, chunk_len)
+        if not plan:
+            raise Failure(description=f"video {key} ({video.path}): too short to chunk ({duration:.2f} s)")
+        model = vlm.client(spec)
+        tool = media.tool()
+        with video_workdir(Path(spec.results_dir) / "cache" / "work", key) as work:
+            try:
+                clips = tool.cut_chunks(Path(video.path), plan, work)
+            except (MediaError, OSError) as e:
+                raise media_failure(video, e) from e
+            calls = [
+                pipe.call(
+                    "1b", f"{captions.mode}_chunk_caption", key,
+                    MediaRef(kind="video", paths=[clip], mime_type=video_mime(clip), video_key=key),
+                    chunk_duration=f"{end - start:.1f}",
+                )
+                for (_, start, end), clip in zip(plan, clips, strict=True)
+            ]
+            answers = run_calls(model, calls, key, "1b")
+            model.release(key)
+        chunks = [
+            ChunkCaption(chunk_index=i, timestamp_start=start, timestamp_end=end, caption=a.text)
+            for (i, start, end), a in zip(plan, answers, strict=True)
+        ]
+        result = ChunkCaptions(
+            video_key=key, chunk_duration=chunk_len, chunks=chunks, usage=[a.usage for a in answers]
+        )
+        table = "| # | start | end | caption |\n|---|---|---|---|\n" + "\n".join(
+            f"| {c.chunk_index} | {c.timestamp_start:.1f} | {c.timestamp_end:.1f} | {md_escape(excerpt(c.caption, 160))} |"
+            for c in chunks
+        )
+        yield Output(
+            result,
+            data_version=data_version_of(result),
+            metadata={"chunks": len(chunks), "chunk_duration_s": MetadataValue.float(chunk_len),
+                      "preview": MetadataValue.md(table), **usage_metadata(result.usage)},
+        )
+        for outcome in check_chunks(result, duration):
+            yield outcome.result("chunk_captions")
+
+    return [captions, chunk_captions]

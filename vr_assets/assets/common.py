@@ -1,0 +1,139 @@
+"""What every per-video step shares: the loaded spec and prompt pack, storage, metadata helpers."""
+
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import DataVersion, Failure, MetadataValue
+from pydantic import BaseModel
+
+from vr_assets.call_cache import CachedModel
+from vr_assets.config import Spec
+from vr_assets.io_manager import JsonStore
+from vr_assets.media import MediaError, MediaTool, frame_times, video_mime
+from vr_assets.partitions import VideoRegistry
+from vr_assets.prompts import PromptPack, schema_for_key
+from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
+from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
+
+OFFLINE_NOTE = "offline demo teacher — not real annotations"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Fixed when definitions load; closed over by every asset."""
+
+    spec: Spec
+    pack: PromptPack
+    offline_teacher: bool = False
+
+    @property
+    def store(self) -> JsonStore:
+        return JsonStore(self.spec.results_dir)
+
+    @property
+    def registry(self) -> VideoRegistry:
+        return VideoRegistry(self.spec.results_dir)
+
+    def media_cache(self, key: str) -> Path:
+        return Path(self.spec.results_dir) / "cache" / "media" / key
+
+    def video(self, key: str) -> VideoSource:
+        try:
+            return self.registry.get(key)
+        except KeyError as e:
+            raise Failure(description=str(e)) from None
+
+    def call(self, step: str, key: str, video_key: str, media: MediaRef | None = None, **values: Any) -> ModelCall:
+        """A model call for one prompt key; structured output when the pack asks for it."""
+        schema = schema_for_key(key) if self.pack.structured_output else None
+        return ModelCall(
+            step=step, prompt_key=key, video_key=video_key, prompt=self.pack.render(key, **values),
+            media=media, schema_model=schema,
+        )
+
+
+def code_version(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_version_of(record: BaseModel) -> DataVersion:
+    """Content hash without usage, so an identical re-run does not mark downstream stale."""
+    dumped = record.model_dump(exclude={"usage"})
+    return DataVersion(code_version(dumped))
+
+
+def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str) -> list[ModelAnswer]:
+    """All calls of one step for one video; any failure fails the step naming every cause."""
+    answers = model.generate_many(calls)
+    errors = [a for a in answers if isinstance(a, Exception)]
+    if errors:
+        causes = "; ".join(str(e) for e in errors)
+        raise Failure(
+            description=f"video {video}: step {step}: {len(errors)} of {len(calls)} model calls failed: {causes}",
+            metadata={"failed_calls": len(errors), "calls": len(calls)},
+        )
+    return [a for a in answers if isinstance(a, ModelAnswer)]
+
+
+def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:
+    return Failure(description=f"video {video.key} ({video.path}): {err}")
+
+
+def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
+    """The whole video as the model should see it, prepared once and reused by steps 0 and 1a.
+
+    Long videos become evenly spaced JPEG frames; short ones a downscaled copy.
+    """
+    wf = pipe.spec.workflow
+    cache = pipe.media_cache(video.key)
+    src = Path(video.path)
+    try:
+        if probe.duration_sec > wf.long_video_threshold_sec:
+            times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
+            frames_dir = cache / f"frames-{code_version(times, tool.max_side, probe.size_bytes)}"
+            frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
+            if len(frames) != len(times):
+                frames = tool.sample_frames(src, times, frames_dir, probe=probe)
+            return MediaRef(kind="frames", paths=frames, mime_type="image/jpeg", video_key=video.key)
+        out = cache / f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes)}.mp4"
+        prepared = out if out.exists() else tool.prepare_video(src, out, probe)
+        return MediaRef(kind="video", paths=[prepared], mime_type=video_mime(prepared), video_key=video.key)
+    except (MediaError, OSError) as e:
+        raise media_failure(video, e) from e
+
+
+def drop_media_cache(pipe: Pipeline, key: str) -> None:
+    shutil.rmtree(pipe.media_cache(key), ignore_errors=True)
+
+
+def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
+    s = UsageSummary.of(usage)
+    meta: dict[str, Any] = {
+        "model_calls": s.calls,
+        "cached_calls": s.cached_calls,
+        "prompt_tokens": s.prompt_tokens,
+        "output_tokens": s.output_tokens,
+        "thinking_tokens": s.thinking_tokens,
+        "retries": s.retries,
+        "cost_usd": MetadataValue.float(s.cost_usd),
+        "model_latency_s": MetadataValue.float(s.latency_s),
+    }
+    if s.uploaded_bytes or s.inline_bytes:
+        meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
+    return meta
+
+
+def excerpt(text: str, limit: int = 280) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+

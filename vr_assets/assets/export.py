@@ -1,0 +1,142 @@
+"""Step 4: per-video task items, then the merged dataset files and report."""
+
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
+
+from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, code_version, data_version_of, md_escape
+from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
+from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
+from vr_assets.partitions import videos_partitions
+from vr_assets.records import CallUsage, Captions, QAResult, TaskExports, UsageSummary
+from vr_assets.tao_mirror import write_mirrors
+
+USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
+
+
+def build(pipe: Pipeline) -> list[AssetsDefinition]:
+    spec = pipe.spec
+
+    @asset(
+        name="task_exports",
+        partitions_def=videos_partitions,
+        group_name="step_4_export",
+        code_version=code_version("task_exports/1", spec.export.mcq_seed, spec.data.video_root),
+        kinds={"python", "json"},
+        owners=["team:video-data"],
+        check_specs=EXPORT_SPECS,
+        description="Step 4 for one video: its QA items turned into tao-vl-reason-v1.0 task items (MCQ options "
+        "shuffled deterministically, Yes/No answers, time spans as JSON), with quality checks.",
+    )
+    def task_exports(context: AssetExecutionContext, captions: Captions, qa: QAResult) -> Iterator[object]:
+        key = context.partition_key
+        video_id = video_id_for(captions.video.path, spec.data.video_root)
+        result, skipped = task_exports_for_video(key, captions.mode, qa.items, video_id, spec.export.mcq_seed)
+        for s in skipped:
+            context.log.warning(f"video {key}: item skipped: {s}")
+        counts = {t: len(v) for t, v in result.tasks.items()}
+        yield Output(
+            result,
+            data_version=data_version_of(result),
+            metadata={"items": sum(counts.values()), "items_per_task": MetadataValue.json(counts),
+                      "skipped_items": len(skipped), "video_id": video_id},
+        )
+        for outcome in check_exports(result, captions.probe.duration_sec):
+            yield outcome.result("task_exports")
+
+    @asset(
+        name="dataset",
+        deps=[task_exports],
+        group_name="dataset",
+        code_version=code_version("dataset/1", spec.export.model_dump(), spec.license, spec.description_extra,
+                                  spec.data.video_root),
+        kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
+        owners=["team:video-data"],
+        description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
+        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report.",
+    )
+    def dataset(context: AssetExecutionContext) -> Output[None]:
+        store = pipe.store
+        keys = sorted(pipe.registry.load())
+        per_video: list[TaskExports] = []
+        excluded = 0
+        durations: dict[str, float] = {}
+        for k in keys:
+            te: TaskExports | None = store.read_optional("task_exports", k)
+            if te is None:
+                continue
+            if spec.export.exclude_failed_checks:
+                cap: Captions = store.read("captions", k)
+                durations[k] = cap.probe.duration_sec
+                kept = {}
+                for task, items in te.tasks.items():
+                    good = [i for i in items if not item_errors(task, i, cap.probe.duration_sec)]
+                    excluded += len(items) - len(good)
+                    if good:
+                        kept[task] = good
+                te = te.model_copy(update={"tasks": kept})
+            per_video.append(te)
+        out_dir = Path(spec.results_dir) / "step_4_output"
+        extra = spec.description_extra
+        if pipe.offline_teacher:
+            extra = f"{extra} ({OFFLINE_NOTE})".strip()
+        report = write_dataset(
+            out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
+            license=spec.license, description_extra=extra, excluded_items=excluded,
+        )
+        mirrors = write_mirrors(spec.results_dir, keys)
+        usage_md, totals = usage_report(pipe, keys)
+        stopped = sum(
+            1 for k in keys if (f := store.read_optional("filter_result", k)) is not None and not f.proceed
+        )
+        md = dataset_report_markdown(report, usage_md)
+        md += f"\n**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0\n"
+        if pipe.offline_teacher:
+            md = f"> **{OFFLINE_NOTE}**\n\n" + md
+        context.log.info(f"dataset: {sum(report.items_per_task.values())} items from {len(per_video)} videos "
+                         f"into {out_dir}")
+        return Output(
+            None,
+            metadata={
+                "report": MetadataValue.md(md),
+                "items": sum(report.items_per_task.values()),
+                "videos_exported": len(per_video),
+                "excluded_items": excluded,
+                "files": MetadataValue.json(report.files),
+                "tao_step_files": MetadataValue.json(mirrors),
+                "total_cost_usd": MetadataValue.float(totals.cost_usd),
+                "total_model_calls": totals.calls,
+                "output_dir": MetadataValue.path(str(out_dir)),
+            },
+        )
+
+    return [task_exports, dataset]
+
+
+def usage_report(pipe: Pipeline, keys: list[str]) -> tuple[str, UsageSummary]:
+    """Totals per step and per model from the usage stored with every record."""
+    by_step: dict[str, list[CallUsage]] = {}
+    by_model: dict[str, list[CallUsage]] = {}
+    everything: list[CallUsage] = []
+    for k in keys:
+        for asset_name in USAGE_ASSETS:
+            rec = pipe.store.read_optional(asset_name, k)
+            for u in getattr(rec, "usage", []) if rec is not None else []:
+                by_step.setdefault(u.step, []).append(u)
+                by_model.setdefault(f"{u.provider}:{u.model}", []).append(u)
+                everything.append(u)
+
+    def rows(groups: dict[str, list[CallUsage]]) -> str:
+        out = []
+        for name in sorted(groups):
+            s = UsageSummary.of(groups[name])
+            out.append(f"| {md_escape(name)} | {s.calls} | {s.cached_calls} | {s.prompt_tokens} | {s.output_tokens} | "
+                       f"{s.retries} | {s.cost_usd:.4f} |")
+        return "\n".join(out)
+
+    head = "| {} | calls | cached | prompt tok | output tok | retries | cost USD |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    md = head.format("step") + rows(by_step) + "\n\n" + head.format("model") + rows(by_model)
+    return md, UsageSummary.of(everything)
+

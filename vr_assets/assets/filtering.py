@@ -1,0 +1,131 @@
+"""Step 0: probe the video, keep it or stop it here, decide anomaly vs normal."""
+
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, asset
+
+from vr_assets.assets.common import (
+    OFFLINE_NOTE,
+    Pipeline,
+    code_version,
+    data_version_of,
+    excerpt,
+    full_video_media,
+    media_failure,
+    run_calls,
+    usage_metadata,
+)
+from vr_assets.media import MediaError
+from vr_assets.parsing import parse_classification, parse_relevance
+from vr_assets.partitions import videos_partitions
+from vr_assets.records import AnomalyVerdict, CallUsage, FilterResult, Mode, RelevanceVerdict
+from vr_assets.resources import MediaResource, TeacherResource
+
+KEYS = ("video_filtering", "video_anomaly_classification")
+
+
+def _decide_mode(pipe: Pipeline, video_mode: Mode | None) -> tuple[Mode | None, str]:
+    if video_mode is not None:
+        return video_mode, "jsonl"
+    if pipe.spec.workflow.mode in ("anomaly", "normal"):
+        return pipe.spec.workflow.mode, "workflow"  # type: ignore[return-value]
+    return None, "step_0"
+
+
+def build(pipe: Pipeline) -> AssetsDefinition:
+    spec = pipe.spec
+    wf = spec.workflow
+    run_filter = "0" in wf.steps or wf.mode == "auto"
+    version = code_version(
+        "filter_result/1", pipe.pack.fingerprint(KEYS), spec.vlm.backend, spec.vlm.model_name,
+        spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
+        wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
+        wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
+    )
+
+    @asset(
+        name="filter_result",
+        partitions_def=videos_partitions,
+        group_name="step_0_filter",
+        code_version=version,
+        kinds={"python", "ffmpeg", spec.vlm.backend},
+        owners=["team:video-data"],
+        pool="vlm",
+        description="Step 0. Probes the video once, asks the VLM whether it belongs to the domain and, in auto mode, "
+        "whether it shows an anomaly. A video that is off-domain or too long stops here (not a failure).",
+    )
+    def filter_result(context: AssetExecutionContext, vlm: TeacherResource, media: MediaResource) -> Output[FilterResult]:
+        key = context.partition_key
+        video = pipe.video(key)
+        tool = media.tool()
+        try:
+            probe = tool.probe(Path(video.path))
+        except (MediaError, OSError) as e:
+            raise media_failure(video, e) from e
+        mode, mode_source = _decide_mode(pipe, video.mode)
+        usage: list[CallUsage] = []
+        result: FilterResult
+        if probe.duration_sec > wf.max_video_length_sec:
+            result = FilterResult(
+                video=video, probe=probe, proceed=False, mode=mode or "normal", mode_source=mode_source,
+                stop_reason=f"too long: {probe.duration_sec:.1f} s > workflow.max_video_length_sec "
+                f"{wf.max_video_length_sec:.0f} s",
+            )
+        else:
+            model = vlm.client(spec)
+            ref = full_video_media(pipe, video, probe, tool)
+            is_valid: bool | None = None
+            reason = raw = ""
+            if run_filter:
+                (ans,) = run_calls(model, [pipe.call("0", "video_filtering", key, ref)], key, "0 (filter)")
+                usage.append(ans.usage)
+                raw = ans.text
+                if isinstance(ans.parsed, RelevanceVerdict):
+                    is_valid, reason = ans.parsed.relevant, ans.parsed.reason
+                else:
+                    is_valid, reason = parse_relevance(ans.text)
+                if is_valid is None:
+                    raise Failure(description=f"video {key}: step 0: the filter answer is neither yes nor no: "
+                                  f"{excerpt(ans.text, 200)!r}")
+            class_raw = ""
+            if is_valid is not False and mode is None:
+                (ans,) = run_calls(
+                    model, [pipe.call("0", "video_anomaly_classification", key, ref)], key, "0 (classify)"
+                )
+                usage.append(ans.usage)
+                class_raw = ans.text
+                label = ans.parsed.label if isinstance(ans.parsed, AnomalyVerdict) else parse_classification(ans.text)
+                if label not in ("anomaly", "normal"):
+                    raise Failure(description=f"video {key}: step 0: the classification answer ends in neither "
+                                  f"'anomaly' nor 'normal': {excerpt(ans.text, 200)!r}")
+                mode = label  # type: ignore[assignment]
+            result = FilterResult(
+                video=video, probe=probe, proceed=is_valid is not False, is_valid=is_valid,
+                stop_reason="" if is_valid is not False else f"not relevant to the domain: {excerpt(reason, 200)}",
+                relevance_reason=reason, raw_response=raw, mode=mode or "normal", mode_source=mode_source,
+                classification_raw=class_raw, usage=usage,
+            )
+        decision = "proceed" if result.proceed else f"stopped: {result.stop_reason}"
+        preview = (
+            f"**Decision:** {decision}\n\n**Mode:** {result.mode} (from {result.mode_source})\n\n"
+            f"**Duration:** {probe.duration_sec:.1f} s, {probe.width}x{probe.height}, {probe.video_codec}\n\n"
+            + (f"**Relevance reason:** {excerpt(result.relevance_reason)}\n\n" if result.relevance_reason else "")
+            + (f"_{OFFLINE_NOTE}_\n" if pipe.offline_teacher else "")
+        )
+        if not result.proceed:
+            context.log.info(f"video {key} stops at step 0: {result.stop_reason}")
+        return Output(
+            result,
+            data_version=data_version_of(result),
+            metadata={
+                "decision": decision,
+                "mode": result.mode,
+                "duration_s": MetadataValue.float(probe.duration_sec),
+                "video": MetadataValue.path(video.path),
+                "preview": MetadataValue.md(preview),
+                **usage_metadata(usage),
+            },
+        )
+
+    return filter_result

@@ -1,0 +1,258 @@
+"""`vr-annotate`: the same asset graph without the UI, on the same Dagster instance.
+
+Each video partition runs as its own in-process Dagster run, several at once, so one video
+can be in QA while others are still captioning; the provider limiter (shared by the whole
+process) keeps model calls at the configured concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from vr_assets.config import Spec, SpecError, load_spec
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    videos: int = 0
+    ran: int = 0
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped_up_to_date: int = 0
+    dataset_items: int | None = None
+    seconds: float = 0.0
+
+
+def ensure_dagster_home(spec: Spec) -> Path:
+    """Use $DAGSTER_HOME, or a folder beside the results so runs are never lost in a temp instance."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(Path(spec.results_dir) / "dagster_home")
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    cfg = Path(home) / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n")
+    return Path(home)
+
+
+def _failure_text(result: Any) -> str:
+    for ev in result.all_events:
+        if ev.event_type_value == "STEP_FAILURE":
+            data = ev.event_specific_data
+            ufd = getattr(data, "user_failure_data", None)
+            if ufd is not None and ufd.description:
+                return str(ufd.description)
+            err = getattr(data, "error", None)
+            if err is not None:
+                cause = err
+                while getattr(cause, "cause", None) is not None:
+                    cause = cause.cause
+                return f"{err.message.strip()}" if cause is err else f"{cause.message.strip()}"
+    return "run failed"
+
+
+def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool) -> dict[str, list[str]]:
+    """partition key -> the per-video assets that must (re)materialize for it."""
+    from dagster import AssetKey
+
+    from vr_assets.graph import PER_VIDEO_ASSETS
+    from vr_assets.io_manager import JsonStore
+
+    store = JsonStore(spec.results_dir)
+    done = {a: instance.get_materialized_partitions(AssetKey(a)) for a in PER_VIDEO_ASSETS}
+    resolver = None
+    if stale:
+        from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
+        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph())
+    work: dict[str, list[str]] = {}
+    for k in keys:
+        need: list[str] = []
+        stopped = False
+        if k in done["filter_result"]:
+            f = store.read_optional("filter_result", k)
+            stopped = f is not None and not f.proceed
+        for i, a in enumerate(PER_VIDEO_ASSETS):
+            if stopped and i > 0:
+                break
+            missing = k not in done[a]
+            is_stale = (
+                resolver is not None and not missing
+                and resolver.get_status(AssetKey(a), k) == StaleStatus.STALE  # type: ignore[name-defined]
+            )
+            if missing or is_stale:
+                need.append(a)
+        if need:
+            if not stale:  # resume: from the first missing step to the end
+                first = PER_VIDEO_ASSETS.index(need[0])
+                need = list(PER_VIDEO_ASSETS[first:])
+            work[k] = need
+    return work
+
+
+def run_pipeline(
+    spec: Spec,
+    *,
+    stale: bool = False,
+    only: list[str] | None = None,
+    parallel: int | None = None,
+    build_dataset: bool = True,
+    progress: Progress = print,
+) -> RunSummary:
+    from dagster import AssetKey, DagsterInstance
+
+    from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, build_definitions
+    from vr_assets.partitions import videos_partitions
+    from vr_assets.sensors import sync_partitions
+
+    t0 = time.perf_counter()
+    ensure_dagster_home(spec)
+    instance = DagsterInstance.get()
+    defs = build_definitions(spec)
+    existing = set(instance.get_dynamic_partitions(videos_partitions.name))
+    new, total = sync_partitions(spec, existing)
+    if new:
+        instance.add_dynamic_partitions(videos_partitions.name, new)
+    from vr_assets.partitions import VideoRegistry
+
+    keys = sorted(VideoRegistry(spec.results_dir).load())
+    if only:
+        unknown = [k for k in only if k not in keys]
+        if unknown:
+            raise SpecError(f"unknown video partition(s): {unknown}")
+        keys = [k for k in keys if k in only]
+    summary = RunSummary(videos=len(keys))
+    progress(f"{total} videos discovered ({len(new)} new); Dagster home {os.environ['DAGSTER_HOME']}")
+    work = plan_work(spec, defs, instance, keys, stale)
+    summary.skipped_up_to_date = len(keys) - len(work)
+    progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
+    job = defs.get_job_def(ANNOTATE_JOB)
+    width = parallel or max(2, 2 * spec.workflow.max_workers)
+    lock = threading.Lock()
+    done_count = 0
+
+    def one(k: str) -> tuple[str, bool, str]:
+        res = job.execute_in_process(
+            partition_key=k, instance=instance, asset_selection=[AssetKey(a) for a in work[k]],
+            raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
+        )
+        return k, res.success, "" if res.success else _failure_text(res)
+
+    if work:
+        with ThreadPoolExecutor(max_workers=min(width, len(work)), thread_name_prefix="video") as pool:
+            futures = [pool.submit(one, k) for k in work]
+            for fut in as_completed(futures):
+                k, ok, why = fut.result()
+                with lock:
+                    done_count += 1
+                    summary.ran += 1
+                    if ok:
+                        summary.succeeded.append(k)
+                    else:
+                        summary.failed[k] = why
+                    progress(f"[{done_count}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+    if build_dataset:
+        res = defs.get_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        if not res.success:
+            summary.failed["dataset"] = _failure_text(res)
+            progress(f"dataset FAILED: {summary.failed['dataset']}")
+        else:
+            mats = res.asset_materializations_for_node("dataset")
+            items = mats[0].metadata.get("items") if mats else None
+            summary.dataset_items = int(items.value) if items is not None else None  # type: ignore[union-attr]
+            progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
+    summary.seconds = time.perf_counter() - t0
+    progress(
+        f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "
+        f"{summary.skipped_up_to_date} up to date"
+    )
+    return summary
+
+
+# ---------------------------------------------------------------- default spec
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def commented_yaml(model: BaseModel, indent: int = 0) -> str:
+    """Every field with its default and its description as a comment."""
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if info.description:
+            lines.append(f"{pad}# {info.description}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.append(commented_yaml(value, indent + 1))
+        else:
+            dumped = value.model_dump() if isinstance(value, BaseModel) else value
+            lines.append(f"{pad}{name}: {_yaml_scalar(dumped)}")
+    return "\n".join(lines)
+
+
+def default_spec_text() -> str:
+    head = (
+        "# vr-assets spec: every field with its default. Paths are relative to this file.\n"
+        "# Secrets: leave api_key empty and export GOOGLE_API_KEY / OPENAI_API_KEY instead.\n"
+    )
+    return head + commented_yaml(Spec()) + "\n"
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vr-annotate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run_p = sub.add_parser("run", help="discover videos, materialize what is missing, write the dataset")
+    run_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
+    run_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. workflow.max_workers=16")
+    run_p.add_argument("--stale", action="store_true", help="also re-run partitions whose inputs/prompts changed")
+    run_p.add_argument("--video", action="append", dest="videos", help="only this partition key (repeatable)")
+    run_p.add_argument("--parallel", type=int, help="videos in flight (default 2 x workflow.max_workers)")
+    run_p.add_argument("--no-dataset", action="store_true", help="skip writing the merged dataset")
+    sub.add_parser("default-spec", help="print a commented spec with every field and its default")
+    demo_p = sub.add_parser("demo", help="annotate the bundled sample videos (offline teacher without a key)")
+    demo_p.add_argument("--results", default="results/demo", help="results folder")
+    demo_p.add_argument("--videos", help="video folder (default: the bundled samples)")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "default-spec":
+        sys.stdout.write(default_spec_text())
+        return 0
+    if args.cmd == "demo":
+        from vr_assets.demo import run_demo
+
+        return run_demo(results=args.results, videos=args.videos)
+    try:
+        spec = load_spec(args.config, args.overrides)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    summary = run_pipeline(
+        spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
+        progress=lambda m: print(m, flush=True),
+    )
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

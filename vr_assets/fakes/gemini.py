@@ -1,0 +1,616 @@
+"""Fake Gemini Developer API (the subset google-genai uses): generate, stream, count, Files API.
+
+Follows the observed wire protocol of google-genai 3.x: success is HTTP 200 only, nested
+keys arrive in snake_case or camelCase, inline data is url-safe base64, and the resumable
+upload answers with an absolute upload URL and always an ``X-Goog-Upload-Status`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from vr_assets.fakes.server import (
+    ERROR_FAULTS,
+    MEDIA_TOKENS,
+    TRANSPORT_FAULTS,
+    Exchange,
+    FakeServer,
+    FaultPlan,
+    Reply,
+    Route,
+    http_error,
+)
+from vr_assets.fakes.teacher import Teacher
+
+CHUNK_GRANULARITY = 8 * 1024 * 1024
+_V = r"(?P<v>v1|v1beta|v1alpha)"
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_DEFAULT_MESSAGES = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+_FILE_ID = re.compile(r"(?:^|/)files/([A-Za-z0-9_-]+)(?::download)?(?:[?#].*)?$")
+
+
+def _get(d: Any, camel: str, default: Any = None) -> Any:
+    """Look a key up in camelCase and snake_case (the SDK mixes both)."""
+    if not isinstance(d, dict):
+        return default
+    if camel in d:
+        return d[camel]
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+    return d.get(snake, default)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _b64decode(data: str) -> bytes:
+    """Url-safe or standard base64, padding optional."""
+    s = data.strip()
+    s += "=" * (-len(s) % 4)
+    return base64.urlsafe_b64decode(s.encode("ascii"))
+
+
+def _modality(mime: str) -> str:
+    major = (mime or "").split("/", 1)[0].lower()
+    return {"video": "VIDEO", "image": "IMAGE", "audio": "AUDIO"}.get(major, "DOCUMENT")
+
+
+@dataclass
+class UploadedFile:
+    """A finalized upload; `data` is freed on delete, the fingerprint stays."""
+
+    id: str
+    sha256: str
+    size: int
+    mime_type: str
+    display_name: str = ""
+    state: str = "PROCESSING"
+    deleted: bool = False
+    polls: int = 0
+    api_version: str = "v1beta"
+    create_time: str = ""
+    duration_s: float | None = None
+    data: bytes = field(default=b"", repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"files/{self.id}"
+
+
+class _FileTable(dict[str, UploadedFile]):
+    """Keys are bare ids; lookups also accept the SDK's ``files/<id>`` names."""
+
+    @staticmethod
+    def _key(key: object) -> object:
+        return key.removeprefix("files/") if isinstance(key, str) else key
+
+    def __getitem__(self, key: str) -> UploadedFile:
+        return super().__getitem__(self._key(key))  # type: ignore[arg-type]
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self._key(key))
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(self._key(key), default)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Session:
+    file_id: str
+    api_version: str
+    size: int
+    mime_type: str
+    display_name: str
+    buf: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _GenInfo:
+    model: str
+    prompt: str
+    text_chars: int
+    media: list[tuple[str, str]]  # (sha256, mime)
+    schema: dict[str, Any] | None
+    mime: str
+    include_thoughts: bool
+    max_tokens: int | None
+
+
+class FakeGemini(FakeServer):
+    """Local Gemini endpoint; pass `base_url` with api_version="v1beta" to genai.Client."""
+
+    url_suffix: ClassVar[str] = ""
+    answer_routes: ClassVar[tuple[str, ...]] = ("generateContent", "streamGenerateContent")
+
+    def __init__(
+        self,
+        teacher: Teacher | None = None,
+        latency_media_s: float = 0.0,
+        latency_text_s: float = 0.0,
+        faults: FaultPlan | None = None,
+        *,
+        processing_polls: int = 2,
+        probe_durations: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(teacher, latency_media_s, latency_text_s, faults, **kwargs)
+        #: GETs that still report PROCESSING for a video file; 0 makes uploads ACTIVE at once
+        self.processing_polls = processing_polls
+        self.probe_durations = probe_durations
+        self.uploaded: _FileTable = _FileTable()
+        self._sessions: dict[str, _Session] = {}
+        self._files_lock = threading.Lock()
+        self._routes: list[Route] = [
+            ("POST", re.compile(rf"/{_V}/models/(?P<model>[^:]+):generateContent"), "generateContent", self._generate),
+            (
+                "POST",
+                re.compile(rf"/{_V}/models/(?P<model>[^:]+):streamGenerateContent"),
+                "streamGenerateContent",
+                self._generate,
+            ),
+            ("POST", re.compile(rf"/{_V}/models/(?P<model>[^:]+):countTokens"), "countTokens", self._count_tokens),
+            ("GET", re.compile(rf"/{_V}/models"), "models.list", self._models_list),
+            ("GET", re.compile(rf"/{_V}/models/(?P<model>[^:/]+)"), "models.get", self._models_get),
+            ("POST", re.compile(rf"/upload/{_V}/files"), "upload", self._upload),
+            ("GET", re.compile(rf"/{_V}/files"), "files.list", self._files_list),
+            (
+                "GET",
+                re.compile(rf"/(?:download/)?{_V}/files/(?P<fid>[^/:]+):download"),
+                "files.download",
+                self._download,
+            ),
+            ("GET", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.get", self._files_get),
+            ("DELETE", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.delete", self._files_delete),
+        ]
+
+    # ------------------------------------------------------------ public helpers
+
+    def live_files(self) -> int:
+        with self._files_lock:
+            return sum(1 for f in self.uploaded.values() if not f.deleted)
+
+    def upload_bytes_by_sha(self) -> dict[str, int]:
+        """Bytes of finalized uploads per content sha256 (deleted files included)."""
+        out: dict[str, int] = {}
+        with self._files_lock:
+            for f in self.uploaded.values():
+                out[f.sha256] = out.get(f.sha256, 0) + f.size
+        return out
+
+    # ------------------------------------------------------------ server hooks
+
+    def routes(self) -> list[Route]:
+        return self._routes
+
+    def refine_route(self, route: str, query: dict[str, str]) -> str:
+        if route == "upload":
+            return "upload.chunk" if "upload_id" in query else "upload.start"
+        return route
+
+    def decorate(self, route: str, reply: Reply) -> Reply:
+        if route.startswith("upload.") and "X-Goog-Upload-Status" not in reply.headers:
+            reply.headers["X-Goog-Upload-Status"] = "final"  # makes the SDK stop and raise, not re-send
+        return reply
+
+    def applicable_faults(self, route: str) -> tuple[str, ...]:
+        if route in self.answer_routes:
+            return super().applicable_faults(route)
+        return ERROR_FAULTS + TRANSPORT_FAULTS
+
+    def error_reply(
+        self, status: int, message: str | None = None, *, retry_after: bool = False, status_name: str | None = None
+    ) -> Reply:
+        name = status_name or _STATUS_NAMES.get(status, "UNKNOWN")
+        err: dict[str, Any] = {
+            "code": status,
+            "message": message or _DEFAULT_MESSAGES.get(status, f"fake error {status}"),
+            "status": name,
+        }
+        headers: dict[str, str] = {}
+        if retry_after:
+            err["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
+            headers["Retry-After"] = "1"
+        return Reply.json({"error": err}, status=status, headers=headers)
+
+    def check_auth(self, ex: Exchange) -> Reply | None:
+        if ex.record.route == "upload.chunk":
+            return None  # the upload id is the credential, the SDK sends no key here
+        key = ex.headers.get("x-goog-api-key") or ex.query.get("key")
+        if not key:
+            return self.error_reply(
+                403,
+                "Method doesn't allow unregistered callers. Please use API Key or other form of API consumer identity.",
+            )
+        if self.api_key is not None and key != self.api_key:
+            return self.error_reply(400, "API key not valid. Please pass a valid API key.")
+        return None
+
+    def prepare(self, ex: Exchange) -> None:
+        if ex.record.route not in ("generateContent", "streamGenerateContent", "countTokens"):
+            return
+        body = ex.json if isinstance(ex.json, dict) else None
+        if body is None:
+            raise http_error(self.error_reply(400, "Invalid JSON payload received."))
+        if ex.record.route == "countTokens" and "generateContentRequest" in body:
+            body = body["generateContentRequest"] or {}
+        info = self._gen_info(ex.params["model"], body)
+        ex.info = info
+        ex.has_media = bool(info.media)
+        rec = ex.record
+        rec.model = info.model
+        rec.prompt_text = info.prompt
+        rec.media_sha256 = [sha for sha, _ in info.media]
+        rec.schema_title = str(info.schema.get("title")) if info.schema and info.schema.get("title") else None
+
+    # ------------------------------------------------------------ generate
+
+    def _gen_info(self, model: str, body: dict[str, Any]) -> _GenInfo:
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise http_error(self.error_reply(400, "* GenerateContentRequest.contents: contents is not specified"))
+        texts: list[str] = []
+        media: list[tuple[str, str]] = []
+        system = _get(body, "systemInstruction")
+        blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
+        for block in blocks:
+            for part in block.get("parts") or []:
+                if not isinstance(part, dict) or part.get("thought"):
+                    continue
+                if isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                inline = _get(part, "inlineData")
+                if isinstance(inline, dict):
+                    media.append(self._inline_media(inline))
+                file_data = _get(part, "fileData")
+                if isinstance(file_data, dict):
+                    media.append(self._file_media(file_data))
+        config = _get(body, "generationConfig") or {}
+        mime = str(_get(config, "responseMimeType") or "text/plain")
+        schema = (
+            _get(config, "responseJsonSchema") or config.get("_responseJsonSchema") or _get(config, "responseSchema")
+        )
+        if not isinstance(schema, dict):
+            schema = {"type": "object"} if mime == "application/json" else None
+        thinking = _get(config, "thinkingConfig") or {}
+        max_tokens = _get(config, "maxOutputTokens")
+        prompt = "\n".join(texts)
+        return _GenInfo(
+            model=model.removeprefix("models/"),
+            prompt=prompt,
+            text_chars=len(prompt),
+            media=media,
+            schema=schema if mime in ("application/json", "text/x.enum") else None,
+            mime=mime,
+            include_thoughts=bool(_get(thinking, "includeThoughts")),
+            max_tokens=int(max_tokens) if max_tokens else None,
+        )
+
+    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str]:
+        mime = str(_get(inline, "mimeType") or "")
+        if not mime:
+            raise http_error(self.error_reply(400, "* inline_data.mime_type: mime type is required"))
+        try:
+            raw = _b64decode(str(inline.get("data") or ""))
+        except (binascii.Error, ValueError) as exc:
+            raise http_error(self.error_reply(400, f"Invalid value at 'inline_data.data': {exc}")) from exc
+        sha = hashlib.sha256(raw).hexdigest()
+        self.note_inline(sha, len(raw))
+        return sha, mime
+
+    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str]:
+        uri = str(_get(file_data, "fileUri") or "")
+        mime = str(_get(file_data, "mimeType") or "")
+        hit = _FILE_ID.search(uri)
+        if hit is None:
+            return hashlib.sha256(uri.encode()).hexdigest(), mime  # e.g. a YouTube URL: fingerprint the URI
+        fid = hit.group(1)
+        with self._files_lock:
+            f = self.uploaded.get(fid)
+            if f is None or f.deleted:
+                raise http_error(
+                    self.error_reply(403, f"You do not have permission to access the File {fid} or it may not exist.")
+                )
+            if f.state != "ACTIVE":
+                raise http_error(
+                    self.error_reply(
+                        400,
+                        f"The File {fid} is not in an ACTIVE state and usage is not allowed.",
+                        status_name="FAILED_PRECONDITION",
+                    )
+                )
+            return f.sha256, mime or f.mime_type
+
+    def _usage(self, info: _GenInfo, answer_chars: int, think_chars: int) -> dict[str, Any]:
+        text_tokens = info.text_chars // 4
+        details: dict[str, int] = {"TEXT": text_tokens}
+        for _, mime in info.media:
+            details[_modality(mime)] = details.get(_modality(mime), 0) + MEDIA_TOKENS
+        prompt_tokens = sum(details.values())
+        candidates = answer_chars // 4
+        thoughts = think_chars // 4
+        return {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": candidates,
+            "thoughtsTokenCount": thoughts,
+            "totalTokenCount": prompt_tokens + candidates + thoughts,
+            "promptTokensDetails": [{"modality": m, "tokenCount": n} for m, n in details.items()],
+        }
+
+    def _generate(self, ex: Exchange, fault: str | None) -> Reply:
+        info: _GenInfo = ex.info
+        answer = self.teacher.answer(info.prompt, [sha for sha, _ in info.media], info.schema, info.model)
+        text = answer.text
+        if info.mime == "text/x.enum":
+            try:
+                value = json.loads(text)
+                text = value if isinstance(value, str) else text
+            except ValueError:
+                pass
+        visible = text if not answer.think or info.include_thoughts else f"<think>{answer.think}</think>\n{text}"
+        finish = "STOP"
+        if info.max_tokens is not None and len(visible) // 4 > info.max_tokens:
+            visible, finish = visible[: info.max_tokens * 4], "MAX_TOKENS"
+        if fault == "truncated":
+            visible, finish = visible[: len(visible) // 2], "MAX_TOKENS"
+        parts: list[dict[str, Any]] = []
+        if answer.think and info.include_thoughts:
+            parts.append({"text": answer.think, "thought": True})
+        parts.append({"text": visible})
+        candidate: dict[str, Any] = {
+            "content": {"parts": parts, "role": "model"},
+            "finishReason": finish,
+            "index": 0,
+        }
+        body: dict[str, Any] = {"candidates": [candidate]}
+        answer_chars = len(visible)
+        if fault == "empty":
+            body["candidates"] = []
+            answer_chars = 0
+        elif fault == "safety":
+            ratings = [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+            ]
+            body["candidates"] = [{"finishReason": "SAFETY", "index": 0, "safetyRatings": ratings}]
+            body["promptFeedback"] = {
+                "safetyRatings": [dict(r, probability="NEGLIGIBLE", blocked=False) for r in ratings]
+            }
+            answer_chars = 0
+        think_chars = len(answer.think) if fault not in ("empty", "safety") else 0
+        body["usageMetadata"] = self._usage(info, answer_chars, think_chars)
+        body["modelVersion"] = info.model
+        body["responseId"] = f"fake-{self.next_id():08d}"
+        if ex.record.route == "streamGenerateContent":
+            event = b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
+            return Reply(status=200, body=event, content_type="text/event-stream")
+        return Reply.json(body)
+
+    def _count_tokens(self, ex: Exchange, fault: str | None) -> Reply:
+        usage = self._usage(ex.info, 0, 0)
+        return Reply.json(
+            {"totalTokens": usage["promptTokenCount"], "promptTokensDetails": usage["promptTokensDetails"]}
+        )
+
+    def _models_list(self, ex: Exchange, fault: str | None) -> Reply:
+        return Reply.json({"models": [self._model_json("gemini-2.5-flash"), self._model_json("gemini-2.5-pro")]})
+
+    def _models_get(self, ex: Exchange, fault: str | None) -> Reply:
+        return Reply.json(self._model_json(ex.params["model"]))
+
+    @staticmethod
+    def _model_json(model: str) -> dict[str, Any]:
+        return {
+            "name": f"models/{model}",
+            "displayName": model,
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+        }
+
+    # ------------------------------------------------------------ files
+
+    def _upload(self, ex: Exchange, fault: str | None) -> Reply:
+        if ex.record.route == "upload.chunk":
+            return self._upload_chunk(ex)
+        return self._upload_start(ex)
+
+    def _upload_start(self, ex: Exchange) -> Reply:
+        command = ex.headers.get("x-goog-upload-command", "").lower()
+        if "start" not in command:
+            return self.error_reply(400, "Expected X-Goog-Upload-Command: start")
+        meta = _get(ex.json, "file") if isinstance(ex.json, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        size_header = ex.headers.get("x-goog-upload-header-content-length") or _get(meta, "sizeBytes")
+        mime = ex.headers.get("x-goog-upload-header-content-type") or _get(meta, "mimeType")
+        if size_header is None:
+            return self.error_reply(400, "Upload size is required (X-Goog-Upload-Header-Content-Length).")
+        if not mime:
+            return self.error_reply(400, "Upload MIME type is required (X-Goog-Upload-Header-Content-Type).")
+        name = str(_get(meta, "name") or "").removeprefix("files/") or secrets.token_hex(6)
+        upload_id = secrets.token_urlsafe(12)
+        with self._files_lock:
+            if name in self.uploaded and not self.uploaded[name].deleted:
+                return self.error_reply(409, f"File files/{name} already exists.")
+            self._sessions[upload_id] = _Session(
+                file_id=name,
+                api_version=ex.params["v"],
+                size=int(size_header),
+                mime_type=str(mime),
+                display_name=str(_get(meta, "displayName") or ""),
+            )
+        url = f"{self.root_url}/upload/{ex.params['v']}/files?upload_id={upload_id}&upload_protocol=resumable"
+        return Reply(
+            status=200,
+            body=b"",
+            headers={
+                "X-Goog-Upload-Status": "active",
+                "X-Goog-Upload-URL": url,
+                "X-Goog-Upload-Control-URL": url,
+                "X-Goog-Upload-Chunk-Granularity": str(CHUNK_GRANULARITY),
+            },
+        )
+
+    def _upload_chunk(self, ex: Exchange) -> Reply:
+        commands = {c.strip() for c in ex.headers.get("x-goog-upload-command", "").lower().split(",")}
+        upload_id = ex.query.get("upload_id", "")
+        with self._files_lock:
+            session = self._sessions.get(upload_id)
+            if session is None:
+                return self.error_reply(404, f"Upload session {upload_id} not found.")
+            if "query" in commands:
+                return Reply(
+                    body=b"",
+                    headers={"X-Goog-Upload-Status": "active", "X-Goog-Upload-Size-Received": str(len(session.buf))},
+                )
+            if "upload" in commands:
+                offset = ex.headers.get("x-goog-upload-offset")
+                if offset is None or int(offset) != len(session.buf):
+                    return self.error_reply(400, f"Invalid X-Goog-Upload-Offset {offset}; expected {len(session.buf)}.")
+                final = "finalize" in commands
+                if not final and len(ex.body) % CHUNK_GRANULARITY:
+                    return self.error_reply(400, f"Non-final chunks must be multiples of {CHUNK_GRANULARITY} bytes.")
+                if len(session.buf) + len(ex.body) > session.size:
+                    return self.error_reply(400, f"Upload exceeds the declared size {session.size}.")
+                session.buf += ex.body
+            if "finalize" not in commands:
+                return Reply(body=b"", headers={"X-Goog-Upload-Status": "active"})
+            if len(session.buf) != session.size:
+                return self.error_reply(400, f"Received {len(session.buf)} bytes, declared {session.size}.")
+            del self._sessions[upload_id]
+            data = bytes(session.buf)
+            is_video = session.mime_type.startswith("video/")
+            f = UploadedFile(
+                id=session.file_id,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                mime_type=session.mime_type,
+                display_name=session.display_name,
+                state="PROCESSING" if is_video and self.processing_polls > 0 else "ACTIVE",
+                api_version=session.api_version,
+                create_time=_ts(_now()),
+                data=data,
+            )
+            self.uploaded[f.id] = f
+        if f.state == "ACTIVE":
+            self._probe(f)
+        return Reply.json({"file": self._file_json(f)}, headers={"X-Goog-Upload-Status": "final"})
+
+    def _probe(self, f: UploadedFile) -> None:
+        if f.duration_s is not None or not f.mime_type.startswith("video/"):
+            return
+        f.duration_s = _probe_duration(f.data) if self.probe_durations else 0.0
+
+    def _file_json(self, f: UploadedFile) -> dict[str, Any]:
+        created = dt.datetime.strptime(f.create_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        out: dict[str, Any] = {"name": f.name}
+        if f.display_name:
+            out["displayName"] = f.display_name
+        out.update(
+            {
+                "mimeType": f.mime_type,
+                "sizeBytes": str(f.size),
+                "createTime": f.create_time,
+                "updateTime": f.create_time,
+                "expirationTime": _ts(created + dt.timedelta(hours=48)),
+                "sha256Hash": base64.b64encode(f.sha256.encode()).decode(),
+                "uri": f"{self.root_url}/{f.api_version}/files/{f.id}",
+                "downloadUri": f"{self.root_url}/{f.api_version}/files/{f.id}:download?alt=media",
+                "state": f.state,
+                "source": "UPLOADED",
+            }
+        )
+        if f.state == "ACTIVE" and f.mime_type.startswith("video/"):
+            out["videoMetadata"] = {"videoDuration": f"{f.duration_s or 0.0:g}s"}
+        return out
+
+    def _live(self, fid: str) -> UploadedFile:
+        f = self.uploaded.get(fid)
+        if f is None or f.deleted:
+            raise http_error(
+                self.error_reply(403, f"You do not have permission to access the File {fid} or it may not exist.")
+            )
+        return f
+
+    def _files_get(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            f = self._live(ex.params["fid"])
+            if f.state == "PROCESSING":
+                f.polls += 1
+                if f.polls > self.processing_polls:
+                    f.state = "ACTIVE"
+        if f.state == "ACTIVE":
+            self._probe(f)
+        return Reply.json(self._file_json(f))
+
+    def _files_list(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            files = [self._file_json(f) for f in self.uploaded.values() if not f.deleted]
+        return Reply.json({"files": files} if files else {})
+
+    def _files_delete(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            f = self._live(ex.params["fid"])
+            f.deleted = True
+            f.data = b""
+        return Reply.json({})
+
+    def _download(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            f = self._live(ex.params["fid"])
+            data = f.data
+        return Reply(body=data, content_type="application/octet-stream")
+
+
+def _probe_duration(data: bytes) -> float:
+    """Duration for videoMetadata; 0 when ffprobe is missing or cannot read the bytes."""
+    ffprobe = shutil.which("ffprobe")
+    if not ffprobe or not data:
+        return 0.0
+    with tempfile.NamedTemporaryFile(suffix=".bin") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            out = subprocess.run(
+                [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", tmp.name],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout.strip()
+            return round(float(out), 3) if out and out != "N/A" else 0.0
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return 0.0

@@ -1,0 +1,98 @@
+"""One JSON file per asset per video under results_dir, written atomically.
+
+Paths are plain and predictable (`<results_dir>/assets/<asset>/<partition>.json`) so a
+person can inspect a video's outputs without Dagster, and a crash mid-write never leaves
+a half-written file: data goes to a temp file in the same folder, then `os.replace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pydantic import BaseModel
+
+from vr_assets import records
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# asset name -> record type stored for it
+ASSET_RECORDS: dict[str, type[BaseModel]] = {
+    "filter_result": records.FilterResult,
+    "captions": records.Captions,
+    "chunk_captions": records.ChunkCaptions,
+    "highlight": records.Highlight,
+    "description": records.Description,
+    "qa": records.QAResult,
+    "task_exports": records.TaskExports,
+}
+
+
+class JsonStore:
+    """Read/write step records by (asset, partition) without going through Dagster."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        self.root = Path(results_dir) / "assets"
+
+    def path(self, asset: str, partition: str) -> Path:
+        return self.root / asset / f"{partition}.json"
+
+    def write(self, asset: str, partition: str, value: BaseModel) -> Path:
+        p = self.path(asset, partition)
+        atomic_write_text(p, value.model_dump_json(indent=2))
+        return p
+
+    def exists(self, asset: str, partition: str) -> bool:
+        return self.path(asset, partition).exists()
+
+    def read(self, asset: str, partition: str) -> Any:
+        p = self.path(asset, partition)
+        if not p.exists():
+            raise FileNotFoundError(f"no stored {asset} for video {partition!r} (expected {p})")
+        return ASSET_RECORDS[asset].model_validate_json(p.read_text())
+
+    def read_optional(self, asset: str, partition: str) -> Any | None:
+        p = self.path(asset, partition)
+        return ASSET_RECORDS[asset].model_validate_json(p.read_text()) if p.exists() else None
+
+    def partitions(self, asset: str) -> list[str]:
+        d = self.root / asset
+        return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+class PartitionedJsonIOManager(ConfigurableIOManager):
+    """Stores each per-video asset output as `<results_dir>/assets/<asset>/<video>.json`."""
+
+    results_dir: str
+
+    def _store(self) -> JsonStore:
+        return JsonStore(self.results_dir)
+
+    def handle_output(self, context: OutputContext, obj: BaseModel | None) -> None:
+        if obj is None:
+            return
+        asset = context.asset_key.path[-1]
+        path = self._store().write(asset, context.partition_key, obj)
+        context.add_output_metadata({"path": str(path)})
+
+    def load_input(self, context: InputContext) -> Any:
+        asset = context.asset_key.path[-1]
+        return self._store().read(asset, context.partition_key)

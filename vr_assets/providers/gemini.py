@@ -1,0 +1,454 @@
+"""Gemini teacher on google-genai: inline media or one Files API upload per video.
+
+The SDK's own retries stay off (`retry_options=None`, its default): the shared loop in base.py
+retries with knowledge of Retry-After, RetryInfo and bad answers, and the limiter sees every try.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from vr_assets.config import MediaSettings, ModelSpec
+from vr_assets.providers.base import (
+    Accounting,
+    Attempt,
+    BadOutput,
+    BaseTeacher,
+    Failure,
+    KeyedLocks,
+    ModelCall,
+    PayloadCache,
+    Prepared,
+    RetryableError,
+    Scrubber,
+    classify_status,
+    classify_transport,
+    file_sha256,
+    media_sha256,
+    parse_retry_after,
+    parse_retry_info,
+    strip_think,
+)
+from vr_assets.providers.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+OK_FINISH = frozenset({"", "STOP", "FINISH_REASON_UNSPECIFIED"})
+BLOCKED_FINISH = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT"}
+)
+UPLOAD_POLL_INITIAL_S = 0.1
+UPLOAD_POLL_MAX_S = 5.0
+UPLOAD_MAX_WAIT_S = 600.0
+UPLOAD_SLOT_WAIT_S = 120.0
+# Gemini deletes uploads after 48 h; re-upload before a long run trips over an expired file.
+UPLOAD_MAX_AGE_S = 46 * 3600.0
+
+
+class FileProcessingFailed(Exception):
+    """The Files API reported FAILED (or never got ACTIVE): the same bytes will not do better."""
+
+
+def _enum_name(v: Any) -> str:
+    if v is None:
+        return ""
+    return str(getattr(v, "value", v) or "")
+
+
+def inline_payload_bytes(size: int) -> int:
+    """Inline media travel base64-encoded, so the request grows by 4/3; the limit is on the request."""
+    return (size + 2) // 3 * 4
+
+
+# ---------------------------------------------------------------- uploads
+
+
+@dataclass
+class _Upload:
+    sha: str
+    name: str
+    part: types.Part
+    size: int
+    created: float
+    owners: set[str] = field(default_factory=set)
+    in_use: int = 0
+    last_used: float = 0.0
+
+
+class UploadManager:
+    """Files API uploads keyed by content hash: one upload per video, bounded number alive.
+
+    A call holds its upload "in use" while its request runs; only idle uploads are evicted
+    (least recently used first) when a new one needs a slot, and `release` deletes a video's
+    uploads once no other video shares the same bytes.
+    """
+
+    def __init__(self, client: genai.Client, scrub: Scrubber, max_live: int) -> None:
+        self._client = client
+        self._scrub = scrub
+        self.max_live = max_live
+        self._live: dict[str, _Upload] = {}
+        self._reserved = 0
+        self._cond = threading.Condition()
+        self._locks = KeyedLocks()
+        self.uploads = 0
+        self.deletes = 0
+
+    def live_count(self) -> int:
+        with self._cond:
+            return len(self._live)
+
+    def acquire(self, path: Path, mime: str, owner: str, timeout_ms: int) -> tuple[_Upload, int]:
+        """The ACTIVE upload for `path` (marked in use) and the bytes this call uploaded (0 on reuse)."""
+        sha = file_sha256(path)
+        with self._locks.hold(sha):
+            stale: _Upload | None = None
+            with self._cond:
+                up = self._live.get(sha)
+                if up is not None and time.monotonic() - up.created > UPLOAD_MAX_AGE_S and up.in_use == 0:
+                    stale = self._live.pop(sha)
+                    up = None
+                if up is not None:
+                    up.in_use += 1
+                    up.owners.add(owner)
+                    up.last_used = time.monotonic()
+                    return up, 0
+            if stale is not None:
+                self._delete(stale)
+            self._reserve_slot()
+            try:
+                up = self._upload(path, mime, sha, owner, timeout_ms)
+            except BaseException:
+                with self._cond:
+                    self._reserved -= 1
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self._reserved -= 1
+                up.in_use = 1
+                up.owners.add(owner)
+                up.last_used = time.monotonic()
+                self._live[sha] = up
+                self.uploads += 1
+            return up, up.size
+
+    def unuse(self, up: _Upload) -> None:
+        doomed = False
+        with self._cond:
+            up.in_use -= 1
+            up.last_used = time.monotonic()
+            if up.in_use == 0 and not up.owners and self._live.get(up.sha) is up:
+                del self._live[up.sha]
+                doomed = True
+            self._cond.notify_all()
+        if doomed:
+            self._delete(up)
+
+    def release(self, owner: str) -> int:
+        """Forget `owner`; uploads no video owns any more are deleted now (or when their last call ends)."""
+        doomed: list[_Upload] = []
+        with self._cond:
+            for sha, up in list(self._live.items()):
+                up.owners.discard(owner)
+                if not up.owners and up.in_use == 0:
+                    del self._live[sha]
+                    doomed.append(up)
+            self._cond.notify_all()
+        for up in doomed:
+            self._delete(up)
+        return len(doomed)
+
+    def close(self) -> None:
+        with self._cond:
+            doomed = list(self._live.values())
+            self._live.clear()
+        for up in doomed:
+            self._delete(up)
+
+    def _reserve_slot(self) -> None:
+        """Wait for room under `max_live`, evicting the least recently used idle upload.
+
+        Only a media ref with more files than `max_live` (all in use by one request) could wait
+        forever; after UPLOAD_SLOT_WAIT_S the upload goes ahead over the cap, with a warning.
+        """
+        deadline = time.monotonic() + UPLOAD_SLOT_WAIT_S
+        while True:
+            victim: _Upload | None = None
+            with self._cond:
+                if len(self._live) + self._reserved < self.max_live:
+                    self._reserved += 1
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("all %d live uploads stay in use: uploading over the cap", self.max_live)
+                    self._reserved += 1
+                    return
+                idle = [u for u in self._live.values() if u.in_use == 0]
+                if idle:
+                    victim = min(idle, key=lambda u: u.last_used)
+                    del self._live[victim.sha]
+                    self._reserved += 1
+                else:
+                    self._cond.wait(timeout=1.0)
+                    continue
+            self._delete(victim)
+            return
+
+    def _upload(self, path: Path, mime: str, sha: str, owner: str, timeout_ms: int) -> _Upload:
+        size = path.stat().st_size
+        opts = types.HttpOptions(timeout=timeout_ms)
+        try:
+            f = self._client.files.upload(
+                file=str(path),
+                config=types.UploadFileConfig(mime_type=mime, display_name=owner[:120], http_options=opts),
+            )
+        except ValueError as err:  # the SDK's "upload status is not finalized": an interrupted upload
+            raise RetryableError(f"upload of {path.name} did not finish: {self._scrub(err)}") from None
+        name = f.name or ""
+        deadline = time.monotonic() + UPLOAD_MAX_WAIT_S
+        interval = UPLOAD_POLL_INITIAL_S
+        while _enum_name(f.state) in ("PROCESSING", "STATE_UNSPECIFIED", ""):
+            if time.monotonic() > deadline:
+                self._delete_name(name)
+                raise FileProcessingFailed(f"file {name} not ACTIVE after {UPLOAD_MAX_WAIT_S:.0f}s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, UPLOAD_POLL_MAX_S)
+            try:
+                f = self._client.files.get(name=name, config=types.GetFileConfig(http_options=opts))
+            except genai_errors.APIError as err:
+                if err.code in (429, 500, 502, 503, 504):
+                    continue
+                raise
+            except Exception as err:  # noqa: BLE001 - a dropped poll is retried until the deadline
+                if classify_transport(err, self._scrub) is None:
+                    raise
+        if _enum_name(f.state) != "ACTIVE":
+            detail = f.error.message if f.error is not None and f.error.message else _enum_name(f.state)
+            self._delete_name(name)
+            raise FileProcessingFailed(f"file {name} processing failed: {self._scrub(detail)}")
+        part = types.Part(file_data=types.FileData(file_uri=f.uri, mime_type=f.mime_type or mime))
+        log.info("uploaded %s (%d bytes) as %s", path.name, size, name)
+        return _Upload(sha=sha, name=name, part=part, size=size, created=time.monotonic())
+
+    def _delete(self, up: _Upload) -> None:
+        self._delete_name(up.name)
+
+    def _delete_name(self, name: str) -> None:
+        if not name:
+            return
+        try:
+            self._client.files.delete(name=name)
+            with self._cond:
+                self.deletes += 1
+        except Exception as err:  # noqa: BLE001 - the service expires files anyway; never fail a call on cleanup
+            log.warning("could not delete upload %s: %s", name, self._scrub(err))
+
+
+# ---------------------------------------------------------------- shared per endpoint
+
+
+class GeminiShared:
+    """What every Gemini teacher on one endpoint + key shares: the client, the uploads, the payloads."""
+
+    def __init__(self, api_key: str, base_url: str | None, api_version: str, max_live: int) -> None:
+        self.scrub = Scrubber([api_key])
+        opts = types.HttpOptions(api_version=api_version, retry_options=None)
+        if base_url:
+            opts = types.HttpOptions(base_url=base_url, api_version=api_version, retry_options=None)
+        self.client = genai.Client(api_key=api_key, http_options=opts)
+        self.uploads = UploadManager(self.client, self.scrub, max_live)
+        self.payloads: PayloadCache[list[types.Part]] = PayloadCache()
+
+    def __repr__(self) -> str:
+        return "GeminiShared(...)"
+
+
+_SHARED: dict[tuple[str, ...], GeminiShared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_for(api_key: str, base_url: str | None, api_version: str, fingerprint: str, max_live: int) -> GeminiShared:
+    key = (base_url or "", api_version, fingerprint)
+    with _SHARED_LOCK:
+        sh = _SHARED.get(key)
+        if sh is None:
+            sh = _SHARED[key] = GeminiShared(api_key, base_url, api_version, max_live)
+        else:
+            sh.uploads.max_live = max_live
+        return sh
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+class GeminiTeacher(BaseTeacher):
+    provider = "gemini"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        role: str,
+        api_key: str,
+        shared: GeminiShared,
+        limiter: RateLimiter,
+        media: MediaSettings,
+        accounting: Accounting,
+    ) -> None:
+        super().__init__(spec, role=role, api_key=api_key, limiter=limiter, media=media, accounting=accounting)
+        self._settings = spec.gemini
+        self._shared = shared
+        self._timeout_ms = max(1, int(round(spec.gemini.timeout * 1000)))
+
+    @property
+    def uploads(self) -> UploadManager:
+        return self._shared.uploads
+
+    @property
+    def payloads(self) -> PayloadCache[list[types.Part]]:
+        return self._shared.payloads
+
+    def release(self, video_key: str) -> None:
+        self._shared.payloads.release(video_key)
+        self._shared.uploads.release(video_key)
+
+    def close(self) -> None:
+        """Delete every upload this endpoint still holds (end of a run)."""
+        self._shared.uploads.close()
+
+    # -------------------------------------------------- media
+
+    def _prepare(self, call: ModelCall) -> Prepared:
+        media = call.media
+        if media is None:
+            return Prepared(payload=[])
+        owner = media.video_key
+        if media.kind == "frames":
+            key = "frames:" + media_sha256(media)
+            parts, size = self._shared.payloads.get(key, owner, lambda: _frame_parts(media.paths))
+            return Prepared(payload=parts, inline_bytes=size)
+        limit = int(self._media.inline_limit_mb * 1_000_000)
+        parts: list[types.Part] = []
+        held: list[_Upload] = []
+        uploaded = inline = 0
+        try:
+            for path in media.paths:
+                size = path.stat().st_size
+                if inline_payload_bytes(size) > limit:
+                    up, sent = self._shared.uploads.acquire(path, media.mime_type, owner, self._timeout_ms)
+                    held.append(up)
+                    parts.append(up.part)
+                    uploaded += sent
+                else:
+                    got, n = self._shared.payloads.get(
+                        "inline:" + file_sha256(path), owner, lambda p=path: _inline_parts([p], media.mime_type)
+                    )
+                    parts.extend(got)
+                    inline += n
+        except BaseException:
+            for up in held:
+                self._shared.uploads.unuse(up)
+            raise
+
+        def done() -> None:
+            for up in held:
+                self._shared.uploads.unuse(up)
+
+        return Prepared(payload=parts, uploaded_bytes=uploaded, inline_bytes=inline, release=done)
+
+    # -------------------------------------------------- request
+
+    def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
+        s = self._settings
+        config = types.GenerateContentConfig(
+            temperature=s.temperature,
+            max_output_tokens=s.max_output_tokens,
+            media_resolution=s.media_resolution if call.media is not None else None,
+            system_instruction=call.system or None,
+            response_mime_type="application/json" if call.schema_model is not None else None,
+            response_schema=call.schema_model,
+            http_options=types.HttpOptions(timeout=self._timeout_ms),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+        parts = [*prepared.payload, types.Part(text=call.prompt)]
+        resp = self._shared.client.models.generate_content(
+            model=s.model, contents=[types.Content(role="user", parts=parts)], config=config
+        )
+        return read_response(resp)
+
+    def _classify(self, exc: BaseException) -> Failure:
+        scrub = self._shared.scrub
+        if isinstance(exc, genai_errors.APIError):
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            retry_after = parse_retry_after(headers)
+            if retry_after is None:
+                retry_after = parse_retry_info(exc.details)
+            text = f"HTTP {exc.code} {exc.status or ''}: {exc.message or exc.details}"
+            code = exc.code if isinstance(exc.code, int) else 0
+            return classify_status(code, scrub(text), retry_after)
+        if isinstance(exc, FileProcessingFailed):
+            return Failure("upload", False, scrub(exc))
+        got = classify_transport(exc, scrub)
+        if got is not None:
+            return got
+        return Failure("unexpected", False, f"{type(exc).__name__}: {scrub(exc)}")
+
+
+def _frame_parts(paths: list[Path]) -> tuple[list[types.Part], int]:
+    parts, total = [], 0
+    for p in paths:
+        data = p.read_bytes()
+        total += len(data)
+        parts.append(types.Part.from_bytes(data=data, mime_type="image/jpeg"))
+    return parts, total
+
+
+def _inline_parts(paths: list[Path], mime: str) -> tuple[list[types.Part], int]:
+    parts, total = [], 0
+    for p in paths:
+        data = p.read_bytes()
+        total += len(data)
+        parts.append(types.Part.from_bytes(data=data, mime_type=mime))
+    return parts, total
+
+
+def read_response(resp: types.GenerateContentResponse) -> Attempt:
+    """Text without thought parts, usage, and whether the answer is usable."""
+    um = resp.usage_metadata
+    got = Attempt(
+        prompt_tokens=(um.prompt_token_count or 0) if um else 0,
+        output_tokens=(um.candidates_token_count or 0) if um else 0,
+        thinking_tokens=(um.thoughts_token_count or 0) if um else 0,
+    )
+    cands = resp.candidates or []
+    if not cands:
+        pf = resp.prompt_feedback
+        if pf is not None and pf.block_reason is not None:
+            got.bad = BadOutput("blocked", f"prompt blocked: {_enum_name(pf.block_reason)}")
+        else:
+            got.bad = BadOutput("empty", "no candidates")
+        return got
+    cand = cands[0]
+    got.finish_reason = _enum_name(cand.finish_reason)
+    parts = (cand.content.parts if cand.content is not None else None) or []
+    raw = "".join(p.text for p in parts if p.text and not p.thought)
+    got.text = strip_think(raw)
+    if got.finish_reason == "MAX_TOKENS":
+        got.bad = BadOutput("truncated", "finish MAX_TOKENS")
+    elif got.finish_reason in BLOCKED_FINISH:
+        got.bad = BadOutput("blocked", f"finish {got.finish_reason}")
+    elif got.finish_reason not in OK_FINISH:
+        got.bad = BadOutput("bad_finish", f"finish {got.finish_reason}")
+    elif not raw.strip():
+        got.bad = BadOutput("empty", "empty text")
+    elif not got.text:
+        got.bad = BadOutput("empty", "nothing left after removing <think>")
+    return got

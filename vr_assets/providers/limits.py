@@ -1,0 +1,212 @@
+"""Process-wide rate limiting per teacher endpoint.
+
+One `RateLimiter` per (provider, model, endpoint) lives for the whole process, so every asset
+and every thread that talks to the same model shares it: a cap on requests in flight, a
+sliding-window requests-per-minute and tokens-per-minute budget (tokens are estimated before
+the request and settled with the real usage after), and a shared cool-down after a 429 so
+all threads back off together instead of each one hammering the endpoint.
+
+Across processes (Dagster's multiprocess executor runs each step in its own process) this
+limiter cannot see the other processes: there the assets are tagged with the Dagster
+concurrency pools `vlm` / `llm`, and the pool limit (`dagster instance concurrency set vlm N`
+or `concurrency.pools` in dagster.yaml) bounds how many steps call a model at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LimiterStats:
+    started: int = 0
+    peak_in_flight: int = 0
+    throttles: int = 0
+    waited_s: float = 0.0
+
+
+class Permit:
+    """One admitted request; `settle` replaces the token estimate with what the response reported."""
+
+    def __init__(self, limiter: RateLimiter, entry: list[float], started_at: float) -> None:
+        self._limiter = limiter
+        self._entry = entry
+        self.started_at = started_at
+
+    def settle(self, tokens: int | None) -> None:
+        if tokens is not None and tokens >= 0:
+            self._limiter._settle(self._entry, tokens)
+
+
+class RateLimiter:
+    """Thread-safe concurrency + RPM + TPM limiter with a shared 429 cool-down.
+
+    After a 429 the effective concurrency is halved (never below 1) and grows back by one
+    per window of successful requests, so a saturated endpoint sees fewer parallel calls.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        max_concurrency: int,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        *,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._clock = clock
+        self.window_s = window_s
+        self.max_concurrency = max(1, max_concurrency)
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._limit = self.max_concurrency
+        self._ok_since_cut = 0
+        self._in_flight = 0
+        self._starts: deque[float] = deque()
+        self._tokens: deque[list[float]] = deque()  # [start time, tokens]
+        self._cool_until = 0.0
+        self.stats = LimiterStats()
+
+    def configure(self, max_concurrency: int, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        """A later spec for the same endpoint wins; requests in flight keep their slots."""
+        with self._cond:
+            if (max_concurrency, requests_per_minute, tokens_per_minute) != (
+                self.max_concurrency,
+                self.requests_per_minute,
+                self.tokens_per_minute,
+            ):
+                log.info("limiter %s: concurrency %d, rpm %s, tpm %s", self.name, max_concurrency,
+                         requests_per_minute, tokens_per_minute)
+            if max(1, max_concurrency) != self.max_concurrency:
+                self.max_concurrency = max(1, max_concurrency)
+                self._limit = self.max_concurrency
+            self.requests_per_minute = requests_per_minute
+            self.tokens_per_minute = tokens_per_minute
+            self._cond.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    @property
+    def effective_concurrency(self) -> int:
+        with self._cond:
+            return self._limit
+
+    def _purge(self, now: float) -> None:
+        edge = now - self.window_s
+        while self._starts and self._starts[0] <= edge:
+            self._starts.popleft()
+        while self._tokens and self._tokens[0][0] <= edge:
+            self._tokens.popleft()
+
+    def _wait_needed(self, now: float, tokens: int) -> float | None:
+        """Seconds until a slot may open (0 = now), or None when only a release can free one."""
+        if now < self._cool_until:
+            return self._cool_until - now
+        if self._in_flight >= self._limit:
+            return None
+        self._purge(now)
+        waits = [0.0]
+        rpm = self.requests_per_minute
+        if rpm is not None and len(self._starts) >= rpm:
+            waits.append(self._starts[len(self._starts) - rpm] + self.window_s - now)
+        tpm = self.tokens_per_minute
+        if tpm is not None and self._tokens:
+            used = sum(e[1] for e in self._tokens)
+            if used + tokens > tpm:
+                # Wait until enough old entries leave the window; a single oversized request goes alone.
+                need = used + tokens - tpm
+                freed = 0.0
+                for e in self._tokens:
+                    freed += e[1]
+                    if freed >= need:
+                        waits.append(e[0] + self.window_s - now)
+                        break
+                else:
+                    waits.append(self._tokens[-1][0] + self.window_s - now)
+        return max(waits)
+
+    @contextmanager
+    def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
+        permit = self._acquire(max(0, est_tokens))
+        try:
+            yield permit
+        finally:
+            self._release()
+
+    def _acquire(self, tokens: int) -> Permit:
+        t0 = self._clock()
+        with self._cond:
+            while True:
+                now = self._clock()
+                wait = self._wait_needed(now, tokens)
+                if wait is not None and wait <= 0:
+                    break
+                self._cond.wait(timeout=wait)
+            self._in_flight += 1
+            self._starts.append(now)
+            entry = [now, float(tokens)]
+            self._tokens.append(entry)
+            st = self.stats
+            st.started += 1
+            st.peak_in_flight = max(st.peak_in_flight, self._in_flight)
+            st.waited_s += now - t0
+            return Permit(self, entry, now)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if self._limit < self.max_concurrency:
+                self._ok_since_cut += 1
+                if self._ok_since_cut >= self._limit:
+                    self._limit += 1
+                    self._ok_since_cut = 0
+            self._cond.notify_all()
+
+    def _settle(self, entry: list[float], tokens: int) -> None:
+        with self._cond:
+            entry[1] = float(tokens)
+            self._cond.notify_all()
+
+    def throttle(self, seconds: float) -> None:
+        """A 429 was seen: nobody starts a request for `seconds`, and fewer run in parallel afterwards."""
+        with self._cond:
+            self._cool_until = max(self._cool_until, self._clock() + max(0.0, seconds))
+            self._limit = max(1, self._limit // 2)
+            self._ok_since_cut = 0
+            self.stats.throttles += 1
+            self._cond.notify_all()
+
+
+_REGISTRY: dict[tuple[str, ...], RateLimiter] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_limiter(
+    key: tuple[str, ...],
+    max_concurrency: int,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+) -> RateLimiter:
+    """The one limiter for `key` in this process, (re)configured with the given limits."""
+    with _REGISTRY_LOCK:
+        lim = _REGISTRY.get(key)
+        if lim is None:
+            lim = RateLimiter("/".join(key), max_concurrency, requests_per_minute, tokens_per_minute)
+            _REGISTRY[key] = lim
+            return lim
+    lim.configure(max_concurrency, requests_per_minute, tokens_per_minute)
+    return lim

@@ -1,0 +1,137 @@
+"""Cost of a call and the append-only ledger every call is written to.
+
+The ledger is one JSONL file per results dir, appended under an exclusive `flock`, so threads
+and processes (Dagster's multiprocess executor) can write to it at once. `spent_usd` reads only
+the bytes added since the last read, so checking the budget before every call stays cheap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from vr_assets.config import Pricing
+from vr_assets.records import CallUsage, UsageSummary
+
+LEDGER_FILE = "calls.jsonl"
+
+
+def cost_usd(price: Pricing | None, prompt_tokens: int, output_tokens: int, thinking_tokens: int) -> float:
+    """USD for one call; thinking is billed at the output price unless priced separately.
+
+    Both backends report `output_tokens` without the thinking part (OpenAI's completion tokens
+    minus reasoning tokens), so nothing is billed twice.
+    """
+    if price is None:
+        return 0.0
+    think = price.thinking_per_mtok if price.thinking_per_mtok is not None else price.output_per_mtok
+    total = prompt_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok + thinking_tokens * think
+    return round(total / 1_000_000, 8)
+
+
+class LedgerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ts: float
+    pid: int
+    video_key: str
+    ok: bool
+    error: str = ""
+    usage: CallUsage
+
+
+class _LedgerState:
+    """Shared by every UsageLedger object on the same file in this process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.offset = 0
+        self.spent = 0.0
+        self.pending = b""
+
+
+_STATES: dict[str, _LedgerState] = {}
+_STATES_LOCK = threading.Lock()
+
+
+class UsageLedger:
+    """Append-only JSONL of every call (good and failed), safe across threads and processes."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / LEDGER_FILE
+        key = str(self.path.resolve())
+        with _STATES_LOCK:
+            self._state = _STATES.setdefault(key, _LedgerState())
+
+    def __repr__(self) -> str:
+        return f"UsageLedger({str(self.dir)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UsageLedger) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(str(self.path.resolve()))
+
+    def append(self, usage: CallUsage, *, video_key: str, ok: bool, error: str = "") -> None:
+        entry = LedgerEntry(ts=time.time(), pid=os.getpid(), video_key=video_key, ok=ok, error=error, usage=usage)
+        line = (entry.model_dump_json() + "\n").encode()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(line)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _catch_up(self) -> None:
+        st = self._state
+        try:
+            if self.path.stat().st_size < st.offset:  # truncated or replaced: start over
+                st.offset, st.spent, st.pending = 0, 0.0, b""
+            with self.path.open("rb") as fh:
+                fh.seek(st.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        if not chunk:
+            return
+        st.offset += len(chunk)
+        data = st.pending + chunk
+        complete, _, st.pending = data.rpartition(b"\n")
+        for raw in complete.split(b"\n"):
+            if raw.strip():
+                try:
+                    st.spent += float(json.loads(raw)["usage"]["cost_usd"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def spent_usd(self) -> float:
+        """Total cost in the ledger, including calls other processes wrote."""
+        with self._state.lock:
+            self._catch_up()
+            return round(self._state.spent, 8)
+
+    def entries(self) -> list[LedgerEntry]:
+        if not self.path.exists():
+            return []
+        out: list[LedgerEntry] = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                out.append(LedgerEntry.model_validate_json(line))
+        return out
+
+    def summary(self) -> UsageSummary:
+        return UsageSummary.of([e.usage for e in self.entries()])
