@@ -8,12 +8,12 @@ process) keeps model calls at the configured concurrency.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,53 @@ def _failure_text(result: Any) -> str:
     return "run failed"
 
 
+# ---------------------------------------------------------------- execution
+# Dagster's in-process execution is not thread-safe (logging is reconfigured per run), so
+# videos run in parallel *processes*, each executing one partition run at a time on the same
+# instance. A forkserver with the heavy modules preloaded keeps worker start-up cheap; the
+# provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR).
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(spec_json: str) -> None:
+    from dagster import DagsterInstance
+
+    from vr_assets.graph import ANNOTATE_JOB, build_definitions
+
+    spec = Spec.model_validate_json(spec_json)
+    _worker["instance"] = DagsterInstance.get()
+    _worker["job"] = build_definitions(spec).get_job_def(ANNOTATE_JOB)
+
+
+def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
+    from dagster import AssetKey
+
+    res = _worker["job"].execute_in_process(
+        partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
+        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
+    )
+    return key, res.success, "" if res.success else _failure_text(res)
+
+
+def _execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tuple[str, bool, str]]:
+    spec_json = spec.model_dump_json()
+    if width <= 1:
+        _worker_init(spec_json)
+        for k, assets in work.items():
+            yield _worker_run(k, assets)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["vr_assets.graph", "vr_assets.cli"])
+    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=(spec_json,)) as pool:
+        futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
+                yield futures[fut], False, f"worker process failed: {e!r}"
+
+
 def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool) -> dict[str, list[str]]:
     """partition key -> the per-video assets that must (re)materialize for it."""
     from dagster import AssetKey
@@ -114,9 +161,9 @@ def run_pipeline(
     build_dataset: bool = True,
     progress: Progress = print,
 ) -> RunSummary:
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
-    from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, build_definitions
+    from vr_assets.graph import DATASET_JOB, build_definitions
     from vr_assets.partitions import videos_partitions
     from vr_assets.sensors import sync_partitions
 
@@ -141,31 +188,17 @@ def run_pipeline(
     work = plan_work(spec, defs, instance, keys, stale)
     summary.skipped_up_to_date = len(keys) - len(work)
     progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
-    job = defs.get_job_def(ANNOTATE_JOB)
-    width = parallel or max(2, 2 * spec.workflow.max_workers)
-    lock = threading.Lock()
-    done_count = 0
-
-    def one(k: str) -> tuple[str, bool, str]:
-        res = job.execute_in_process(
-            partition_key=k, instance=instance, asset_selection=[AssetKey(a) for a in work[k]],
-            raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
-        )
-        return k, res.success, "" if res.success else _failure_text(res)
-
-    if work:
-        with ThreadPoolExecutor(max_workers=min(width, len(work)), thread_name_prefix="video") as pool:
-            futures = [pool.submit(one, k) for k in work]
-            for fut in as_completed(futures):
-                k, ok, why = fut.result()
-                with lock:
-                    done_count += 1
-                    summary.ran += 1
-                    if ok:
-                        summary.succeeded.append(k)
-                    else:
-                        summary.failed[k] = why
-                    progress(f"[{done_count}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+    width = min(len(work), parallel or max(2, spec.workflow.max_workers)) if work else 0
+    if width:
+        progress(f"running {len(work)} video(s), {width} at a time")
+    os.environ.setdefault("VR_HOST_SLOTS_DIR", str(Path(spec.results_dir) / "cache" / "slots"))
+    for n, (k, ok, why) in enumerate(_execute(spec, work, width), start=1):
+        summary.ran += 1
+        if ok:
+            summary.succeeded.append(k)
+        else:
+            summary.failed[k] = why
+        progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
     if build_dataset:
         res = defs.get_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
         if not res.success:
@@ -227,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. workflow.max_workers=16")
     run_p.add_argument("--stale", action="store_true", help="also re-run partitions whose inputs/prompts changed")
     run_p.add_argument("--video", action="append", dest="videos", help="only this partition key (repeatable)")
-    run_p.add_argument("--parallel", type=int, help="videos in flight (default 2 x workflow.max_workers)")
+    run_p.add_argument("--parallel", type=int, help="videos in flight (worker processes; default workflow.max_workers)")
     run_p.add_argument("--no-dataset", action="store_true", help="skip writing the merged dataset")
     sub.add_parser("default-spec", help="print a commented spec with every field and its default")
     demo_p = sub.add_parser("demo", help="annotate the bundled sample videos (offline teacher without a key)")

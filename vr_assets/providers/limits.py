@@ -6,15 +6,20 @@ sliding-window requests-per-minute and tokens-per-minute budget (tokens are esti
 the request and settled with the real usage after), and a shared cool-down after a 429 so
 all threads back off together instead of each one hammering the endpoint.
 
-Across processes (Dagster's multiprocess executor runs each step in its own process) this
-limiter cannot see the other processes: there the assets are tagged with the Dagster
-concurrency pools `vlm` / `llm`, and the pool limit (`dagster instance concurrency set vlm N`
-or `concurrency.pools` in dagster.yaml) bounds how many steps call a model at once.
+Across processes: with `VR_HOST_SLOTS_DIR` set (the CLI sets it for its worker processes),
+each request also holds one of `max_concurrency` host-wide slots, file locks that every
+process on the machine shares and that a crashed process gives back. Runs launched by the
+Dagster daemon are bounded per step by the concurrency pools `vlm` / `llm` instead
+(`concurrency.pools` in dagster.yaml).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import random
+import re
 import threading
 import time
 from collections import deque
@@ -142,9 +147,13 @@ class RateLimiter:
     @contextmanager
     def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
         permit = self._acquire(max(0, est_tokens))
+        host = host_slots(self.name, self.max_concurrency)
+        held = host.acquire() if host is not None else None
         try:
             yield permit
         finally:
+            if held is not None:
+                os.close(held)
             self._release()
 
     def _acquire(self, tokens: int) -> Permit:
@@ -210,3 +219,46 @@ def get_limiter(
             return lim
     lim.configure(max_concurrency, requests_per_minute, tokens_per_minute)
     return lim
+
+
+class HostSlots:
+    """`n` request slots shared by every process on the machine, one lock file per slot.
+
+    flock locks belong to an open file, so threads and processes compete alike, and the
+    kernel frees a slot when its holder dies; no cleanup, no stale counters.
+    """
+
+    def __init__(self, directory: str, name: str, n: int, poll_s: float = 0.005) -> None:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+        os.makedirs(directory, exist_ok=True)
+        self.paths = [os.path.join(directory, f"{safe}.{i}.slot") for i in range(max(1, n))]
+        self.poll_s = poll_s
+
+    def acquire(self) -> int:
+        """Blocks until a slot is free; returns the fd that holds it (close it to release)."""
+        delay = self.poll_s
+        while True:
+            start = random.randrange(len(self.paths))
+            for i in range(len(self.paths)):
+                fd = os.open(self.paths[(start + i) % len(self.paths)], os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    os.close(fd)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+
+_HOST: dict[tuple[str, str, int], HostSlots] = {}
+
+
+def host_slots(name: str, n: int) -> HostSlots | None:
+    directory = os.environ.get("VR_HOST_SLOTS_DIR")
+    if not directory:
+        return None
+    key = (directory, name, n)
+    with _REGISTRY_LOCK:
+        if key not in _HOST:
+            _HOST[key] = HostSlots(directory, name, n)
+        return _HOST[key]
