@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_media",
     "tests.fixtures_fakes",
     "tests.fixtures_providers",
+    "tests.fixtures_pipeline",
 ]

@@ -82,7 +82,7 @@ def _worker_init(spec_json: str) -> None:
 
     spec = Spec.model_validate_json(spec_json)
     _worker["instance"] = DagsterInstance.get()
-    _worker["job"] = build_definitions(spec).get_job_def(ANNOTATE_JOB)
+    _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
 
 
 def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
@@ -122,11 +122,11 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
 
     store = JsonStore(spec.results_dir)
     done = {a: instance.get_materialized_partitions(AssetKey(a)) for a in PER_VIDEO_ASSETS}
-    resolver = None
+    view = None
     if stale:
-        from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+        from vr_assets.staleness import StalenessView
 
-        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph())
+        view = StalenessView(instance, defs)
     work: dict[str, list[str]] = {}
     for k in keys:
         need: list[str] = []
@@ -137,17 +137,14 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
         for i, a in enumerate(PER_VIDEO_ASSETS):
             if stopped and i > 0:
                 break
-            missing = k not in done[a]
-            is_stale = (
-                resolver is not None and not missing
-                and resolver.get_status(AssetKey(a), k) == StaleStatus.STALE  # type: ignore[name-defined]
-            )
-            if missing or is_stale:
+            if k not in done[a] or (view is not None and view.is_stale(a, k)):
                 need.append(a)
         if need:
-            if not stale:  # resume: from the first missing step to the end
-                first = PER_VIDEO_ASSETS.index(need[0])
-                need = list(PER_VIDEO_ASSETS[first:])
+            if view is not None:
+                closure = view.with_downstream(set(need), list(PER_VIDEO_ASSETS))
+                need = [a for a in PER_VIDEO_ASSETS if a in closure]
+            else:  # resume: from the first missing step to the end
+                need = list(PER_VIDEO_ASSETS[PER_VIDEO_ASSETS.index(need[0]):])
             work[k] = need
     return work
 
@@ -200,7 +197,7 @@ def run_pipeline(
             summary.failed[k] = why
         progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
     if build_dataset:
-        res = defs.get_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        res = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
         if not res.success:
             summary.failed["dataset"] = _failure_text(res)
             progress(f"dataset FAILED: {summary.failed['dataset']}")

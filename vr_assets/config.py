@@ -20,7 +20,7 @@ DEFAULT_SPEC_PATH = "spec.yaml"
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class GeminiSettings(SpecModel):

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetChecksDefinition, AssetSelection, Definitions, define_asset_job
 
 from vr_assets.assets import captioning, description, export, filtering, highlight, qa
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline
 from vr_assets.config import Spec, load_spec
 from vr_assets.io_manager import PartitionedJsonIOManager
-from vr_assets.partitions import videos_partitions
 from vr_assets.prompts import load_pack
 from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.sensors import build_sensor
@@ -31,7 +30,7 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
     pipe = Pipeline(spec=spec, pack=pack, offline_teacher=spec.offline_teacher)
     if spec.offline_teacher:
         log.warning("vr-assets: %s", OFFLINE_NOTE)
-    assets = [
+    built = [
         filtering.build(pipe),
         *captioning.build(pipe),
         highlight.build(pipe),
@@ -39,15 +38,17 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
         qa.build(pipe),
         *export.build(pipe),
     ]
+    assets = [d for d in built if not isinstance(d, AssetChecksDefinition)]
+    checks = [d for d in built if isinstance(d, AssetChecksDefinition)]
     annotate = define_asset_job(
         ANNOTATE_JOB,
         selection=AssetSelection.assets(*PER_VIDEO_ASSETS),
-        partitions_def=videos_partitions,
         description="Every per-video step for the selected video partitions.",
     )
     build_dataset = define_asset_job(DATASET_JOB, selection=AssetSelection.assets("dataset"))
     return Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=[annotate, build_dataset],
         sensors=[build_sensor(spec, annotate)],
         resources={
