@@ -16,25 +16,26 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from calls import CallStats, call_stats, ideal
-from ffmpeg_cost import Cost, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
-from pydantic import BaseModel
+from ffmpeg_cost import Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
+from pydantic import BaseModel, Field
 from workload import BenchVideo, make_tiny_copies, make_videos, sha256_file, stage, write_manifest
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 REF_VENV = BENCH / ".ref-venv"
 API_KEY = "bench-key"
-RUN_TIMEOUT_S = 4 * 3600
 
 # The package may not be pip-installed yet; `python bench/run.py` puts only bench/ on sys.path.
 if str(REPO) not in sys.path:
@@ -51,6 +52,8 @@ def log(msg: str) -> None:
 class PipelineRun(BaseModel):
     name: str
     wall_s: float
+    cpu_s: float = Field(description="user+sys CPU of the pipeline's process tree, ffmpeg included")
+    fake_cpu_s: float = Field(description="CPU of the bench process, i.e. the in-process fake server")
     exit_code: int
     calls: CallStats
     per_video: dict[str, float]
@@ -72,6 +75,7 @@ class Bookkeeping(BaseModel):
     materializations: int
     runs: int
     wall_s: float
+    cpu_s: float
     model_calls: int
     s_per_partition_asset: float
     exit_code: int
@@ -112,14 +116,31 @@ def verdict_videos_seen(fake: Any, keys_by_video: dict[str, set[str]]) -> int:
     return sum(1 for keys in keys_by_video.values() if keys & seen)
 
 
-def run_logged(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float, str]:
-    """Run to completion with output in a file; (exit code, wall seconds, stdout+stderr tail)."""
+class RunOutcome(BaseModel):
+    code: int
+    wall_s: float
+    cpu_s: float = Field(description="user+sys of the whole process tree (RUSAGE_CHILDREN delta)")
+    tail: str
+
+
+def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> RunOutcome:
+    """Run to completion with output in a file; CPU covers the process and every child it waited for."""
     t0 = time.perf_counter()
+    c0 = children_cpu_s()
     with log_path.open("w") as fh:
-        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, cwd=REPO)
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = -9
     wall = time.perf_counter() - t0
+    cpu = children_cpu_s() - c0
     text = log_path.read_text(errors="replace")
-    return proc.returncode, wall, text[-3000:]
+    if code == -9:
+        text += f"\n[bench] killed after {timeout_s:.0f} s (--run-timeout)"
+    return RunOutcome(code=code, wall_s=wall, cpu_s=cpu, tail=text[-3000:])
 
 
 def pipeline_env(dagster_home: Path) -> dict[str, str]:
@@ -236,90 +257,88 @@ def make_teacher(videos: list[BenchVideo], extra_keys: dict[str, set[str]], **kw
 # ---------------------------------------------------------------- sections 1-3
 
 
-def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
+def self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_against_fake(
+    name: str,
+    videos: list[BenchVideo],
+    args: argparse.Namespace,
+    keys: dict[str, set[str]],
+    command: Callable[[str, Path, Path], tuple[list[str], dict[str, str]]],
+) -> PipelineRun:
+    """Stage the videos, start a fresh fake, run `command(base_url, video_root, work)`, read the fake's log."""
     from vr_assets.fakes import FakeGemini
 
-    work = fresh(args.out / "ours")
+    work = fresh(args.out / name)
     root = stage(videos, work / "videos")
     fake = FakeGemini(
         teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text
     ).start()
     try:
-        spec = work / "spec.yaml"
-        write_spec(spec, fake.base_url, root, work / "results", args.concurrency)
-        cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
-        log(f"ours: {len(videos)} videos, C={args.concurrency}, fake {fake.base_url}")
-        code, wall, tail = run_logged(cmd, pipeline_env(work / "dagster_home"), work / "run.log")
+        cmd, env = command(fake.base_url, root, work)
+        log(f"{name}: {len(videos)} videos, C={args.concurrency}, fake {fake.base_url}")
+        s0 = self_cpu_s()  # the bench process only serves the fake meanwhile
+        got = run_logged(cmd, env, work / "run.log", args.run_timeout)
+        fake_cpu = self_cpu_s() - s0
         stats = call_stats(fake)
         seen = verdict_videos_seen(fake, keys)
     finally:
         fake.stop()
-    return finish_run("ours", videos, args, stats, wall, code, tail, seen, work / "results")
+    bound = ideal(
+        ((v.relevant, v.label) for v in videos), stats, args.latency_media, args.latency_text, args.concurrency
+    )
+    items, vids = dataset_summary(work / "results")
+    if got.code != 0:
+        log(f"{name}: exit code {got.code}; log tail:\n{got.tail[-1500:]}")
+    return PipelineRun(
+        name=name,
+        wall_s=round(got.wall_s, 3),
+        cpu_s=round(got.cpu_s, 2),
+        fake_cpu_s=round(fake_cpu, 2),
+        exit_code=got.code,
+        calls=stats,
+        per_video=stats.per_video(len(videos)),
+        ideal_s=bound.ideal_s,
+        critical_path_s=bound.critical_path_s,
+        throughput_bound_s=bound.throughput_s,
+        wall_over_ideal=round(got.wall_s / bound.ideal_s, 3) if bound.ideal_s else 0.0,
+        verdict_videos_seen=seen,
+        dataset_items=items,
+        dataset_videos=vids,
+        log_tail=got.tail[-1500:],
+    )
+
+
+def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
+    def command(base_url: str, root: Path, work: Path) -> tuple[list[str], dict[str, str]]:
+        spec = work / "spec.yaml"
+        write_spec(spec, base_url, root, work / "results", args.concurrency)
+        cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
+        return cmd, pipeline_env(work / "dagster_home")
+
+    return run_against_fake("ours", videos, args, keys, command)
 
 
 def run_reference(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
-    from vr_assets.fakes import FakeGemini
-
-    work = fresh(args.out / "reference")
-    root = stage(videos, work / "videos")
-    fake = FakeGemini(
-        teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text
-    ).start()
-    try:
+    def command(base_url: str, root: Path, work: Path) -> tuple[list[str], dict[str, str]]:
         cmd = [
             str(REF_VENV / "bin" / "python"), str(BENCH / "reference_driver.py"),
             "--video-root", str(root), "--results-dir", str(work / "results"),
-            "--base-url", fake.base_url, "--api-key", API_KEY, "--workers", str(args.concurrency),
+            "--base-url", base_url, "--api-key", API_KEY, "--workers", str(args.concurrency),
         ]  # fmt: skip
-        log(f"reference: {len(videos)} videos, max_workers={args.concurrency}, fake {fake.base_url}")
-        env = pipeline_env(work / "unused_dagster_home")
-        code, wall, tail = run_logged(cmd, env, work / "run.log")
-        stats = call_stats(fake)
-        seen = verdict_videos_seen(fake, keys)
-    finally:
-        fake.stop()
-    run = finish_run("reference", videos, args, stats, wall, code, tail, seen, work / "results")
-    for line in reversed(tail.splitlines()):
+        return cmd, pipeline_env(work / "unused_dagster_home")
+
+    run = run_against_fake("reference", videos, args, keys, command)
+    for line in reversed(run.log_tail.splitlines()):
         if line.startswith("{") and "wall_s" in line:
             inner = json.loads(line)
             run.inner_wall_s = inner["wall_s"]
             run.step_wall_s = inner.get("step_wall_s", {})
             break
     return run
-
-
-def finish_run(
-    name: str,
-    videos: list[BenchVideo],
-    args: argparse.Namespace,
-    stats: CallStats,
-    wall: float,
-    code: int,
-    tail: str,
-    seen: int,
-    results: Path,
-) -> PipelineRun:
-    bound = ideal(
-        ((v.relevant, v.label) for v in videos), stats, args.latency_media, args.latency_text, args.concurrency
-    )
-    items, vids = dataset_summary(results)
-    if code != 0:
-        log(f"{name}: exit code {code}; log tail:\n{tail[-1500:]}")
-    return PipelineRun(
-        name=name,
-        wall_s=round(wall, 3),
-        exit_code=code,
-        calls=stats,
-        per_video=stats.per_video(len(videos)),
-        ideal_s=bound.ideal_s,
-        critical_path_s=bound.critical_path_s,
-        throughput_bound_s=bound.throughput_s,
-        wall_over_ideal=round(wall / bound.ideal_s, 3) if bound.ideal_s else 0.0,
-        verdict_videos_seen=seen,
-        dataset_items=items,
-        dataset_videos=vids,
-        log_tail=tail[-1500:],
-    )
 
 
 # ---------------------------------------------------------------- section 4
@@ -396,22 +415,23 @@ def bookkeeping_section(args: argparse.Namespace) -> Bookkeeping:
         )
         cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
         log(f"bookkeeping: {args.bookkeeping_partitions} partitions of one 2 s clip, 0-latency fake")
-        code, wall, tail = run_logged(cmd, pipeline_env(work / "dagster_home"), work / "run.log")
+        got = run_logged(cmd, pipeline_env(work / "dagster_home"), work / "run.log", args.run_timeout)
         calls = call_stats(fake).model_calls
     finally:
         fake.stop()
-    if code != 0:
-        log(f"bookkeeping: exit code {code}; log tail:\n{tail[-1500:]}")
+    if got.code != 0:
+        log(f"bookkeeping: exit code {got.code}; log tail:\n{got.tail[-1500:]}")
     mats, runs, per = count_materializations(work / "dagster_home")
     return Bookkeeping(
         partitions=args.bookkeeping_partitions,
         assets_per_partition=sorted(per),
         materializations=mats,
         runs=runs,
-        wall_s=round(wall, 3),
+        wall_s=round(got.wall_s, 3),
+        cpu_s=round(got.cpu_s, 2),
         model_calls=calls,
-        s_per_partition_asset=round(wall / mats, 4) if mats else 0.0,
-        exit_code=code,
+        s_per_partition_asset=round(got.wall_s / mats, 4) if mats else 0.0,
+        exit_code=got.code,
         what_ran=f"mode normal, filter relevant, qa_types {qa_types}, hardlinks of one 2 s 320x240 clip",
     )
 
@@ -456,6 +476,8 @@ def render(res: dict[str, Any]) -> str:
     row("… critical path of one video (s)", "critical_path_s")
     row("… provider time ÷ C (s)", "throughput_bound_s")
     row("wall ÷ ideal", "wall_over_ideal")
+    row("CPU s of the pipeline process tree (2 cores)", "cpu_s")
+    row("CPU s of the fake server", "fake_cpu_s")
     row("exit code", "exit_code")
     row("dataset items", "dataset_items")
     row("videos in the dataset", "dataset_videos")
@@ -504,6 +526,7 @@ def render(res: dict[str, Any]) -> str:
             f"| runs | {bk['runs']} |",
             f"| model calls (0-latency fake) | {bk['model_calls']} |",
             f"| wall (s) | {bk['wall_s']:.2f} |",
+            f"| CPU s of the pipeline process tree | {bk['cpu_s']:.2f} |",
             f"| ms per partition-asset | {bk['s_per_partition_asset'] * 1000:.1f} |",
             f"| exit code | {bk['exit_code']} |",
             "",
@@ -528,6 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-ffmpeg", action="store_true")
     p.add_argument("--ffmpeg-max-files", type=int, default=0, help="0: every workload file")
     p.add_argument("--bookkeeping-partitions", type=int, default=500, help="0 skips section 5")
+    p.add_argument("--run-timeout", type=float, default=4 * 3600, help="seconds before a pipeline run is killed")
     p.add_argument("--out", type=Path, default=BENCH / "out")
     p.add_argument("--video-cache", type=Path, default=BENCH / "out" / "videos", help="generated clips, reused")
     return p.parse_args(argv)

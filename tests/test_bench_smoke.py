@@ -24,7 +24,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     cmd = [
         sys.executable, str(REPO / "bench" / "run.py"),
         "--n", "2", "--skip-reference", "--bookkeeping-partitions", "3",
-        "--latency-media", "0.05", "--latency-text", "0.02", "--out", str(out),
+        "--latency-media", "0.05", "--latency-text", "0.02", "--run-timeout", "600", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

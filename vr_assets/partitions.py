@@ -19,7 +19,10 @@ videos_partitions = DynamicPartitionsDefinition(name="videos")
 
 class UnknownVideoError(KeyError):
     def __str__(self) -> str:
-        return f"video partition {self.args[0]!r} is not in the registry {self.args[1]}; run discovery (the sensor or vr-annotate run) first"
+        return (
+            f"video partition {self.args[0]!r} is not in the registry {self.args[1]}; "
+            "run discovery (the sensor or vr-annotate run) first"
+        )
 
 
 class VideoRegistry:

@@ -53,7 +53,8 @@ def write_mirrors(results_dir: str, keys: list[str]) -> dict[str, int]:
         h: Highlight | None = store.read_optional("highlight", key)
         if h is not None and h.applicable:
             hc = h.highlight_chunk.model_dump() if h.highlight_chunk else None
-            lines["highlight"].append(json.dumps({**base, **caps, "chunk_captions": _chunks(cc), "highlight_chunk": hc}))
+            row = {**base, **caps, "chunk_captions": _chunks(cc), "highlight_chunk": hc}
+            lines["highlight"].append(json.dumps(row))
         d: Description | None = store.read_optional("description", key)
         if d is None:
             continue

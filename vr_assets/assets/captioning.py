@@ -145,7 +145,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             video_key=key, chunk_duration=chunk_len, chunks=chunks, usage=[a.usage for a in answers]
         )
         table = "| # | start | end | caption |\n|---|---|---|---|\n" + "\n".join(
-            f"| {c.chunk_index} | {c.timestamp_start:.1f} | {c.timestamp_end:.1f} | {md_escape(excerpt(c.caption, 160))} |"
+            f"| {c.chunk_index} | {c.timestamp_start:.1f} | {c.timestamp_end:.1f} "
+            f"| {md_escape(excerpt(c.caption, 160))} |"
             for c in chunks
         )
         yield Output(

@@ -136,7 +136,10 @@ def usage_report(pipe: Pipeline, keys: list[str]) -> tuple[str, UsageSummary]:
                        f"{s.retries} | {s.cost_usd:.4f} |")
         return "\n".join(out)
 
-    head = "| {} | calls | cached | prompt tok | output tok | retries | cost USD |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    head = (
+        "| {} | calls | cached | prompt tok | output tok | retries | cost USD |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
+    )
     md = head.format("step") + rows(by_step) + "\n\n" + head.format("model") + rows(by_model)
     return md, UsageSummary.of(everything)
 

@@ -55,7 +55,9 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         description="Step 0. Probes the video once, asks the VLM whether it belongs to the domain and, in auto mode, "
         "whether it shows an anomaly. A video that is off-domain or too long stops here (not a failure).",
     )
-    def filter_result(context: AssetExecutionContext, vlm: TeacherResource, media: MediaResource) -> Output[FilterResult]:
+    def filter_result(
+        context: AssetExecutionContext, vlm: TeacherResource, media: MediaResource
+    ) -> Output[FilterResult]:
         key = context.partition_key
         video = pipe.video(key)
         tool = media.tool()
