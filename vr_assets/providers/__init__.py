@@ -53,7 +53,10 @@ def resolve_api_key(spec: ModelSpec) -> str:
         where = "gemini.api_key in the spec or env GOOGLE_API_KEY"
     else:
         key = spec.openai.api_key or os.environ.get("OPENAI_API_KEY") or ""
-        where = "openai.api_key in the spec or env OPENAI_API_KEY (use any non-empty value for a keyless vLLM)"
+        base = spec.openai.base_url or os.environ.get("OPENAI_BASE_URL") or ""
+        if not key and base and "api.openai.com" not in base:
+            key = "EMPTY"  # self-hosted servers (vLLM, NIM on-prem) usually take any key
+        where = "openai.api_key in the spec or env OPENAI_API_KEY"
     if not key:
         raise ProviderError(f"no API key for the {spec.backend} teacher {spec.model_name}: set {where}",
                             provider=spec.backend, model=spec.model_name, kind="config")
