@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_fakes",
     "tests.fixtures_providers",
     "tests.fixtures_pipeline",
+    "tests.fixtures_ui",
 ]

@@ -8,12 +8,10 @@ process) keeps model calls at the configured concurrency.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
+from vr_assets.runner import execute, failure_text
 
 Progress = Callable[[str], None]
 
@@ -46,71 +45,8 @@ def ensure_dagster_home(spec: Spec) -> Path:
     Path(home).mkdir(parents=True, exist_ok=True)
     cfg = Path(home) / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n")
+        cfg.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     return Path(home)
-
-
-def _failure_text(result: Any) -> str:
-    for ev in result.all_events:
-        if ev.event_type_value == "STEP_FAILURE":
-            data = ev.event_specific_data
-            ufd = getattr(data, "user_failure_data", None)
-            if ufd is not None and ufd.description:
-                return str(ufd.description)
-            err = getattr(data, "error", None)
-            if err is not None:
-                cause = err
-                while getattr(cause, "cause", None) is not None:
-                    cause = cause.cause
-                return f"{err.message.strip()}" if cause is err else f"{cause.message.strip()}"
-    return "run failed"
-
-
-# ---------------------------------------------------------------- execution
-# Dagster's in-process execution is not thread-safe (logging is reconfigured per run), so
-# videos run in parallel *processes*, each executing one partition run at a time on the same
-# instance. A forkserver with the heavy modules preloaded keeps worker start-up cheap; the
-# provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR).
-
-_worker: dict[str, Any] = {}
-
-
-def _worker_init(spec_json: str) -> None:
-    from dagster import DagsterInstance
-
-    from vr_assets.graph import ANNOTATE_JOB, build_definitions
-
-    spec = Spec.model_validate_json(spec_json)
-    _worker["instance"] = DagsterInstance.get()
-    _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
-
-
-def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
-    from dagster import AssetKey
-
-    res = _worker["job"].execute_in_process(
-        partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
-        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
-    )
-    return key, res.success, "" if res.success else _failure_text(res)
-
-
-def _execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tuple[str, bool, str]]:
-    spec_json = spec.model_dump_json()
-    if width <= 1:
-        _worker_init(spec_json)
-        for k, assets in work.items():
-            yield _worker_run(k, assets)
-        return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["vr_assets.graph", "vr_assets.cli"])
-    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=(spec_json,)) as pool:
-        futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
-                yield futures[fut], False, f"worker process failed: {e!r}"
 
 
 def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool) -> dict[str, list[str]]:
@@ -189,7 +125,7 @@ def run_pipeline(
     if width:
         progress(f"running {len(work)} video(s), {width} at a time")
     os.environ.setdefault("VR_HOST_SLOTS_DIR", str(Path(spec.results_dir) / "cache" / "slots"))
-    for n, (k, ok, why) in enumerate(_execute(spec, work, width), start=1):
+    for n, (k, ok, why) in enumerate(execute(spec, work, width), start=1):
         summary.ran += 1
         if ok:
             summary.succeeded.append(k)
@@ -199,7 +135,7 @@ def run_pipeline(
     if build_dataset:
         res = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
         if not res.success:
-            summary.failed["dataset"] = _failure_text(res)
+            summary.failed["dataset"] = failure_text(res)
             progress(f"dataset FAILED: {summary.failed['dataset']}")
         else:
             mats = res.asset_materializations_for_node("dataset")

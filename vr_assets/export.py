@@ -586,7 +586,7 @@ def dataset_report_markdown(report: DatasetReport, usage_table_md: str = "", max
             "**MCQ answer letters:** "
             + ", ".join(f"{k} {v} ({100 * v / n_mcq:.0f}%)" for k, v in report.mcq_letter_balance.items()),
         ]
-    lines += ["", f"**Excluded by checks:** {report.excluded_items}", f"**Skipped items:** {len(report.skipped)}"]
+    lines += ["", f"**Excluded by checks:** {report.excluded_items}", "", f"**Skipped items:** {len(report.skipped)}"]
     if report.skipped:
         lines += [""] + [f"- {_md_cell(s)}" for s in report.skipped[:max_skipped]]
         if len(report.skipped) > max_skipped:

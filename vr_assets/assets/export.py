@@ -92,19 +92,25 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             1 for k in keys if (f := store.read_optional("filter_result", k)) is not None and not f.proceed
         )
         md = dataset_report_markdown(report, usage_md)
-        md += f"\n**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0\n"
+        videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
+        md = md.rstrip() + "\n\n" + videos_line + "\n"
         if pipe.offline_teacher:
-            md = f"> **{OFFLINE_NOTE}**\n\n" + md
+            md = f"## ⚠ {OFFLINE_NOTE}\n\n" + md
+        total_items = sum(report.items_per_task.values())
+        headline = f"{total_items} items in {len(report.items_per_task)} tasks from {len(per_video)} videos"
+        if pipe.offline_teacher:
+            headline += f" · {OFFLINE_NOTE}"
         context.log.info(f"dataset: {sum(report.items_per_task.values())} items from {len(per_video)} videos "
                          f"into {out_dir}")
         return Output(
             None,
             metadata={
+                "summary": headline,
                 "report": MetadataValue.md(md),
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
                 "excluded_items": excluded,
-                "files": MetadataValue.json(report.files),
+                "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
                 "total_model_calls": totals.calls,

@@ -16,7 +16,7 @@ from vr_assets.parsing import parse_qa
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import caption_values, chunk_captions_str
 from vr_assets.prompts import qa_prompt_key
-from vr_assets.records import Captions, ChunkCaptions, Description, QAResult
+from vr_assets.records import Captions, ChunkCaptions, Description, QAItem, QAResult
 from vr_assets.resources import TeacherResource
 
 
@@ -73,8 +73,12 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         per_type: dict[str, int] = {}
         for it in items:
             per_type[it.qa_type] = per_type.get(it.qa_type, 0) + 1
+        def shown(it: QAItem) -> str:
+            options = " ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(it.options))
+            return md_escape(excerpt(f"{it.question} {options}".strip(), 220))
+
         sample = "\n".join(
-            f"| {it.qa_type} | {md_escape(excerpt(it.question, 140))} | {md_escape(excerpt(it.answer, 80))} |"
+            f"| {it.qa_type} | {shown(it)} | {md_escape(excerpt(it.answer, 80))} |"
             for it in items[:: max(1, len(items) // 6)][:6]
         )
         preview = "| type | question | answer |\n|---|---|---|\n" + sample

@@ -1,0 +1,113 @@
+"""The real Dagster UI over a finished demo run, driven in headless Chromium.
+
+Each page is checked against what the pipeline stored on disk, so a metadata entry that stops
+rendering (or never gets written) fails here, not in a reviewer's browser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.fixtures_ui import CHROMIUM, DagsterUI
+from vr_assets.assets.common import OFFLINE_NOTE
+from vr_assets.graph import PER_VIDEO_ASSETS
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing (install it with scripts/install_system_deps.sh --test)",
+    ),
+]
+
+WAIT_MS = 60_000
+# the UI scrolls inside its own panes, so a full-page screenshot is only as tall as the window
+TALL = {"width": 1600, "height": 1800}
+
+
+def _fragment(text: str, n: int = 40) -> str:
+    """A leading piece of stored text that the markdown preview renders verbatim."""
+    first_line = " ".join(text.split("\n")[0].split())
+    return first_line[:n].strip()
+
+
+def _anomaly_key(ui: DagsterUI) -> str:
+    """The pinned-anomaly sample: its partition exercises every step, highlight included."""
+    keys = ui.partition_keys()
+    assert keys, "the demo registered no video partitions"
+    for k in keys:
+        f = ui.stored("filter_result", k)
+        if f["proceed"] and f["mode"] == "anomaly":
+            return k
+    return next(k for k in keys if ui.stored("filter_result", k)["proceed"])
+
+
+def test_asset_graph_shows_every_step(dagster_ui: DagsterUI, ui_page: Any, screenshot: Any) -> None:
+    page = ui_page
+    page.goto(dagster_ui.url("/asset-groups"))
+    # groups start collapsed; wait for one, then expand all (the graph's own ⌥E shortcut)
+    expect(page.get_by_text("step_3_qa", exact=True).first).to_be_visible(timeout=WAIT_MS)
+    page.keyboard.press("Alt+e")
+    for name in (*PER_VIDEO_ASSETS, "dataset"):
+        label = page.get_by_text(name, exact=True)
+        expect(label.first).to_be_visible(timeout=WAIT_MS)
+        # zoomed out, a node shows its health only as colour: green once every partition is materialized
+        node = page.locator('[class*="minimalAssetNodeBox"]', has=label)
+        expect(node).to_have_attribute("style", re.compile(r"--minimal-bg:\s*var\(--color-background-green\)"))
+    screenshot(page, "asset_graph")
+
+
+def test_video_partition_shows_qa_preview(dagster_ui: DagsterUI, ui_page: Any, screenshot: Any) -> None:
+    key = _anomaly_key(dagster_ui)
+    qa = dagster_ui.stored("qa", key)
+    assert qa["items"], f"no QA items stored for {key}"
+    page = ui_page
+    page.set_viewport_size(TALL)
+    page.goto(dagster_ui.url(f"/assets/qa?view=partitions&partition={key}"))
+    # the preview table starts with the first stored item
+    expect(page.get_by_text(_fragment(qa["items"][0]["question"])).first).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(key, exact=True).first).to_be_visible()
+    for label in ("preview", "model_calls", "cost_usd"):
+        expect(page.get_by_text(label, exact=True).first).to_be_visible()
+    screenshot(page, "qa_partition")
+
+
+def test_video_partition_shows_filter_decision(dagster_ui: DagsterUI, ui_page: Any, screenshot: Any) -> None:
+    key = _anomaly_key(dagster_ui)
+    stored = dagster_ui.stored("filter_result", key)
+    page = ui_page
+    page.set_viewport_size(TALL)
+    page.goto(dagster_ui.url(f"/assets/filter_result?view=partitions&partition={key}"))
+    expect(page.get_by_text(_fragment(stored["relevance_reason"])).first).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile(r"Decision:\s*proceed")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(rf"Mode:\s*{stored['mode']}")).first).to_be_visible()
+    expect(page.get_by_text(OFFLINE_NOTE).first).to_be_visible()
+    screenshot(page, "filter_result_partition")
+
+
+def test_dataset_shows_report(dagster_ui: DagsterUI, ui_page: Any, screenshot: Any) -> None:
+    files = sorted((dagster_ui.results / "step_4_output").glob("*.json"))
+    assert files, "the demo wrote no dataset files"
+    total = sum(len(json.loads(f.read_text())["items"]) for f in files)
+    page = ui_page
+    page.set_viewport_size(TALL)
+    page.goto(dagster_ui.url("/assets/dataset"))
+    # a plain <a> without href: neither a link nor a button to the accessibility tree
+    show = page.get_by_text("[Show Markdown]", exact=True).first
+    expect(show).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile(r"^total_model_calls$")).first).to_be_visible()
+    # the lineage panel fills in last: its upstream asset is the per-video export
+    expect(page.get_by_role("link", name="task_exports").first).to_be_visible(timeout=WAIT_MS)
+    screenshot(page, "dataset_overview")
+    show.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(f"Dataset: {total} items in {len(files)} tasks")).to_be_visible(timeout=WAIT_MS)
+    expect(dialog.get_by_text(OFFLINE_NOTE).first).to_be_visible()
+    expect(dialog.get_by_text(re.compile(r"Videos:\s*\d+ registered")).first).to_be_visible()
+    screenshot(page, "dataset_report")
+

@@ -1,0 +1,81 @@
+"""Running video partitions: one in-process Dagster run per video, several videos at once.
+
+Dagster's in-process execution is not thread-safe (it reconfigures logging for every run),
+so videos run in parallel *processes*, each executing one partition run at a time on the
+same instance. A forkserver with the package preloaded keeps worker start-up cheap; the
+provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from vr_assets.config import Spec
+
+
+def failure_text(result: Any) -> str:
+    for ev in result.all_events:
+        if ev.event_type_value == "STEP_FAILURE":
+            data = ev.event_specific_data
+            ufd = getattr(data, "user_failure_data", None)
+            if ufd is not None and ufd.description:
+                return str(ufd.description)
+            err = getattr(data, "error", None)
+            if err is not None:
+                cause = err
+                while getattr(cause, "cause", None) is not None:
+                    cause = cause.cause
+                return f"{err.message.strip()}" if cause is err else f"{cause.message.strip()}"
+    return "run failed"
+
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
+    if environ is not None:
+        # A forkserver keeps the environment it was started with: a later run in the same process
+        # (another DAGSTER_HOME, another key) must not inherit the first run's.
+        os.environ.clear()
+        os.environ.update(environ)
+
+    from dagster import DagsterInstance
+
+    from vr_assets.graph import ANNOTATE_JOB, build_definitions
+
+    spec = Spec.model_validate_json(spec_json)
+    _worker["instance"] = DagsterInstance.get()
+    _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
+
+
+def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
+    from dagster import AssetKey
+
+    res = _worker["job"].execute_in_process(
+        partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
+        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
+    )
+    return key, res.success, "" if res.success else failure_text(res)
+
+
+def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tuple[str, bool, str]]:
+    spec_json = spec.model_dump_json()
+    if width <= 1:
+        _worker_init(spec_json)
+        for k, assets in work.items():
+            yield _worker_run(k, assets)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["vr_assets.graph", "vr_assets.runner"])
+    initargs = (spec_json, dict(os.environ))
+    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=initargs) as pool:
+        futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
+                yield futures[fut], False, f"worker process failed: {e!r}"
