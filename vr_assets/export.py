@@ -28,21 +28,19 @@ mid-write leaves the previous file intact and a reader never sees half a file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date as _date
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from pydantic import Field
 
+from vr_assets.io_manager import atomic_write
 from vr_assets.records import Mode, QAItem, Record, TaskExports, TaskItem
 
 FORMAT = "tao-vl-reason-v1.0"
@@ -307,22 +305,6 @@ def task_exports_for_video(
 # ---------------------------------------------------------------- atomic writing
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_json_atomic(path: Path, obj: object) -> None:
     """Serialize fully into a temp file in the same folder, then rename over the target."""
 
@@ -330,7 +312,7 @@ def write_json_atomic(path: Path, obj: object) -> None:
         text = json.dumps(obj, indent=2, ensure_ascii=False)
         f.write(text.encode("utf-8") + b"\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------- tao-vl-reason-v1.0
@@ -430,7 +412,7 @@ def write_parquet(path: Path, per_video: list[TaskExports], modes: Mapping[str, 
                     columns[c].append(str(row[c]))
     schema = pa.schema([(c, pa.string()) for c in PARQUET_COLUMNS])
     table = pa.table(columns, schema=schema)
-    _atomic_write(Path(path), lambda f: pq.write_table(table, f))
+    atomic_write(Path(path), lambda f: pq.write_table(table, f))
     return table.num_rows
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 from pydantic import BaseModel
@@ -19,12 +20,14 @@ from pydantic import BaseModel
 from vr_assets import records
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write` fills a temp file in the target's folder; only a complete file is renamed over the target."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,6 +35,10 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # asset name -> record type stored for it
