@@ -73,7 +73,9 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
         for i, a in enumerate(PER_VIDEO_ASSETS):
             if stopped and i > 0:
                 break
-            if k not in done[a] or (view is not None and view.is_stale(a, k)):
+            # a record deleted by hand is missing even if Dagster remembers materializing it
+            missing = k not in done[a] or not store.exists(a, k)
+            if missing or (view is not None and view.is_stale(a, k)):
                 need.append(a)
         if need:
             if view is not None:
