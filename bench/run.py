@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from calls import CallStats, call_stats, ideal
 from ffmpeg_cost import Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
+from proctree import TreeCpu
 from pydantic import BaseModel, Field
 from workload import BenchVideo, make_tiny_copies, make_videos, sha256_file, stage, write_manifest
 
@@ -119,7 +120,7 @@ def verdict_videos_seen(fake: Any, keys_by_video: dict[str, set[str]]) -> int:
 class RunOutcome(BaseModel):
     code: int
     wall_s: float
-    cpu_s: float = Field(description="user+sys of the whole process tree (RUSAGE_CHILDREN delta)")
+    cpu_s: float = Field(description="user+sys of the whole process tree (rusage + /proc samples)")
     tail: str
 
 
@@ -129,6 +130,7 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: f
     c0 = children_cpu_s()
     with log_path.open("w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        tree = TreeCpu(proc.pid).start()
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -136,7 +138,7 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: f
             proc.wait()
             code = -9
     wall = time.perf_counter() - t0
-    cpu = children_cpu_s() - c0
+    cpu = tree.total(children_cpu_s() - c0)
     text = log_path.read_text(errors="replace")
     if code == -9:
         text += f"\n[bench] killed after {timeout_s:.0f} s (--run-timeout)"
@@ -586,11 +588,18 @@ def main(argv: list[str] | None = None) -> int:
             "resolution": "320x240 25 fps H.264",
         },
     }
+    out_json = args.out / "results.json"
+
+    def save() -> None:
+        """After every section, so a long run that dies late keeps what it measured."""
+        out_json.write_text(json.dumps(res, indent=2))
+
     scratch = Path(tempfile.mkdtemp(prefix="bench-shas-"))
     try:
         if not args.skip_ours:
             keys = our_media_shas(videos, scratch)
             res["ours"] = run_ours(videos, args, keys).model_dump()
+            save()
         if args.skip_reference:
             res["reference"] = {"skipped": "--skip-reference"}
         elif not (REF_VENV / "bin" / "python").exists():
@@ -605,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, ref = res.get("ours"), res.get("reference")
     if ours and ref and "skipped" not in ref and ours["wall_s"]:
         res["reference_over_ours"] = round(ref["wall_s"] / ours["wall_s"], 3)
+    save()
     if args.skip_ffmpeg:
         res["ffmpeg_skipped"] = "--skip-ffmpeg"
     else:
@@ -613,15 +623,16 @@ def main(argv: list[str] | None = None) -> int:
             op: {who: c.model_dump() | {"cpu_s_per_video_min": round(c.cpu_s_per_video_min, 3)} for who, c in d.items()}
             for op, d in ff.items()
         }
+        save()
     if args.bookkeeping_partitions > 0:
         res["bookkeeping"] = bookkeeping_section(args).model_dump()
     else:
         res["bookkeeping_skipped"] = "--bookkeeping-partitions 0"
     res["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
     res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    (args.out / "results.json").write_text(json.dumps(res, indent=2))
+    save()
     print(render(res))
-    print(f"\nJSON: {args.out / 'results.json'}")
+    print(f"\nJSON: {out_json}")
     return 0
 
 

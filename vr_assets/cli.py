@@ -1,8 +1,8 @@
 """`vr-annotate`: the same asset graph without the UI, on the same Dagster instance.
 
-Each video partition runs as its own in-process Dagster run, several at once, so one video
-can be in QA while others are still captioning; the provider limiter (shared by the whole
-process) keeps model calls at the configured concurrency.
+Each video partition runs as its own Dagster run, several at once in worker processes
+(`vr_assets.runner`), so one video can be in QA while others are still captioning; the
+provider limit holds across the workers.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run_pipeline(
     from dagster import DagsterInstance
 
     from vr_assets.graph import DATASET_JOB, build_definitions
-    from vr_assets.partitions import videos_partitions
+    from vr_assets.partitions import VideoRegistry, videos_partitions
     from vr_assets.sensors import sync_partitions
 
     t0 = time.perf_counter()
@@ -110,8 +110,6 @@ def run_pipeline(
     new, total = sync_partitions(spec, existing)
     if new:
         instance.add_dynamic_partitions(videos_partitions.name, new)
-    from vr_assets.partitions import VideoRegistry
-
     keys = sorted(VideoRegistry(spec.results_dir).load())
     if only:
         unknown = [k for k in only if k not in keys]
