@@ -1,0 +1,52 @@
+"""Host-wide provider slots: the concurrency limit that holds across the CLI's worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from vr_assets.providers.limits import HostSlots
+
+
+def test_slots_bound_holders_across_threads_and_free_on_release(tmp_path: Path) -> None:
+    slots = HostSlots(str(tmp_path), "gemini/m", 2)
+    a, b = slots.acquire(), slots.acquire()
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(slots.acquire()), daemon=True)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and got == [], "a third holder must wait while two slots are held"
+    os.close(a)
+    waiter.join(10)
+    assert not waiter.is_alive() and len(got) == 1
+    os.close(b)
+    os.close(got[0])
+
+
+def test_a_dead_process_gives_its_slot_back(tmp_path: Path) -> None:
+    code = (
+        "import os, sys; from vr_assets.providers.limits import HostSlots; "
+        f"HostSlots({str(tmp_path)!r}, 'x', 1).acquire(); os._exit(0)"
+    )
+    repo = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    fd = HostSlots(str(tmp_path), "x", 1).acquire()  # would block forever if the dead holder kept it
+    os.close(fd)
+
+
+def test_other_processes_see_held_slots(tmp_path: Path) -> None:
+    held = HostSlots(str(tmp_path), "y", 1).acquire()
+    code = (
+        "import fcntl, os, glob, sys\n"
+        f"p = glob.glob(os.path.join({str(tmp_path)!r}, 'y.*.slot'))[0]\n"
+        "fd = os.open(p, os.O_RDWR)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('busy')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True).stdout.strip()
+    assert out == "busy"
+    os.close(held)
