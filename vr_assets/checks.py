@@ -97,20 +97,26 @@ def span_problem(item: TaskItem, duration: float) -> str | None:
     return None
 
 
+def rule_problems(task: str, item: TaskItem, duration: float) -> list[tuple[str, str]]:
+    """(check name, problem) for every error-level rule the item breaks; checks and dataset share it."""
+    found: list[tuple[str, str | None]] = []
+    if task in ("mcq", "mcq_openended"):
+        found.append(("mcq_well_formed", mcq_problem(item, task)))
+    if task in ("bcq", "bcq_openended"):
+        found.append(("bcq_yes_no", bcq_problem(item, task)))
+    if task == "temporal_localization":
+        found.append(("temporal_span_valid", span_problem(item, duration)))
+    if not item.reasoning.strip():
+        found.append(("reasoning_present", "reasoning is empty"))
+    if _META_TALK.search(item.question) or _META_TALK.search(item.answer):
+        found.append(("no_caption_talk", f"talks about the caption/description instead of the video: "
+                      f"{item.question[:80]!r}"))
+    return [(name, p) for name, p in found if p]
+
+
 def item_errors(task: str, item: TaskItem, duration: float) -> list[str]:
     """Error-level problems: items that would teach a model something wrong."""
-    problems: list[str | None] = []
-    if task in ("mcq", "mcq_openended"):
-        problems.append(mcq_problem(item, task))
-    if task in ("bcq", "bcq_openended"):
-        problems.append(bcq_problem(item, task))
-    if task == "temporal_localization":
-        problems.append(span_problem(item, duration))
-    if not item.reasoning.strip():
-        problems.append("reasoning is empty")
-    if _META_TALK.search(item.question) or _META_TALK.search(item.answer):
-        problems.append("talks about the caption/description instead of the video")
-    return [p for p in problems if p]
+    return [p for _, p in rule_problems(task, item, duration)]
 
 
 # ---------------------------------------------------------------- per-asset checks
@@ -182,16 +188,8 @@ def check_exports(te: TaskExports, duration: float) -> list[Outcome]:
     for task, items in te.tasks.items():
         for n, item in enumerate(items):
             where = f"{task}[{n}]"
-            if task in ("mcq", "mcq_openended") and (p := mcq_problem(item, task)):
-                outcomes["mcq_well_formed"].failures.append(f"{where}: {p}")
-            if task in ("bcq", "bcq_openended") and (p := bcq_problem(item, task)):
-                outcomes["bcq_yes_no"].failures.append(f"{where}: {p}")
-            if task == "temporal_localization" and (p := span_problem(item, duration)):
-                outcomes["temporal_span_valid"].failures.append(f"{where}: {p}")
-            if not item.reasoning.strip():
-                outcomes["reasoning_present"].failures.append(f"{where}: empty reasoning")
-            if _META_TALK.search(item.question) or _META_TALK.search(item.answer):
-                outcomes["no_caption_talk"].failures.append(f"{where}: {item.question[:80]!r}")
+            for name, problem in rule_problems(task, item, duration):
+                outcomes[name].failures.append(f"{where}: {problem}")
             if task.endswith("_openended"):
                 continue  # the open-ended twin repeats its closed question on purpose
             q = question_stem(item.question)
