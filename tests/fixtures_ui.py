@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from vr_assets.instance_storage import instance_yaml
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,8 +168,8 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
     root = tmp_path_factory.mktemp("ui")
     results, home = root / "results", root / "dagster_home"
     home.mkdir()
-    # the community sign-up dialog would cover every page
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    # what `vr-annotate` writes for a new home: nux off (its dialog would cover every page), pooled storages
+    (home / "dagster.yaml").write_text(instance_yaml(str(home)))
     spec_path = root / "ui_spec.yaml"
     _write_ui_spec(spec_path, results)
     env = {k: v for k, v in os.environ.items() if k not in PROVIDER_ENV}

@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
-from vr_assets.runner import execute, failure_text
+from vr_assets.instance_storage import instance_yaml
+from vr_assets.runner import QUIET_CONSOLE, execute, failure_text
 
 Progress = Callable[[str], None]
 
@@ -45,7 +46,7 @@ def ensure_dagster_home(spec: Spec) -> Path:
     Path(home).mkdir(parents=True, exist_ok=True)
     cfg = Path(home) / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+        cfg.write_text(instance_yaml(str(Path(home).resolve())))
     return Path(home)
 
 
@@ -133,7 +134,9 @@ def run_pipeline(
             summary.failed[k] = why
         progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
     if build_dataset:
-        res = defs.resolve_job_def(DATASET_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        res = defs.resolve_job_def(DATASET_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
+        )
         if not res.success:
             summary.failed["dataset"] = failure_text(res)
             progress(f"dataset FAILED: {summary.failed['dataset']}")

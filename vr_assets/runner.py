@@ -35,6 +35,10 @@ def failure_text(result: Any) -> str:
 
 _worker: dict[str, Any] = {}
 
+# Every event is still stored in the instance (and shown in the UI); the terminal gets warnings
+# and errors only, instead of ~100 debug lines per video.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
     if environ is not None:
@@ -43,7 +47,12 @@ def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
         os.environ.clear()
         os.environ.update(environ)
 
-    from dagster import DagsterInstance
+    import warnings
+
+    from dagster import BetaWarning, DagsterInstance
+
+    # `Output(data_version=...)` is what makes staleness work; its beta notice is not news per step.
+    warnings.filterwarnings("ignore", category=BetaWarning)
 
     from vr_assets.graph import ANNOTATE_JOB, build_definitions
 
@@ -57,7 +66,7 @@ def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
 
     res = _worker["job"].execute_in_process(
         partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
-        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"},
+        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"}, run_config=QUIET_CONSOLE,
     )
     return key, res.success, "" if res.success else failure_text(res)
 
@@ -70,7 +79,7 @@ def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tupl
             yield _worker_run(k, assets)
         return
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["vr_assets.graph", "vr_assets.runner"])
+    ctx.set_forkserver_preload(["vr_assets.worker_preload"])
     initargs = (spec_json, dict(os.environ))
     with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=initargs) as pool:
         futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}

@@ -1,0 +1,126 @@
+"""The pooled SQLite storages: same files and schema as Dagster's own, readable by the stock classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    DynamicPartitionsDefinition,
+    asset,
+    define_asset_job,
+)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
+from sqlalchemy import create_engine, text
+
+from vr_assets import instance_storage
+from vr_assets.instance_storage import PooledSqliteEventLogStorage, PooledSqliteRunStorage, instance_yaml
+
+parts = DynamicPartitionsDefinition(name="clips")
+
+
+@asset(partitions_def=parts)
+def first(context) -> int:  # type: ignore[no-untyped-def]
+    return len(context.partition_key)
+
+
+@asset(partitions_def=parts)
+def second(first: int) -> int:
+    return first * 2
+
+
+JOB = Definitions(assets=[first, second], jobs=[define_asset_job("both", [first, second])]).resolve_job_def("both")
+
+
+def pooled_instance(home: Path) -> DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(instance_yaml(str(home)))
+    return DagsterInstance.from_config(str(home))
+
+
+def stock_instance(home: Path) -> DagsterInstance:
+    """The same home opened with Dagster's default SQLite storages (no dagster.yaml storage blocks)."""
+    other = home.parent / (home.name + "-stock-config")
+    other.mkdir(exist_ok=True)
+    (other / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        f"run_storage:\n  module: dagster._core.storage.runs\n  class: SqliteRunStorage\n"
+        f"  config:\n    base_dir: {home}/history\n"
+        f"event_log_storage:\n  module: dagster._core.storage.event_log\n  class: SqliteEventLogStorage\n"
+        f"  config:\n    base_dir: {home}/history/runs\n"
+    )
+    return DagsterInstance.from_config(str(other))
+
+
+def test_instance_uses_the_pooled_classes(tmp_path: Path) -> None:
+    inst = pooled_instance(tmp_path / "home")
+    assert isinstance(inst.event_log_storage, PooledSqliteEventLogStorage)
+    assert isinstance(inst.run_storage, PooledSqliteRunStorage)
+
+
+def test_runs_written_pooled_read_back_by_stock_storages(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    inst = pooled_instance(home)
+    inst.add_dynamic_partitions("clips", ["a", "bb", "ccc"])
+    for key in ("a", "bb", "ccc"):
+        assert JOB.execute_in_process(partition_key=key, instance=inst).success
+    inst.dispose()
+
+    stock = stock_instance(home)
+    assert type(stock.event_log_storage) is SqliteEventLogStorage
+    assert stock.get_runs_count() == 3
+    assert stock.get_materialized_partitions(AssetKey("second")) == {"a", "bb", "ccc"}
+    runs = stock.get_runs()
+    for run in runs:
+        types = [e.dagster_event.event_type_value for e in stock.all_logs(run.run_id) if e.dagster_event]
+        assert types[-1] == "PIPELINE_SUCCESS"
+        assert types.count("ASSET_MATERIALIZATION") == 2
+    # and the other way round: a run written by the stock classes is visible to the pooled ones
+    stock.add_dynamic_partitions("clips", ["dddd"])
+    assert JOB.execute_in_process(partition_key="dddd", instance=stock).success
+    stock.dispose()
+    again = pooled_instance(home)
+    assert again.get_materialized_partitions(AssetKey("first")) == {"a", "bb", "ccc", "dddd"}
+
+
+def test_run_shards_are_stamped_at_the_migration_head(tmp_path: Path) -> None:
+    """`dagster instance migrate` relies on each run database's alembic stamp."""
+    home = tmp_path / "home"
+    inst = pooled_instance(home)
+    inst.add_dynamic_partitions("clips", ["a"])
+    result = JOB.execute_in_process(partition_key="a", instance=inst)
+    inst.dispose()
+    shard = home / "history" / "runs" / f"{result.run_id}.db"
+    assert shard.exists()
+    engine = create_engine(f"sqlite:///{shard}")
+    with engine.connect() as conn:
+        db_rev, head = check_alembic_revision(get_alembic_config(instance_storage.sqlite_event_log.__file__), conn)
+        mode = conn.execute(text("PRAGMA journal_mode")).scalar()
+    assert db_rev == head and head is not None
+    assert mode == "wal"
+
+
+def test_partition_memory_forgets_deletions(tmp_path: Path) -> None:
+    inst = pooled_instance(tmp_path / "home")
+    store = inst.event_log_storage
+    assert not store.has_dynamic_partition("clips", "x")
+    inst.add_dynamic_partitions("clips", ["x"])
+    assert store.has_dynamic_partition("clips", "x")
+    inst.delete_dynamic_partition("clips", "x")
+    assert not store.has_dynamic_partition("clips", "x")
+
+
+def test_partition_memory_expires_for_deletions_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    inst = pooled_instance(home)
+    inst.add_dynamic_partitions("clips", ["y"])
+    assert inst.event_log_storage.has_dynamic_partition("clips", "y")
+    other = pooled_instance(home)  # another process's instance
+    other.delete_dynamic_partition("clips", "y")
+    assert inst.event_log_storage.has_dynamic_partition("clips", "y")  # remembered for a while …
+    monkeypatch.setattr(instance_storage, "_PARTITION_MEMORY_S", 0.0)
+    assert not inst.event_log_storage.has_dynamic_partition("clips", "y")  # … then asked again

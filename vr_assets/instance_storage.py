@@ -1,0 +1,184 @@
+"""SQLite storages for the Dagster instance that keep their engines instead of rebuilding them per query.
+
+Dagster's SQLite storages create a new SQLAlchemy engine (and a new connection, and re-check a
+table) for every event they write. A video run writes ~100 events, so at thousands of videos
+that, not the models, became the cost: profiling showed ~40 % of a run's CPU in engine set-up,
+statement compilation (the compiled-statement cache lives on the engine, so it never hit) and
+one dynamic-partition lookup per step input and output. These subclasses keep one engine per
+database file and remember which video partitions exist; the files, schema and locations are
+Dagster's own, so an instance written with them opens with the stock classes and vice versa.
+`vr-annotate` configures them in the `dagster.yaml` it writes for a new `DAGSTER_HOME`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+from dagster._core.storage.event_log.sqlite import sqlite_event_log
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.sql import create_engine, get_alembic_config
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy import event, text
+from sqlalchemy import exc as db_exc
+from sqlalchemy.engine import Connection, Engine
+
+# Run shards are written while their run is live and rarely after; a handful stays open.
+_MAX_OPEN_SHARDS = 6
+# A partition another process deletes is seen as gone after this long.
+_PARTITION_MEMORY_S = 30.0
+
+
+def _engine(conn_string: str) -> Engine:
+    timeout = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+    engine = create_engine(conn_string, pool_size=2, max_overflow=8, connect_args=timeout)
+    event.listen(engine, "connect", _wal_normal_sync)
+    return engine
+
+
+def _wal_normal_sync(dbapi_conn: Any, _record: Any) -> None:
+    # In WAL mode NORMAL is crash-safe for the process (a power cut may lose the last commits);
+    # FULL would fsync every one of a run's ~100 event commits.
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
+@functools.cache
+def event_log_migrations() -> ScriptDirectory:
+    return ScriptDirectory.from_config(get_alembic_config(sqlite_event_log.__file__))
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's per-run-sharded SQLite event log with cached engines and partition lookups."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._tables: set[str] = set()
+        self._partitions_seen: dict[tuple[str, str], float] = {}
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PooledSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def _shard_engine(self, shard: str) -> Engine:
+        engine = self._engines.get(shard)
+        if engine is None:
+            engine = _engine(self.conn_string_for_shard(shard))
+            self._engines[shard] = engine
+            while len(self._engines) > _MAX_OPEN_SHARDS:
+                _, old = self._engines.popitem(last=False)
+                old.dispose()
+        else:
+            self._engines.move_to_end(shard)
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._shard_engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
+        """A new run shard: Dagster's schema stamped at head, without re-reading the migration scripts per run."""
+        if for_index_shard:
+            super()._initdb(engine, for_index_shard=True)
+            return
+        try:
+            with engine.connect() as conn, conn.begin():
+                ctx = MigrationContext.configure(conn)
+                if ctx.get_current_revision() is not None:
+                    return
+                SqlEventLogStorageMetadata.create_all(conn)
+                conn.execute(text("PRAGMA journal_mode=WAL;"))
+                ctx.stamp(event_log_migrations(), "head")
+        except db_exc.DatabaseError:
+            # another process initialising the same shard: Dagster's own path retries that race
+            super()._initdb(engine)
+
+    def has_table(self, table_name: str) -> bool:
+        # Tables are only ever added (by migrations), so a yes is final.
+        if table_name in self._tables:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables.add(table_name)
+        return found
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        key = (partitions_def_name, partition_key)
+        seen = self._partitions_seen.get(key)
+        if seen is not None and time.monotonic() - seen < _PARTITION_MEMORY_S:
+            return True
+        found = super().has_dynamic_partition(partitions_def_name, partition_key)
+        if found:
+            self._partitions_seen[key] = time.monotonic()
+        else:
+            self._partitions_seen.pop(key, None)
+        return found
+
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        self._partitions_seen.pop((partitions_def_name, partition_key), None)
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
+        super().dispose()
+
+
+class PooledSqliteRunStorage(SqliteRunStorage):
+    """Dagster's SQLite run storage with one engine kept for the process."""
+
+    _pooled: Engine | None = None
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PooledSqliteRunStorage:
+        return cls.from_local(inst_data=inst_data, **config_value)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        if self._pooled is None:
+            self._pooled = _engine(self._conn_string)
+        with self._pooled.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        if self._pooled is not None:
+            self._pooled.dispose()
+            self._pooled = None
+        super().dispose()
+
+
+def instance_yaml(home: str) -> str:
+    """The `dagster.yaml` for a new instance: Dagster's default file layout, our pooled storages."""
+    return (
+        "telemetry:\n  enabled: false\n"
+        "nux:\n  enabled: false\n"
+        "run_storage:\n"
+        "  module: vr_assets.instance_storage\n"
+        "  class: PooledSqliteRunStorage\n"
+        f"  config:\n    base_dir: {json.dumps(home + '/history')}\n"
+        "event_log_storage:\n"
+        "  module: vr_assets.instance_storage\n"
+        "  class: PooledSqliteEventLogStorage\n"
+        f"  config:\n    base_dir: {json.dumps(home + '/history/runs')}\n"
+    )
