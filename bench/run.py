@@ -192,7 +192,7 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
 
     spec = Spec()
     wf = spec.workflow
-    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps)
+    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads)
     out: dict[str, set[str]] = {}
     for v in videos:
         d = fresh(scratch / f"ours_{v.index:03d}")
@@ -352,7 +352,7 @@ def ffmpeg_section(videos: list[BenchVideo], max_files: int) -> dict[str, dict[s
 
     spec = Spec()
     wf = spec.workflow
-    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps)
+    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads)
     chosen = videos[:max_files] if max_files else videos
     all_files = [(Path(v.path), v.duration_s) for v in chosen]
     long_files = [(Path(v.path), v.duration_s) for v in chosen if v.long]

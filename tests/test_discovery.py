@@ -134,3 +134,21 @@ def test_default_spec_round_trips() -> None:
     text = default_spec_text()
     assert "# leave empty: read from env GOOGLE_API_KEY" in text
     assert parse_spec(yaml.safe_load(text), "default").workflow.qa_types[0] == "mcq"
+
+
+def test_cli_runs_the_biggest_videos_first(tmp_path: Path) -> None:
+    from vr_assets.cli import longest_first
+    from vr_assets.records import VideoSource
+
+    videos = {}
+    for name, size in [("a.mp4", 10), ("b.mp4", 3000), ("c.mp4", 200)]:
+        p = tmp_path / name
+        p.write_bytes(b"x" * size)
+        videos[name] = VideoSource(key=name, path=str(p), source="video_root", rel_path=name)
+    videos["gone.mp4"] = VideoSource(key="gone.mp4", path=str(tmp_path / "gone.mp4"), source="video_root",
+                                     rel_path="gone.mp4")
+    work = {k: ["filter_result"] for k in ["a.mp4", "b.mp4", "c.mp4", "gone.mp4"]}
+    ordered = longest_first(work, videos)
+    # a missing file goes first so its error shows at once; then by size, largest first
+    assert list(ordered) == ["gone.mp4", "b.mp4", "c.mp4", "a.mp4"]
+    assert ordered["b.mp4"] == ["filter_result"]

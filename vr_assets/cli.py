@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.instance_storage import instance_yaml
+from vr_assets.records import VideoSource
 from vr_assets.runner import QUIET_CONSOLE, execute, failure_text
 
 Progress = Callable[[str], None]
@@ -88,6 +89,22 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
     return work
 
 
+def longest_first(work: dict[str, list[str]], videos: dict[str, VideoSource]) -> dict[str, list[str]]:
+    """Biggest files first: the longest videos start early instead of running alone at the end.
+
+    File size stands in for duration (probing every video up front would cost an ffprobe each);
+    a missing file sorts first and fails fast with its own error.
+    """
+
+    def size(key: str) -> int:
+        try:
+            return Path(videos[key].path).stat().st_size
+        except (KeyError, OSError):
+            return 1 << 62
+
+    return {k: work[k] for k in sorted(work, key=lambda k: (-size(k), k))}
+
+
 def run_pipeline(
     spec: Spec,
     *,
@@ -111,7 +128,8 @@ def run_pipeline(
     new, total = sync_partitions(spec, existing)
     if new:
         instance.add_dynamic_partitions(videos_partitions.name, new)
-    keys = sorted(VideoRegistry(spec.results_dir).load())
+    videos = VideoRegistry(spec.results_dir).load()
+    keys = sorted(videos)
     if only:
         unknown = [k for k in only if k not in keys]
         if unknown:
@@ -119,7 +137,7 @@ def run_pipeline(
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
     progress(f"{total} videos discovered ({len(new)} new); Dagster home {os.environ['DAGSTER_HOME']}")
-    work = plan_work(spec, defs, instance, keys, stale)
+    work = longest_first(plan_work(spec, defs, instance, keys, stale), videos)
     summary.skipped_up_to_date = len(keys) - len(work)
     progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
     width = min(len(work), parallel or max(2, spec.workflow.max_workers)) if work else 0

@@ -131,6 +131,9 @@ class MediaResource(ConfigurableResource):
     ffprobe: str = "ffprobe"
     max_side: int | None = 640
     fps: float | None = 4.0
+    threads: int = 1
 
     def tool(self) -> MediaTool:
-        return MediaTool(ffmpeg=self.ffmpeg, ffprobe=self.ffprobe, max_side=self.max_side, fps=self.fps)
+        return MediaTool(
+            ffmpeg=self.ffmpeg, ffprobe=self.ffprobe, max_side=self.max_side, fps=self.fps, threads=self.threads
+        )
