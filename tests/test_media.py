@@ -518,3 +518,36 @@ def test_ffmpeg_cpu_seconds_counts_children(synthetic_videos, tmp_path) -> None:
     before = ffmpeg_cpu_seconds()
     MediaTool().cut_chunks(synthetic_videos["clip8"], plan_chunks(8, 4), tmp_path)
     assert ffmpeg_cpu_seconds() > before
+
+
+def test_split_copy_cuts_the_prepared_copy_without_reencoding(synthetic_videos, tmp_path) -> None:
+    """Step 0's copy carries keyframes at the chunk starts; step 1b then only copies packets."""
+    path = synthetic_videos["clip16"]
+    tool = MediaTool(max_side=160)
+    probe = tool.probe(path)
+    chunks = plan_chunks(probe.duration_sec, choose_chunk_duration(probe.duration_sec, DEFAULT_OPTIONS, 10))
+    copy = tool.prepare_video(path, tmp_path / "copy.mp4", probe, keyframes=[4.0] + [s for _, s, _ in chunks[1:]])
+    before = tool.invocations
+    outputs = tool.split_copy(copy, chunks, tmp_path / "chunks")
+    assert tool.invocations - before == 1
+    assert [p.name for p in outputs] == [f"chunk_{i:03d}.mp4" for i, _, _ in chunks]
+    for (_, start, end), out in zip(chunks, outputs, strict=True):
+        check_clip(out, end - start, 160, 4.0)
+    # the same bytes as the copy's packets: stream copy, not a new encode
+    assert sum(p.stat().st_size for p in outputs) < copy.stat().st_size * 1.05
+    assert leftovers(tmp_path / "chunks") == []
+    # one window that ends before the file does (a tail the plan drops): the tail is left out
+    (single,) = tool.split_copy(copy, [(0, 0.0, 4.0)], tmp_path / "one")
+    check_clip(single, 4.0, 160, 4.0)
+    assert leftovers(tmp_path / "one") == []
+
+
+def test_split_copy_refuses_a_file_without_the_keyframes(synthetic_videos, tmp_path) -> None:
+    """Without keyframes at the cuts the pieces would be off: it says so, and the caller re-encodes."""
+    path = synthetic_videos["mkv_upper"]  # one keyframe in 3 s
+    tool = MediaTool(max_side=160)
+    with pytest.raises(MediaError, match="pieces for 3 windows"):
+        tool.split_copy(path, [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.0, 3.0)], tmp_path / "out")
+    assert not list((tmp_path / "out").glob("chunk_*"))
+    with pytest.raises(ValueError, match="contiguous"):
+        tool.split_copy(path, [(0, 0.5, 1.0)], tmp_path / "out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -182,3 +183,23 @@ def test_tao_prompt_templates_module(
     assert tao_validate(out)[0] == []
     spans = json.loads((out / "temporal_localization.json").read_text())["items"]
     assert all(set(json.loads(s["answer"])) == {"start", "end"} for s in spans)
+
+
+def test_chunks_come_from_step_0s_copy_by_stream_copy(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """With downscaling on, step 1b cuts nothing from the source: it splits step 0's copy, then frees it."""
+    env = make_pipeline("gemini")
+    vid = env.add_video(synthetic_videos["clip16"], "cam/clip.mp4")
+    spec = env.spec(media={"fps": 4.0, "max_side": 160}, workflow={"mode": "normal"})
+    summary = env.run(spec)
+    assert summary.failed == {} and summary.succeeded == ["cam__clip.mp4"]
+    ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("chunk_captions"))
+    meta = ev.asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["cut_from"].value == "prepared copy, stream copy"
+    chunks = JsonStore(env.results).read("chunk_captions", "cam__clip.mp4").chunks
+    assert [(c.timestamp_start, c.timestamp_end) for c in chunks] == [(0, 5), (5, 10), (10, 15), (15, 16)]
+    # what went out: the copy (steps 0/1a) and four distinct chunk clips, never the source's bytes
+    sent = [h for r in env.model_requests() for h in r.media_sha256]
+    source_sha = hashlib.sha256(vid.read_bytes()).hexdigest()
+    assert source_sha not in sent
+    assert len(set(sent)) == 1 + len(chunks)
+    assert not (env.results / "cache" / "media" / "cam__clip.mp4").exists()

@@ -374,6 +374,39 @@ class MediaTool(BaseModel):
                 os.replace(part, final)
         return finals
 
+    def split_copy(
+        self, path: Path | str, chunks: Sequence[tuple[int, float, float]], out_dir: Path | str
+    ) -> list[Path]:
+        """Chunks by stream copy (no decode, no encode) from a file with keyframes at every chunk start.
+
+        Made for `prepare_video(..., keyframes=...)` output, keyframes at every window start and at the last
+        window's end; windows must be contiguous from 0. A file without those keyframes gives the wrong
+        number of pieces: that raises MediaError, and the caller cuts from the source instead.
+        """
+        path, out_dir = Path(path), Path(out_dir)
+        if not chunks:
+            return []
+        if abs(chunks[0][1]) > 1e-6 or any(abs(b[1] - a[2]) > 1e-6 for a, b in zip(chunks, chunks[1:], strict=False)):
+            raise ValueError("split_copy needs contiguous windows starting at 0")
+        self._require_file(path, "split chunks")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        finals = [out_dir / f"chunk_{index:03d}.mp4" for index, _, _ in chunks]
+        with self._staging(out_dir) as tmp:
+            # a cut at the last window's end too: a sub-second tail the plan drops becomes an extra piece
+            cuts = ",".join(_num(t) for t in [*(start for _, start, _ in chunks[1:]), chunks[-1][2]])
+            output = ff.input(str(path), **self._decoder_opts()).output(
+                str(tmp / "seg_%03d.mp4"), f="segment", c="copy", segment_times=cuts, segment_time_delta="0.01",
+                segment_format="mp4", segment_format_options="movflags=+faststart", reset_timestamps=1,
+                avoid_negative_ts="disabled",  # as in _segment_pass: keep B-frame delay from shifting chunk 0
+            )
+            self._run(output, path, "split chunks")
+            parts = sorted(tmp.glob("seg_*.mp4"))
+            if not len(chunks) <= len(parts) <= len(chunks) + 1 or any(p.stat().st_size == 0 for p in parts):
+                raise MediaError(path, "split chunks", f"{len(parts)} pieces for {len(chunks)} windows (keyframes?)")
+            for part, final in zip(parts, finals, strict=False):
+                os.replace(part, final)
+        return finals
+
     def cut_clip(self, path: Path | str, start: float, end: float, out: Path | str) -> Path:
         """One window with input seeking (decodes from the keyframe before start only), same encoding."""
         path, out = Path(path), Path(out)
@@ -391,8 +424,13 @@ class MediaTool(BaseModel):
             part.unlink(missing_ok=True)
         return out
 
-    def prepare_video(self, path: Path | str, out: Path | str, probe: VideoProbe | None = None) -> Path:
-        """Whole video, downscaled and fps-reduced, for models; the source itself when it is already small."""
+    def prepare_video(
+        self, path: Path | str, out: Path | str, probe: VideoProbe | None = None, keyframes: Sequence[float] = ()
+    ) -> Path:
+        """Whole video, downscaled and fps-reduced, for models; the source itself when it is already small.
+
+        `keyframes` (the later chunk starts) lets `split_copy` cut the chunks from this file without re-encoding.
+        """
         path, out = Path(path), Path(out)
         info = probe or self.probe(path)
         small = self.max_side is None or max(info.width, info.height) <= self.max_side
@@ -401,9 +439,12 @@ class MediaTool(BaseModel):
             return path
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+        extra: dict[str, Any] = {"force_key_frames": ",".join(_num(t) for t in keyframes)} if keyframes else {}
         try:
             stream = ff.input(str(path), **self._decoder_opts())
-            output = self._filters(stream.video).output(str(part), f="mp4", **self._x264_opts(), movflags="+faststart")
+            output = self._filters(stream.video).output(
+                str(part), f="mp4", **self._x264_opts(), movflags="+faststart", **extra
+            )
             self._run(output, path, "prepare video")
             os.replace(part, out)
         finally:

@@ -19,6 +19,7 @@ from dagster import (
 from vr_assets.assets.common import (
     OFFLINE_NOTE,
     Pipeline,
+    chunk_plan,
     code_version,
     data_version_of,
     drop_media_cache,
@@ -26,11 +27,12 @@ from vr_assets.assets.common import (
     full_video_media,
     md_escape,
     media_failure,
+    prepared_copy,
     run_calls,
     usage_metadata,
 )
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
-from vr_assets.media import MediaError, choose_chunk_duration, plan_chunks, video_mime, video_workdir
+from vr_assets.media import MediaError, video_mime, video_workdir
 from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
@@ -77,9 +79,11 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             key,
             "1a",
         )
-        # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now.
+        # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now
+        # (a downscaled copy stays for step 1b to cut its chunks from).
         model.release(key)
-        drop_media_cache(pipe, key)
+        if ref.kind == "frames":
+            drop_media_cache(pipe, key)
         result = Captions(
             video=video, probe=probe, mode=mode, global_caption=g.text, dense_caption=d.text,
             media_kind=ref.kind, usage=[g.usage, d.usage],
@@ -108,7 +112,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         owners=["team:video-data"],
         pool="vlm",
         check_specs=CHUNK_SPECS,
-        description="Step 1b. The video cut into equal chunks (one ffmpeg pass, downscaled) and each chunk "
+        description="Step 1b. The video cut into equal chunks (stream-copied from step 0's downscaled copy, else "
+        "one ffmpeg pass over the source) and each chunk "
         "captioned by the VLM, all chunks at once.",
     )
     def chunk_captions(
@@ -116,17 +121,27 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
     ) -> Iterator[object]:
         key = context.partition_key
         video, duration = captions.video, captions.probe.duration_sec
-        chunk_len = choose_chunk_duration(duration, wf.chunk_duration_options, wf.max_chunks)
-        plan = plan_chunks(duration, chunk_len)
+        chunk_len, plan = chunk_plan(spec, duration)
         if not plan:
             raise Failure(description=f"video {key} ({video.path}): too short to chunk ({duration:.2f} s)")
         model = vlm.client(spec)
         tool = media.tool()
         with video_workdir(Path(spec.results_dir) / "cache" / "work", key) as work:
+            clips = None
+            copy = prepared_copy(pipe, video, captions.probe, tool)
+            if copy is not None:
+                try:
+                    clips = tool.split_copy(copy, plan, work / "copied")
+                except (MediaError, OSError) as e:
+                    context.log.warning(f"video {key}: chunks from the prepared copy failed ({e}); cutting the source")
+            cut_from = "prepared copy, stream copy" if clips is not None else "source, one re-encoding pass"
             try:
-                clips = tool.cut_chunks(Path(video.path), plan, work)
+                if clips is None:
+                    clips = tool.cut_chunks(Path(video.path), plan, work)
             except (MediaError, OSError) as e:
                 raise media_failure(video, e) from e
+            finally:
+                drop_media_cache(pipe, key)  # the last user of the prepared copy
             calls = [
                 pipe.call(
                     "1b", f"{captions.mode}_chunk_caption", key,
@@ -152,7 +167,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         yield Output(
             result,
             data_version=data_version_of(result),
-            metadata={"chunks": len(chunks), "chunk_duration_s": MetadataValue.float(chunk_len),
+            metadata={"chunks": len(chunks), "chunk_duration_s": MetadataValue.float(chunk_len), "cut_from": cut_from,
                       "preview": MetadataValue.md(table), **usage_metadata(result.usage)},
         )
         for outcome in check_chunks(result, duration):

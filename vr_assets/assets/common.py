@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from vr_assets.call_cache import CachedModel
 from vr_assets.config import Spec
 from vr_assets.io_manager import JsonStore
-from vr_assets.media import MediaError, MediaTool, frame_times, video_mime
+from vr_assets.media import MediaError, MediaTool, choose_chunk_duration, frame_times, plan_chunks, video_mime
 from vr_assets.partitions import VideoRegistry
 from vr_assets.prompts import PromptPack, schema_for_key
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
@@ -85,10 +85,32 @@ def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:
     return Failure(description=f"video {video.key} ({video.path}): {err}")
 
 
-def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
-    """The whole video as the model should see it, prepared once and reused by steps 0 and 1a.
+def chunk_plan(spec: Spec, duration: float) -> tuple[float, list[tuple[int, float, float]]]:
+    """Step 1b's windows; step 0 needs them too, to put keyframes where the chunks will start."""
+    wf = spec.workflow
+    chunk_len = choose_chunk_duration(duration, wf.chunk_duration_options, wf.max_chunks)
+    return chunk_len, plan_chunks(duration, chunk_len)
 
-    Long videos become evenly spaced JPEG frames; short ones a downscaled copy.
+
+def chunk_keyframes(plan: list[tuple[int, float, float]], duration: float) -> list[float]:
+    """Where the copy needs keyframes for `MediaTool.split_copy`: each later start, and the end of a dropped tail."""
+    marks = [start for _, start, _ in plan[1:]]
+    if plan and plan[-1][2] < duration - 0.01:
+        marks.append(plan[-1][2])
+    return marks
+
+
+def _copy_path(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> tuple[Path, list[float]]:
+    keyframes = chunk_keyframes(chunk_plan(pipe.spec, probe.duration_sec)[1], probe.duration_sec)
+    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
+    return pipe.media_cache(video.key) / name, keyframes
+
+
+def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
+    """The whole video as the model should see it, prepared once and reused by steps 0, 1a and 1b.
+
+    Long videos become evenly spaced JPEG frames; short ones a downscaled copy with keyframes at the
+    chunk starts, so step 1b cuts its chunks from it by stream copy.
     """
     wf = pipe.spec.workflow
     cache = pipe.media_cache(video.key)
@@ -101,11 +123,17 @@ def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool
             if len(frames) != len(times):
                 frames = tool.sample_frames(src, times, frames_dir, probe=probe)
             return MediaRef(kind="frames", paths=frames, mime_type="image/jpeg", video_key=video.key)
-        out = cache / f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes)}.mp4"
-        prepared = out if out.exists() else tool.prepare_video(src, out, probe)
+        out, keyframes = _copy_path(pipe, video, probe, tool)
+        prepared = out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
         return MediaRef(kind="video", paths=[prepared], mime_type=video_mime(prepared), video_key=video.key)
     except (MediaError, OSError) as e:
         raise media_failure(video, e) from e
+
+
+def prepared_copy(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> Path | None:
+    """The downscaled copy step 0 made, if it is still cached (None: cut from the source)."""
+    out, _ = _copy_path(pipe, video, probe, tool)
+    return out if out.is_file() else None
 
 
 def drop_media_cache(pipe: Pipeline, key: str) -> None:

@@ -10,6 +10,7 @@ from vr_assets.assets.common import (
     Pipeline,
     code_version,
     data_version_of,
+    drop_media_cache,
     excerpt,
     full_video_media,
     media_failure,
@@ -117,6 +118,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         )
         if not result.proceed:
             context.log.info(f"video {key} stops at step 0: {result.stop_reason}")
+            drop_media_cache(pipe, key)
         return Output(
             result,
             data_version=data_version_of(result),
