@@ -50,3 +50,43 @@ def test_other_processes_see_held_slots(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True).stdout.strip()
     assert out == "busy"
     os.close(held)
+
+
+def test_many_waiters_queue_and_all_get_through_within_the_bound(tmp_path: Path) -> None:
+    """Waiters beyond the slots queue on one lock (only its holder polls); the bound holds throughout."""
+    slots = HostSlots(str(tmp_path), "q", 2)
+    lock = threading.Lock()
+    holding, peak, done = 0, 0, 0
+
+    def work() -> None:
+        nonlocal holding, peak, done
+        fd = slots.acquire()
+        with lock:
+            holding += 1
+            peak = max(peak, holding)
+        threading.Event().wait(0.01)
+        with lock:
+            holding -= 1
+            done += 1
+        os.close(fd)
+
+    held = [slots.acquire(), slots.acquire()]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(12)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.2)
+    # all twelve are waiting, and one of them holds the queue lock
+    code = (
+        "import fcntl, os\n"
+        f"fd = os.open({slots.queue_path!r}, os.O_RDWR)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('busy')\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True).stdout.strip() \
+        == "busy"
+    assert done == 0
+    for fd in held:
+        os.close(fd)
+    for t in threads:
+        t.join(30)
+    assert done == 12 and 1 <= peak <= 2

@@ -228,26 +228,44 @@ class HostSlots:
     kernel frees a slot when its holder dies; no cleanup, no stale counters.
     """
 
-    def __init__(self, directory: str, name: str, n: int, poll_s: float = 0.005) -> None:
+    def __init__(self, directory: str, name: str, n: int, poll_s: float = 0.002) -> None:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
         os.makedirs(directory, exist_ok=True)
         self.paths = [os.path.join(directory, f"{safe}.{i}.slot") for i in range(max(1, n))]
+        self.queue_path = os.path.join(directory, f"{safe}.queue")
         self.poll_s = poll_s
 
+    def _try_any(self) -> int | None:
+        start = random.randrange(len(self.paths))
+        for i in range(len(self.paths)):
+            fd = os.open(self.paths[(start + i) % len(self.paths)], os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        return None
+
     def acquire(self) -> int:
-        """Blocks until a slot is free; returns the fd that holds it (close it to release)."""
-        delay = self.poll_s
-        while True:
-            start = random.randrange(len(self.paths))
-            for i in range(len(self.paths)):
-                fd = os.open(self.paths[(start + i) % len(self.paths)], os.O_CREAT | os.O_RDWR, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    os.close(fd)
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+        """Blocks until a slot is free; returns the fd that holds it (close it to release).
+
+        When all slots are taken, waiters queue on one more lock file: the kernel keeps all but
+        one asleep, and only that one polls the slots. (Every waiter polling every slot burnt a
+        noticeable share of a small machine's CPU with a few dozen requests waiting.)
+        """
+        fd = self._try_any()
+        if fd is not None:
+            return fd
+        queue = os.open(self.queue_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(queue, fcntl.LOCK_EX)
+            delay = self.poll_s
+            while (fd := self._try_any()) is None:
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.02)
+            return fd
+        finally:
+            os.close(queue)  # closing drops the queue lock: the next waiter starts polling
 
 
 _HOST: dict[tuple[str, str, int], HostSlots] = {}
