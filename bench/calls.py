@@ -26,6 +26,10 @@ class CallStats(BaseModel):
     request_bytes: int = 0
     inline_media_bytes: int = 0
     by_route: dict[str, int] = {}
+    busy_s: float = 0.0
+    peak_in_flight: int = 0
+    first_start: float = 0.0
+    last_end: float = 0.0
 
     def per_video(self, n: int) -> dict[str, float]:
         d = max(n, 1)
@@ -57,6 +61,15 @@ def call_stats(fake: Any) -> CallStats:
                 s.text_calls += 1
         elif r.route == "upload.start":
             s.uploads += 1
+    spans = [(r.started_at, r.started_at + r.duration_s) for r in log if r.route in MODEL_ROUTES and r.status == 200]
+    if spans:
+        s.busy_s = round(sum(e - b for b, e in spans), 3)
+        s.first_start, s.last_end = min(b for b, _ in spans), max(e for _, e in spans)
+        edges = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+        now = 0
+        for _, step in edges:
+            now += step
+            s.peak_in_flight = max(s.peak_in_flight, now)
     s.upload_bytes = sum(fake.upload_bytes_by_sha().values()) if hasattr(fake, "upload_bytes_by_sha") else 0
     s.inline_media_bytes = sum(fake.inline_bytes_by_sha().values())
     return s
@@ -69,6 +82,11 @@ class Ideal(BaseModel):
     throughput_s: float
     ideal_s: float
     chain: str
+
+
+def utilisation(stats: CallStats, c: int, wall_s: float) -> float:
+    """Share of the C provider slots busy over the run's wall time (1.0: never a free slot)."""
+    return round(stats.busy_s / (max(c, 1) * wall_s), 3) if wall_s > 0 else 0.0
 
 
 def chain_latency(relevant: bool, label: str, lm: float, lt: float) -> float:

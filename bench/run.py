@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from calls import CallStats, call_stats, ideal
+from calls import CallStats, call_stats, ideal, utilisation
 from ffmpeg_cost import Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
 from proctree import TreeCpu
 from pydantic import BaseModel, Field
@@ -62,6 +62,7 @@ class PipelineRun(BaseModel):
     critical_path_s: float
     throughput_bound_s: float
     wall_over_ideal: float
+    slots_busy: float = Field(0.0, description="provider time / (C x wall): how full the C slots were kept")
     verdict_videos_seen: int
     dataset_items: int
     dataset_videos: int
@@ -310,6 +311,7 @@ def run_against_fake(
         critical_path_s=bound.critical_path_s,
         throughput_bound_s=bound.throughput_s,
         wall_over_ideal=round(got.wall_s / bound.ideal_s, 3) if bound.ideal_s else 0.0,
+        slots_busy=utilisation(stats, args.concurrency, got.wall_s),
         verdict_videos_seen=seen,
         dataset_items=items,
         dataset_videos=vids,
@@ -481,6 +483,8 @@ def render(res: dict[str, Any]) -> str:
     row("… critical path of one video (s)", "critical_path_s")
     row("… provider time ÷ C (s)", "throughput_bound_s")
     row("wall ÷ ideal", "wall_over_ideal")
+    row("provider slots busy (time in calls ÷ C × wall)", "slots_busy")
+    row("peak calls in flight", "peak_in_flight", 0, src="calls")
     row("CPU s of the pipeline process tree (2 cores)", "cpu_s")
     row("CPU s of the fake server", "fake_cpu_s")
     row("exit code", "exit_code")

@@ -185,11 +185,14 @@ def test_tao_prompt_templates_module(
     assert all(set(json.loads(s["answer"])) == {"start", "end"} for s in spans)
 
 
-def test_chunks_come_from_step_0s_copy_by_stream_copy(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
-    """With downscaling on, step 1b cuts nothing from the source: it splits step 0's copy, then frees it."""
+@pytest.mark.parametrize("mode", ["normal", "anomaly"])
+def test_chunks_come_from_step_0s_copy_by_stream_copy(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], mode: str
+) -> None:
+    """With downscaling on, steps 1b and 1c read step 0's copy, never the source; the last user frees it."""
     env = make_pipeline("gemini")
     vid = env.add_video(synthetic_videos["clip16"], "cam/clip.mp4")
-    spec = env.spec(media={"fps": 4.0, "max_side": 160}, workflow={"mode": "normal"})
+    spec = env.spec(media={"fps": 4.0, "max_side": 160}, workflow={"mode": mode})
     summary = env.run(spec)
     assert summary.failed == {} and summary.succeeded == ["cam__clip.mp4"]
     ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("chunk_captions"))
@@ -201,5 +204,7 @@ def test_chunks_come_from_step_0s_copy_by_stream_copy(make_pipeline: Any, synthe
     sent = [h for r in env.model_requests() for h in r.media_sha256]
     source_sha = hashlib.sha256(vid.read_bytes()).hexdigest()
     assert source_sha not in sent
-    assert len(set(sent)) == 1 + len(chunks)
+    highlight = JsonStore(env.results).read("highlight", "cam__clip.mp4")
+    assert highlight.applicable == (highlight.highlight_chunk is not None) == (mode == "anomaly")
+    assert len(set(sent)) == 1 + len(chunks) + (1 if mode == "anomaly" else 0)  # + the highlight clip
     assert not (env.results / "cache" / "media" / "cam__clip.mp4").exists()

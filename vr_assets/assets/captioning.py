@@ -141,7 +141,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             except (MediaError, OSError) as e:
                 raise media_failure(video, e) from e
             finally:
-                drop_media_cache(pipe, key)  # the last user of the prepared copy
+                if captions.mode != "anomaly":  # else step 1c cuts its clip from the copy, then frees it
+                    drop_media_cache(pipe, key)
             calls = [
                 pipe.call(
                     "1b", f"{captions.mode}_chunk_caption", key,

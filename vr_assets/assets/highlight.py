@@ -10,8 +10,10 @@ from vr_assets.assets.common import (
     Pipeline,
     code_version,
     data_version_of,
+    drop_media_cache,
     excerpt,
     media_failure,
+    prepared_copy,
     run_calls,
     usage_metadata,
 )
@@ -56,7 +58,10 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         vlm: TeacherResource,
         media: MediaResource,
     ) -> Iterator[object]:
-        out = _highlight(context, captions, chunk_captions, llm, vlm, media)
+        try:
+            out = _highlight(context, captions, chunk_captions, llm, vlm, media)
+        finally:
+            drop_media_cache(pipe, context.partition_key)  # an anomaly video's copy was kept for the clip
         yield out
         for outcome in check_highlight(out.value, captions.probe.duration_sec):
             yield outcome.result("highlight")
@@ -99,7 +104,10 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         start, end = highlight_window(t, duration, wf.highlight_before_sec, wf.highlight_after_sec)
         with video_workdir(Path(spec.results_dir) / "cache" / "work", f"{key}-highlight") as work:
             try:
-                clip = media.tool().cut_clip(Path(video.path), start, end, work / "highlight.mp4")
+                tool = media.tool()
+                # step 0's small 4 fps copy when it is still there: far less to decode than the source
+                src = prepared_copy(pipe, video, captions.probe, tool) or Path(video.path)
+                clip = tool.cut_clip(src, start, end, work / "highlight.mp4")
             except (MediaError, OSError) as e:
                 raise media_failure(video, e) from e
             ref = MediaRef(kind="video", paths=[clip], mime_type=video_mime(clip), video_key=key)
