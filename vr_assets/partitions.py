@@ -25,6 +25,9 @@ class UnknownVideoError(KeyError):
         )
 
 
+_PARSED: dict[str, tuple[tuple[int, int, int], dict[str, VideoSource]]] = {}
+
+
 class VideoRegistry:
     """key -> VideoSource, persisted as `<results_dir>/registry/videos.json`.
 
@@ -46,10 +49,20 @@ class VideoRegistry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, VideoSource]:
-        if not self.path.exists():
+        # Every step of every video looks its video up here; at 10 000 videos re-parsing the whole
+        # file each time would cost more than the lookup is worth, so a parse is reused until the
+        # file is replaced (writes are atomic renames: a new inode).
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
             return {}
-        raw = json.loads(self.path.read_text())
-        return {k: VideoSource.model_validate(v) for k, v in raw.items()}
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = _PARSED.get(str(self.path))
+        if hit is None or hit[0] != sig:
+            raw = json.loads(self.path.read_text())
+            hit = (sig, {k: VideoSource.model_validate(v) for k, v in raw.items()})
+            _PARSED[str(self.path)] = hit
+        return dict(hit[1])
 
     def get(self, key: str) -> VideoSource:
         videos = self.load()
