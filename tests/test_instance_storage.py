@@ -124,3 +124,22 @@ def test_partition_memory_expires_for_deletions_elsewhere(tmp_path: Path, monkey
     assert inst.event_log_storage.has_dynamic_partition("clips", "y")  # remembered for a while …
     monkeypatch.setattr(instance_storage, "_PARTITION_MEMORY_S", 0.0)
     assert not inst.event_log_storage.has_dynamic_partition("clips", "y")  # … then asked again
+
+
+def test_a_live_runs_events_reach_its_database_file(tmp_path: Path) -> None:
+    """The UI follows a running run by watching `<run_id>.db`; kept connections must not hold events in the WAL."""
+    import sqlite3
+
+    home = tmp_path / "home"
+    inst = pooled_instance(home)
+    inst.add_dynamic_partitions("clips", ["a"])
+    result = JOB.execute_in_process(partition_key="a", instance=inst)
+    shard = home / "history" / "runs" / f"{result.run_id}.db"
+    # the instance (and its open connections) is still alive; read the main file only, ignoring any WAL
+    con = sqlite3.connect(f"file:{shard}?immutable=1", uri=True)
+    try:
+        in_file = con.execute("select count(*) from event_logs").fetchone()[0]
+    finally:
+        con.close()
+    assert in_file == len(inst.all_logs(result.run_id)) > 10
+    inst.dispose()

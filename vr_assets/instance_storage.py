@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.sql import create_engine, get_alembic_config
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -91,8 +91,16 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
-            with engine.connect() as conn, conn.begin():
-                yield conn
+            with engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                changes = getattr(raw, "total_changes", 0)
+                with conn.begin():
+                    yield conn
+                if shard != INDEX_SHARD_NAME and getattr(raw, "total_changes", 0) != changes:
+                    # The UI follows a live run by watching `<run_id>.db` itself. Dagster's class closes
+                    # every connection, and the last close moves the WAL into that file; a kept
+                    # connection must do that move explicitly after each write, or the page stalls.
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
         """A new run shard: Dagster's schema stamped at head, without re-reading the migration scripts per run."""
