@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -128,18 +129,30 @@ def test_partition_memory_expires_for_deletions_elsewhere(tmp_path: Path, monkey
 
 def test_a_live_runs_events_reach_its_database_file(tmp_path: Path) -> None:
     """The UI follows a running run by watching `<run_id>.db`; kept connections must not hold events in the WAL."""
-    import sqlite3
-
     home = tmp_path / "home"
     inst = pooled_instance(home)
     inst.add_dynamic_partitions("clips", ["a"])
     result = JOB.execute_in_process(partition_key="a", instance=inst)
     shard = home / "history" / "runs" / f"{result.run_id}.db"
     # the instance (and its open connections) is still alive; read the main file only, ignoring any WAL
+    in_file = _events_in_file(shard)
+    assert in_file == len(inst.all_logs(result.run_id)) > 10
+    # a write in the middle of a run (here: an engine event) reaches the file within the checkpoint interval
+    inst.report_engine_event("still going", inst.get_run_by_id(result.run_id))
+    deadline = time.monotonic() + 10
+    while _events_in_file(shard) <= in_file and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _events_in_file(shard) == in_file + 1
+    inst.dispose()
+
+
+def _events_in_file(shard: Path) -> int:
+    import sqlite3
+
     con = sqlite3.connect(f"file:{shard}?immutable=1", uri=True)
     try:
-        in_file = con.execute("select count(*) from event_logs").fetchone()[0]
+        return int(con.execute("select count(*) from event_logs").fetchone()[0])
+    except sqlite3.DatabaseError:  # read while a checkpoint was writing the file: ask again
+        return -1
     finally:
         con.close()
-    assert in_file == len(inst.all_logs(result.run_id)) > 10
-    inst.dispose()
