@@ -34,8 +34,13 @@ test: setup-test
 lint: setup-test
 	$(BIN)/ruff check .
 
-bench: setup-test
+## The benchmark against the reference (nvidia-tao-ds from PyPI, in its own venv: bench/.ref-venv).
+bench: setup-test bench/.ref-venv/.ready
 	$(BIN)/python bench/run.py
+
+bench/.ref-venv/.ready: bench/setup_reference.sh
+	./bench/setup_reference.sh
+	touch $@
 
 bench-smoke: setup-test
 	$(BIN)/python bench/run.py --n 2 --skip-reference --bookkeeping-partitions 3
