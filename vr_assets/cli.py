@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
-from vr_assets.instance_storage import instance_yaml
 from vr_assets.records import VideoSource
 from vr_assets.runner import QUIET_CONSOLE, execute, failure_text
 
@@ -47,6 +46,8 @@ def ensure_dagster_home(spec: Spec) -> Path:
     Path(home).mkdir(parents=True, exist_ok=True)
     cfg = Path(home) / "dagster.yaml"
     if not cfg.exists():
+        from vr_assets.instance_storage import instance_yaml  # Dagster's storage stack: only when needed
+
         cfg.write_text(instance_yaml(str(Path(home).resolve())))
     return Path(home)
 
