@@ -7,6 +7,7 @@ real google-genai / openai SDKs against the local fakes, on tiny ffmpeg-made cli
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -286,8 +287,11 @@ def test_budget_stops_new_calls(make_pipeline: Any, clips: list[Path]) -> None:
     spec = env.spec(workflow={**MCQ_ONLY, "max_workers": 1}, prices={"gemini-test": PRICE}, budget_usd=BUDGET)
     summary = env.run(spec)
 
-    assert keys[0] in summary.succeeded
-    assert keys[-1] in summary.failed
+    # in the order the CLI ran them (biggest file first): the first is paid for, the last finds the budget spent
+    ran = [m.group(1) for line in env.log if (m := re.match(r"\[\d+/\d+\] (\S+): ", line))]
+    assert sorted(ran) == sorted(keys)
+    assert ran[0] in summary.succeeded
+    assert ran[-1] in summary.failed
     for key, why in summary.failed.items():
         assert f"video {key}" in why and "budget of $" in why and "is spent" in why, why
     entries = ledger(env).entries()
