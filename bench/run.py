@@ -188,7 +188,7 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
     The teacher keys verdicts on the first media part it receives, so it needs these, not only
     the original file's hash. Made with the pipeline's own MediaTool and settings.
     """
-    from vr_assets.assets.common import chunk_keyframes, chunk_plan
+    from vr_assets.assets.common import copy_keyframes
     from vr_assets.config import Spec
     from vr_assets.media import MediaTool, frame_times
 
@@ -205,7 +205,7 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
             out[v.name] = {sha256_file(Path(frames[0]))}
         else:
             probe = tool.probe(src)
-            keyframes = chunk_keyframes(chunk_plan(spec, probe.duration_sec)[1], probe.duration_sec)
+            keyframes = copy_keyframes(spec, probe.duration_sec)
             prepared = tool.prepare_video(src, d / "prepared.mp4", probe, keyframes=keyframes)
             out[v.name] = {sha256_file(Path(prepared))}
     return out

@@ -242,6 +242,19 @@ def group_targets(targets: Sequence[float], keyframe_interval: float | None) -> 
     return groups
 
 
+def _segment_opts(cuts: str) -> dict[str, Any]:
+    """The segment muxer as both chunk paths use it: mp4 pieces starting at 0, cut at `cuts` (seconds)."""
+    return {
+        "f": "segment",
+        "segment_times": cuts,
+        "segment_time_delta": "0.01",
+        "segment_format": "mp4",
+        "segment_format_options": "movflags=+faststart",
+        "reset_timestamps": 1,
+        "avoid_negative_ts": "disabled",  # else B-frame delay shifts the first segment to start at 0.5 s
+    }
+
+
 def _concat_quote(path: Path) -> str:
     return "'" + str(path).replace("'", "'\\''") + "'"
 
@@ -395,9 +408,7 @@ class MediaTool(BaseModel):
             # a cut at the last window's end too: a sub-second tail the plan drops becomes an extra piece
             cuts = ",".join(_num(t) for t in [*(start for _, start, _ in chunks[1:]), chunks[-1][2]])
             output = ff.input(str(path), **self._decoder_opts()).output(
-                str(tmp / "seg_%03d.mp4"), f="segment", c="copy", segment_times=cuts, segment_time_delta="0.01",
-                segment_format="mp4", segment_format_options="movflags=+faststart", reset_timestamps=1,
-                avoid_negative_ts="disabled",  # as in _segment_pass: keep B-frame delay from shifting chunk 0
+                str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), c="copy"
             )
             self._run(output, path, "split chunks")
             parts = sorted(tmp.glob("seg_*.mp4"))
@@ -563,16 +574,7 @@ class MediaTool(BaseModel):
         cuts = ",".join(_num(start - origin) for _, start, _ in chunks[1:])
         stream = ff.input(str(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts())
         output = self._filters(stream.video).output(
-            str(tmp / "seg_%03d.mp4"),
-            f="segment",
-            segment_times=cuts,
-            force_key_frames=cuts,
-            segment_time_delta="0.01",
-            segment_format="mp4",
-            segment_format_options="movflags=+faststart",
-            reset_timestamps=1,
-            avoid_negative_ts="disabled",  # else B-frame delay shifts the first segment to start at 0.5 s
-            **self._x264_opts(),
+            str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts()
         )
         self._run(output, path, "cut chunks")
         return [tmp / f"seg_{k:03d}.mp4" for k in range(len(chunks))]

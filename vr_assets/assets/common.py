@@ -92,8 +92,10 @@ def chunk_plan(spec: Spec, duration: float) -> tuple[float, list[tuple[int, floa
     return chunk_len, plan_chunks(duration, chunk_len)
 
 
-def chunk_keyframes(plan: list[tuple[int, float, float]], duration: float) -> list[float]:
-    """Where the copy needs keyframes for `MediaTool.split_copy`: each later start, and the end of a dropped tail."""
+def copy_keyframes(spec: Spec, duration: float) -> list[float]:
+    """Where step 0's copy needs keyframes for `MediaTool.split_copy`: each later chunk start, and the end
+    of a tail the plan drops."""
+    plan = chunk_plan(spec, duration)[1]
     marks = [start for _, start, _ in plan[1:]]
     if plan and plan[-1][2] < duration - 0.01:
         marks.append(plan[-1][2])
@@ -101,7 +103,7 @@ def chunk_keyframes(plan: list[tuple[int, float, float]], duration: float) -> li
 
 
 def _copy_path(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> tuple[Path, list[float]]:
-    keyframes = chunk_keyframes(chunk_plan(pipe.spec, probe.duration_sec)[1], probe.duration_sec)
+    keyframes = copy_keyframes(pipe.spec, probe.duration_sec)
     name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
     return pipe.media_cache(video.key) / name, keyframes
 
