@@ -117,11 +117,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     # catches the last writes of a burst) and at once when the run ends.
 
     def _wrote(self, shard: str, conn: Connection) -> None:
-        now = time.monotonic()
-        if now - self._checkpointed.get(shard, 0.0) >= _CHECKPOINT_EVERY_S:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            self._checkpointed[shard] = now
-            self._pending.discard(shard)
+        if time.monotonic() - self._checkpointed.get(shard, 0.0) >= _CHECKPOINT_EVERY_S:
+            self._checkpoint(shard, conn)
             return
         self._pending.add(shard)
         if self._timer is None:
@@ -135,11 +132,16 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._timer = None
             for shard in sorted(self._pending):
                 engine = self._engines.get(shard)
-                if engine is not None:
-                    with engine.connect() as conn:
-                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                self._checkpointed[shard] = time.monotonic()
-            self._pending.clear()
+                if engine is None:  # evicted: disposing it checkpointed it
+                    self._pending.discard(shard)
+                    continue
+                with engine.connect() as conn:
+                    self._checkpoint(shard, conn)
+
+    def _checkpoint(self, shard: str, conn: Connection) -> None:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        self._checkpointed[shard] = time.monotonic()
+        self._pending.discard(shard)
 
     def store_event(self, event: EventLogEntry) -> None:
         super().store_event(event)

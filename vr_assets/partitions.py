@@ -49,6 +49,10 @@ class VideoRegistry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, VideoSource]:
+        return dict(self._parsed())
+
+    def _parsed(self) -> dict[str, VideoSource]:
+        """The shared parse; callers that may change the mapping get a copy from `load`."""
         # Every step of every video looks its video up here; at 10 000 videos re-parsing the whole
         # file each time would cost more than the lookup is worth, so a parse is reused until the
         # file is replaced (writes are atomic renames: a new inode).
@@ -62,10 +66,10 @@ class VideoRegistry:
             raw = json.loads(self.path.read_text())
             hit = (sig, {k: VideoSource.model_validate(v) for k, v in raw.items()})
             _PARSED[str(self.path)] = hit
-        return dict(hit[1])
+        return hit[1]
 
     def get(self, key: str) -> VideoSource:
-        videos = self.load()
+        videos = self._parsed()
         if key not in videos:
             raise UnknownVideoError(key, str(self.path))
         return videos[key]
