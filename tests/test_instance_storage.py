@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetCheckResult,
     AssetKey,
+    DagsterEventType,
     DagsterInstance,
     Definitions,
     DynamicPartitionsDefinition,
     asset,
+    asset_check,
     define_asset_job,
 )
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
 from sqlalchemy import create_engine, text
@@ -34,7 +38,14 @@ def second(first: int) -> int:
     return first * 2
 
 
-JOB = Definitions(assets=[first, second], jobs=[define_asset_job("both", [first, second])]).resolve_job_def("both")
+@asset_check(asset=second)
+def second_is_even(context) -> AssetCheckResult:  # type: ignore[no-untyped-def]
+    return AssetCheckResult(passed=True, metadata={"run": context.run.run_id})
+
+
+JOB = Definitions(
+    assets=[first, second], asset_checks=[second_is_even], jobs=[define_asset_job("both", [first, second])]
+).resolve_job_def("both")
 
 
 def pooled_instance(home: Path) -> DagsterInstance:
@@ -80,6 +91,14 @@ def test_runs_written_pooled_read_back_by_stock_storages(tmp_path: Path) -> None
         types = [e.dagster_event.event_type_value for e in stock.all_logs(run.run_id) if e.dagster_event]
         assert types[-1] == "PIPELINE_SUCCESS"
         assert types.count("ASSET_MATERIALIZATION") == 2
+        assert types.count("ASSET_MATERIALIZATION_PLANNED") == 2  # written as one batch
+        assert types.count("ASSET_CHECK_EVALUATION_PLANNED") == 1
+    # the cross-run index got what the batch carried: check executions per run, planned then evaluated
+    check_key = second_is_even.check_key
+    history = stock.event_log_storage.get_asset_check_execution_history(check_key, limit=10)
+    assert sorted(r.run_id for r in history) == sorted(r.run_id for r in runs)
+    assert {r.status.value for r in history} == {"SUCCEEDED"}
+    assert stock.get_latest_planned_materialization_info(AssetKey("second"), "bb") is not None
     # and the other way round: a run written by the stock classes is visible to the pooled ones
     stock.add_dynamic_partitions("clips", ["dddd"])
     assert JOB.execute_in_process(partition_key="dddd", instance=stock).success
@@ -89,20 +108,26 @@ def test_runs_written_pooled_read_back_by_stock_storages(tmp_path: Path) -> None
 
 
 def test_run_shards_are_stamped_at_the_migration_head(tmp_path: Path) -> None:
-    """`dagster instance migrate` relies on each run database's alembic stamp."""
+    """`dagster instance migrate` relies on each run database's alembic stamp; shards start as a template copy."""
     home = tmp_path / "home"
     inst = pooled_instance(home)
-    inst.add_dynamic_partitions("clips", ["a"])
-    result = JOB.execute_in_process(partition_key="a", instance=inst)
+    inst.add_dynamic_partitions("clips", ["a", "bb"])
+    results = [JOB.execute_in_process(partition_key=k, instance=inst) for k in ("a", "bb")]
     inst.dispose()
-    shard = home / "history" / "runs" / f"{result.run_id}.db"
-    assert shard.exists()
-    engine = create_engine(f"sqlite:///{shard}")
-    with engine.connect() as conn:
-        db_rev, head = check_alembic_revision(get_alembic_config(instance_storage.sqlite_event_log.__file__), conn)
-        mode = conn.execute(text("PRAGMA journal_mode")).scalar()
-    assert db_rev == head and head is not None
-    assert mode == "wal"
+    runs_dir = home / "history" / "runs"
+    # the template is not a shard: Dagster lists (and wipes) `*.db` only
+    assert sorted(p.name for p in runs_dir.glob("*.db")) == sorted([f"{r.run_id}.db" for r in results] + ["index.db"])
+    assert len(list(runs_dir.glob(".run-shard-template-*.sqlite"))) == 1
+    for result in results:
+        engine = create_engine(f"sqlite:///{runs_dir / f'{result.run_id}.db'}")
+        with engine.connect() as conn:
+            db_rev, head = check_alembic_revision(get_alembic_config(instance_storage.sqlite_event_log.__file__), conn)
+            mode = conn.execute(text("PRAGMA journal_mode")).scalar()
+            run_ids = {r for (r,) in conn.execute(text("SELECT DISTINCT run_id FROM event_logs"))}
+        engine.dispose()
+        assert db_rev == head and head is not None
+        assert mode == "wal"
+        assert run_ids == {result.run_id}  # a copy of an empty database, not of another run's
 
 
 def test_partition_memory_forgets_deletions(tmp_path: Path) -> None:
@@ -154,5 +179,41 @@ def _events_in_file(shard: Path) -> int:
         return int(con.execute("select count(*) from event_logs").fetchone()[0])
     except sqlite3.DatabaseError:  # read while a checkpoint was writing the file: ask again
         return -1
+    finally:
+        con.close()
+
+
+def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
+    """Dagster retries a failed batch event by event, so a failed batch must leave nothing behind."""
+    home = tmp_path / "home"
+    inst = pooled_instance(home)
+    inst.add_dynamic_partitions("clips", ["a"])
+    run_id = JOB.execute_in_process(partition_key="a", instance=inst).run_id
+    store = inst.event_log_storage
+    kind = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    planned = [e for e in inst.all_logs(run_id) if e.dagster_event_type == kind]
+    before = len(inst.all_logs(run_id))
+    index_rows = _index_events(home)
+
+    class Broken(EventLogEntry):
+        pass
+
+    broken = Broken(**{f: getattr(planned[0], f) for f in EventLogEntry._fields})  # type: ignore[attr-defined]
+    with pytest.raises(Exception):  # noqa: B017 - whatever the serializer raises for an unknown type
+        store.store_event_batch([planned[0], planned[1], broken])
+    assert len(inst.all_logs(run_id)) == before
+    assert _index_events(home) == index_rows
+    store.store_event_batch(planned)  # a good batch lands in both databases
+    assert len(inst.all_logs(run_id)) == before + len(planned)
+    assert _index_events(home) == index_rows + len(planned)
+    inst.dispose()
+
+
+def _index_events(home: Path) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(home / "history" / "runs" / "index.db")
+    try:
+        return int(con.execute("select count(*) from event_logs").fetchone()[0])
     finally:
         con.close()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
@@ -32,6 +34,7 @@ from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorag
 from dagster._core.storage.sql import create_engine, get_alembic_config
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
+from dagster.version import __version__ as dagster_version
 from sqlalchemy import event, text
 from sqlalchemy import exc as db_exc
 from sqlalchemy.engine import Connection, Engine
@@ -42,6 +45,9 @@ _MAX_OPEN_SHARDS = 6
 _PARTITION_MEMORY_S = 30.0
 # How stale the UI's live view of a running run may get.
 _CHECKPOINT_EVERY_S = 0.5
+# Dagster hands a run's planned events (one per asset and check) and a step's materializations
+# to `store_event_batch` when this is set; its default 0 stores them one commit each.
+_EVENT_BATCH_SIZE = "256"
 RUN_ENDED = (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 
 
@@ -73,7 +79,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._checkpointed: dict[str, float] = {}
         self._pending: set[str] = set()
         self._timer: threading.Timer | None = None
+        self._held = threading.local()
         super().__init__(base_dir, inst_data)
+        self._db_lock = threading.RLock()  # type: ignore[assignment]  # a batch holds two shards at once
+        os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", _EVENT_BATCH_SIZE)
 
     @classmethod
     def from_config_value(  # type: ignore[override]
@@ -97,7 +106,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
+        held = getattr(self._held, "conns", {}).get(shard)
+        if held is not None:  # inside store_event_batch: part of its transaction
+            yield held
+            return
         with self._db_lock:
+            if shard not in self._initialized_dbs and shard != INDEX_SHARD_NAME:
+                self._copy_template(shard)
             engine = self._shard_engine(shard)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
@@ -147,6 +162,69 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().store_event(event)
         if event.dagster_event_type in RUN_ENDED:
             self.flush_run_logs()
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """One run's events in one transaction per database instead of a commit per event and table.
+
+        Dagster's own `store_event` does the writing, so every table it fills is filled the same
+        way; its connections are the two held here. A failure rolls both back and Dagster then
+        stores the events one by one.
+        """
+        runs = {e.run_id for e in events}
+        if len(events) < 2 or len(runs) != 1:
+            for e in events:
+                self.store_event(e)
+            return
+        with ExitStack() as stack:
+            conns = {shard: stack.enter_context(self._connect(shard)) for shard in (runs.pop(), INDEX_SHARD_NAME)}
+            self._held.conns = conns
+            try:
+                for e in events:
+                    super().store_event(e)
+            finally:
+                self._held.conns = {}
+        if any(e.dagster_event_type in RUN_ENDED for e in events):
+            self.flush_run_logs()
+
+    # Each run gets its own database. Building its schema (a dozen tables and indexes, an alembic
+    # stamp) cost more than all of the run's event inserts together, so an empty, stamped database
+    # is built once per Dagster version and each new run shard is a copy of it. The template is
+    # not named `*.db`, which keeps it out of Dagster's shard listings.
+
+    def _template_path(self) -> str:
+        return os.path.join(self._base_dir, f".run-shard-template-{dagster_version}.sqlite")
+
+    def _copy_template(self, shard: str) -> None:
+        path = self.path_for_shard(shard)
+        if os.path.exists(path):
+            return
+        template = self._template_path()
+        if not os.path.exists(template) and not self._build_template(template):
+            return  # _initdb builds the schema in place
+        part = f"{path}.{os.getpid()}-{threading.get_ident()}.part"
+        try:
+            shutil.copyfile(template, part)
+            os.link(part, path)  # never replaces a shard another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+
+    def _build_template(self, template: str) -> bool:
+        part = f"{template}.{os.getpid()}-{threading.get_ident()}.part"
+        engine = create_engine(f"sqlite:///{part}")
+        try:
+            self._initdb(engine)
+        finally:
+            engine.dispose()  # the last close folds the WAL into the file
+        if os.path.exists(part + "-wal"):  # not self-contained: leave it
+            for leftover in (part, part + "-wal", part + "-shm"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+            return False
+        os.replace(part, template)
+        return True
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
         """A new run shard: Dagster's schema stamped at head, without re-reading the migration scripts per run."""
