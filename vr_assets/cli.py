@@ -8,6 +8,7 @@ provider limit holds across the workers.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.records import VideoSource
-from vr_assets.runner import QUIET_CONSOLE, execute, failure_text
+from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, prestart_workers
 
 Progress = Callable[[str], None]
 
@@ -115,13 +116,15 @@ def run_pipeline(
     build_dataset: bool = True,
     progress: Progress = print,
 ) -> RunSummary:
+    t0 = time.perf_counter()
+    if (parallel or spec.workflow.max_workers) > 1:
+        prestart_workers()
     from dagster import DagsterInstance
 
     from vr_assets.graph import DATASET_JOB, build_definitions
     from vr_assets.partitions import VideoRegistry, videos_partitions
     from vr_assets.sensors import sync_partitions
 
-    t0 = time.perf_counter()
     ensure_dagster_home(spec)
     instance = DagsterInstance.get()
     defs = build_definitions(spec)
@@ -239,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
         progress=lambda m: print(m, flush=True),
     )
+    # The interpreter's final garbage collection walks every object Dagster loaded (~1 s of wall
+    # after the work is done); nothing needs collecting on the way out.
+    gc.freeze()
     return 1 if summary.failed else 0
 
 

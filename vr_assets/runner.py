@@ -71,6 +71,24 @@ def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
     return key, res.success, "" if res.success else failure_text(res)
 
 
+def _forkserver() -> Any:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["vr_assets.worker_preload"])
+    return ctx
+
+
+def prestart_workers() -> None:
+    """Start the forkserver now, so its imports (~3 s) overlap the caller's own set-up.
+
+    The forkserver only imports modules; the environment, the spec and the instance reach each
+    worker when it starts (see `_worker_init`).
+    """
+    from multiprocessing import forkserver
+
+    _forkserver()
+    forkserver.ensure_running()
+
+
 def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tuple[str, bool, str]]:
     spec_json = spec.model_dump_json()
     if width <= 1:
@@ -78,8 +96,7 @@ def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tupl
         for k, assets in work.items():
             yield _worker_run(k, assets)
         return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["vr_assets.worker_preload"])
+    ctx = _forkserver()
     initargs = (spec_json, dict(os.environ))
     with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=initargs) as pool:
         futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
