@@ -19,6 +19,8 @@ from dagster import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
 from sqlalchemy import create_engine, text
 
@@ -72,6 +74,10 @@ def test_instance_uses_the_pooled_classes(tmp_path: Path) -> None:
     inst = pooled_instance(tmp_path / "home")
     assert isinstance(inst.event_log_storage, PooledSqliteEventLogStorage)
     assert isinstance(inst.run_storage, PooledSqliteRunStorage)
+    assert isinstance(inst.compute_log_manager, NoOpComputeLogManager)  # no tail/watchdog processes per run
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dagster.yaml").write_text(instance_yaml(str(tmp_path / "other"), capture_stdio=True))
+    assert isinstance(DagsterInstance.from_config(str(tmp_path / "other")).compute_log_manager, LocalComputeLogManager)
 
 
 def test_runs_written_pooled_read_back_by_stock_storages(tmp_path: Path) -> None:
