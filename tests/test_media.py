@@ -178,7 +178,7 @@ def test_video_mime(name: str, mime: str) -> None:
 )
 def test_probe_synthetic(synthetic_videos, name, duration, size, fps, gop) -> None:
     path = synthetic_videos[name]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     probe = tool.probe(path)
     assert probe.duration_sec == pytest.approx(duration, abs=0.1)
     assert (probe.width, probe.height) == size
@@ -192,7 +192,7 @@ def test_probe_synthetic(synthetic_videos, name, duration, size, fps, gop) -> No
 
 
 def test_probe_real(real_videos) -> None:
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     bikes = tool.probe(real_videos["bikes"])
     assert (bikes.width, bikes.height, bikes.video_codec, bikes.has_audio) == (640, 272, "h264", False)
     assert bikes.duration_sec == pytest.approx(10.0, abs=0.05)
@@ -217,7 +217,7 @@ def test_probe_real(real_videos) -> None:
 def test_probe_errors_name_the_file(synthetic_videos, name, cause) -> None:
     path = synthetic_videos[name]
     with pytest.raises(MediaError) as err:
-        MediaTool().probe(path)
+        MediaTool(fps=4.0).probe(path)
     assert str(path) in str(err.value)
     assert err.value.path == str(path) and err.value.operation == "probe"
     assert cause in err.value.cause and err.value.cause
@@ -226,7 +226,7 @@ def test_probe_errors_name_the_file(synthetic_videos, name, cause) -> None:
 
 
 def test_probe_errors_for_missing_empty_and_folder(tmp_path) -> None:
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     for path, cause in [(tmp_path / "nope.mp4", "file not found"), (empty, "empty file"), (tmp_path, "not a regular")]:
@@ -245,7 +245,7 @@ def test_media_error_pickles() -> None:
 def test_odd_file_names(synthetic_videos, tmp_path) -> None:
     odd = tmp_path / "it's a [clip], 100%.mp4"
     odd.write_bytes(synthetic_videos["short_mp4"].read_bytes())
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     assert tool.probe(odd).duration_sec == pytest.approx(4, abs=0.1)
     assert len(tool.sample_frames(odd, [0.5, 2.5], tmp_path / "frames", keyframe_interval=1.0)) == 2
     for (_, start, end), out in zip(
@@ -263,7 +263,7 @@ def test_missing_binary_is_a_media_error(synthetic_videos) -> None:
 @pytest.mark.parametrize("name", ["corrupt_mp4", "text_as_mp4", "audio_only"])
 def test_operations_on_bad_files_raise_and_leave_nothing(synthetic_videos, tmp_path, name) -> None:
     path = synthetic_videos[name]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     with pytest.raises(MediaError) as err:
         tool.cut_chunks(path, plan_chunks(4, 2), tmp_path / "chunks")
     assert str(path) in str(err.value) and err.value.operation == "cut chunks"
@@ -301,7 +301,7 @@ def check_clip(path: Path, expected_sec: float, max_side: int, fps: float | None
 
 def test_cut_chunks_clip16_one_process(synthetic_videos, tmp_path) -> None:
     path = synthetic_videos["clip16"]
-    tool = MediaTool(max_side=160)
+    tool = MediaTool(max_side=160, fps=4.0)
     duration = tool.probe(path).duration_sec
     chunks = plan_chunks(duration, choose_chunk_duration(duration, DEFAULT_OPTIONS, 10))
     assert [(s, e) for _, s, e in chunks] == [(0, 5), (5, 10), (10, 15), (15, 16)]
@@ -326,7 +326,7 @@ def test_cut_chunks_bikes_planned_durations(real_videos, tmp_path) -> None:
     for (_, start, end), out in zip(chunks, outputs, strict=True):
         video = check_clip(out, end - start, 320, 25.0)
         assert (video["width"], video["height"]) == (320, 136)
-    default = MediaTool(max_side=320)
+    default = MediaTool(max_side=320, fps=4.0)
     planned = plan_chunks(duration, choose_chunk_duration(duration, DEFAULT_OPTIONS, 10))
     for (_, start, end), out in zip(planned, default.cut_chunks(path, planned, tmp_path / "default"), strict=True):
         check_clip(out, end - start, 320, 4.0)
@@ -335,7 +335,7 @@ def test_cut_chunks_bikes_planned_durations(real_videos, tmp_path) -> None:
 
 def test_cut_chunks_last_chunk_shorter_and_offset_start(synthetic_videos, tmp_path) -> None:
     path = synthetic_videos["clip8"]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     chunks = [(3, 1.5, 4.5), (4, 4.5, 7.5), (5, 7.5, 8.0)]  # contiguous, not from 0, indices kept
     outputs = tool.cut_chunks(path, chunks, tmp_path)
     assert [p.name for p in outputs] == ["chunk_003.mp4", "chunk_004.mp4", "chunk_005.mp4"]
@@ -346,7 +346,7 @@ def test_cut_chunks_last_chunk_shorter_and_offset_start(synthetic_videos, tmp_pa
 
 def test_cut_chunks_overlapping_windows_still_one_process(synthetic_videos, tmp_path) -> None:
     path = synthetic_videos["clip8"]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     windows = [(0, 1.0, 3.0), (1, 2.0, 5.0), (2, 6.0, 7.0)]  # overlap and gap: no segment muxer
     outputs = tool.cut_chunks(path, windows, tmp_path)
     assert tool.invocations == 1
@@ -360,7 +360,7 @@ def test_cut_chunks_overlapping_windows_still_one_process(synthetic_videos, tmp_
 def test_cut_chunks_replaces_existing_outputs(synthetic_videos, tmp_path) -> None:
     stale = tmp_path / "chunk_000.mp4"
     stale.write_bytes(b"stale")
-    outputs = MediaTool().cut_chunks(synthetic_videos["short_mp4"], plan_chunks(4, 2), tmp_path)
+    outputs = MediaTool(fps=4.0).cut_chunks(synthetic_videos["short_mp4"], plan_chunks(4, 2), tmp_path)
     assert outputs[0] == stale and stale.stat().st_size > 5
     assert leftovers(tmp_path) == []
 
@@ -368,7 +368,7 @@ def test_cut_chunks_replaces_existing_outputs(synthetic_videos, tmp_path) -> Non
 @pytest.mark.parametrize(("t", "before", "after"), [(8.0, 3.0, 3.0), (0.2, 3.0, 3.0), (15.9, 3.0, 1.0), (5, 0.5, 0.5)])
 def test_cut_clip_highlight_windows(synthetic_videos, tmp_path, t, before, after) -> None:
     path = synthetic_videos["clip16"]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     duration = tool.probe(path).duration_sec
     start, end = highlight_window(t, duration, before, after)
     out = tool.cut_clip(path, start, end, tmp_path / "hl" / "highlight.mp4")
@@ -379,7 +379,7 @@ def test_cut_clip_highlight_windows(synthetic_videos, tmp_path, t, before, after
 
 
 def test_cut_clip_downscales_real_video(real_videos, tmp_path) -> None:
-    out = MediaTool(max_side=384).cut_clip(real_videos["vtest"], 30.0, 36.0, tmp_path / "v.mp4")
+    out = MediaTool(max_side=384, fps=4.0).cut_clip(real_videos["vtest"], 30.0, 36.0, tmp_path / "v.mp4")
     video = check_clip(out, 6.0, 384, 4.0)
     assert (video["width"], video["height"]) == (384, 288)
 
@@ -387,9 +387,9 @@ def test_cut_clip_downscales_real_video(real_videos, tmp_path) -> None:
 def test_prepare_video(synthetic_videos, real_videos, tmp_path) -> None:
     tool = MediaTool()
     short = synthetic_videos["short_mp4"]
-    out = tool.prepare_video(short, tmp_path / "short_prepared.mp4")  # 25 fps > 4 fps: re-encoded
+    out = tool.prepare_video(short, tmp_path / "short_prepared.mp4")  # 25 fps > 2 fps: re-encoded
     assert out == tmp_path / "short_prepared.mp4"
-    check_clip(out, 4.0, 640, 4.0)
+    check_clip(out, 4.0, 640, 2.0)
     keep_rate = MediaTool(fps=None)
     probe = keep_rate.probe(short)
     assert keep_rate.prepare_video(short, tmp_path / "unused.mp4", probe) == short  # already small mp4 H.264
@@ -413,7 +413,7 @@ def jpeg_size(path: Path) -> tuple[int, int]:
 
 def test_sample_frames_long_video(synthetic_videos, tmp_path) -> None:
     path = synthetic_videos["long_mp4"]
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     duration = tool.probe(path).duration_sec
     times = frame_times(duration, 0.5, 60)
     frames = tool.sample_frames(path, times, tmp_path)
@@ -431,7 +431,7 @@ def test_sample_frames_strategies_pick_the_same_frames(synthetic_videos, tmp_pat
     """Straight decode + select, seek-per-sample inputs and one call per time must agree byte for byte."""
     path = synthetic_videos["long_mp4"]
     times = [61.0, 2.0, 30.3, 30.3, 44.9, 12.2, 74.9]  # unsorted, duplicated, 74.9 is past the last frame (74.8)
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     tool.probe(path)
     through = tool.sample_frames(path, times, tmp_path / "through", keyframe_interval=1e9)
     assert tool.invocations == 2
@@ -446,8 +446,8 @@ def test_sample_frames_strategies_pick_the_same_frames(synthetic_videos, tmp_pat
 
 def test_sample_frames_past_the_end(synthetic_videos, tmp_path) -> None:
     path = synthetic_videos["short_mp4"]
-    tool = MediaTool()
-    probe = MediaTool().probe(path)  # another tool: the probe is passed, not remembered
+    tool = MediaTool(fps=4.0)
+    probe = MediaTool(fps=4.0).probe(path)  # another tool: the probe is passed, not remembered
     times = [0.0, 1.0, 2.0, 3.0, 3.99, 50.0]
     frames = tool.sample_frames(path, times, tmp_path / "a", probe=probe, keyframe_interval=0.5)
     assert tool.invocations == 1 and len(frames) == 6
@@ -455,7 +455,7 @@ def test_sample_frames_past_the_end(synthetic_videos, tmp_path) -> None:
     assert frames[4].read_bytes() == frames[5].read_bytes() == last.read_bytes()  # past the end: the last frame
     assert frames[3].read_bytes() != last.read_bytes()
     assert jpeg_size(frames[0]) == (320, 240)
-    blind = MediaTool().sample_frames(path, [1.0, 50.0], tmp_path / "blind")  # no duration known
+    blind = MediaTool(fps=4.0).sample_frames(path, [1.0, 50.0], tmp_path / "blind")  # no duration known
     assert blind[1].read_bytes() == blind[0].read_bytes()  # nearest earlier sampled frame
     assert tool.sample_frames(path, [], tmp_path) == []
 
@@ -468,19 +468,19 @@ def test_sample_frames_container_start_offset(tmp_path) -> None:
         + ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-output_ts_offset", "2", str(path)],
         check=True,
     )
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     tool.probe(path)
     times = [0.0, 1.0, 2.0, 3.0]
     seeked = tool.sample_frames(path, times, tmp_path / "seeked")  # remembered: 1 s keyframes, start at 2 s
     through = tool.sample_frames(path, times, tmp_path / "through", keyframe_interval=1e9)
-    blind = MediaTool().sample_frames(path, times, tmp_path / "blind")  # nothing known: plain input seek
+    blind = MediaTool(fps=4.0).sample_frames(path, times, tmp_path / "blind")  # nothing known: plain input seek
     assert len({f.read_bytes() for f in seeked}) == 4
     for a, b, c in zip(seeked, through, blind, strict=True):
         assert a.read_bytes() == b.read_bytes() == c.read_bytes()
 
 
 def test_sample_frames_real_videos(real_videos, tmp_path) -> None:
-    tool = MediaTool()
+    tool = MediaTool(fps=4.0)
     vtest = real_videos["vtest"]
     probe = tool.probe(vtest)
     frames = tool.sample_frames(vtest, frame_times(probe.duration_sec, 0.5, 60), tmp_path / "vtest")
@@ -516,14 +516,14 @@ def test_video_workdir_cleans_up(tmp_path) -> None:
 
 def test_ffmpeg_cpu_seconds_counts_children(synthetic_videos, tmp_path) -> None:
     before = ffmpeg_cpu_seconds()
-    MediaTool().cut_chunks(synthetic_videos["clip8"], plan_chunks(8, 4), tmp_path)
+    MediaTool(fps=4.0).cut_chunks(synthetic_videos["clip8"], plan_chunks(8, 4), tmp_path)
     assert ffmpeg_cpu_seconds() > before
 
 
 def test_split_copy_cuts_the_prepared_copy_without_reencoding(synthetic_videos, tmp_path) -> None:
     """Step 0's copy carries keyframes at the chunk starts; step 1b then only copies packets."""
     path = synthetic_videos["clip16"]
-    tool = MediaTool(max_side=160)
+    tool = MediaTool(max_side=160, fps=4.0)
     probe = tool.probe(path)
     chunks = plan_chunks(probe.duration_sec, choose_chunk_duration(probe.duration_sec, DEFAULT_OPTIONS, 10))
     copy = tool.prepare_video(path, tmp_path / "copy.mp4", probe, keyframes=[4.0] + [s for _, s, _ in chunks[1:]])
@@ -545,7 +545,7 @@ def test_split_copy_cuts_the_prepared_copy_without_reencoding(synthetic_videos, 
 def test_split_copy_refuses_a_file_without_the_keyframes(synthetic_videos, tmp_path) -> None:
     """Without keyframes at the cuts the pieces would be off: it says so, and the caller re-encodes."""
     path = synthetic_videos["mkv_upper"]  # one keyframe in 3 s
-    tool = MediaTool(max_side=160)
+    tool = MediaTool(max_side=160, fps=4.0)
     with pytest.raises(MediaError, match="pieces for 3 windows"):
         tool.split_copy(path, [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.0, 3.0)], tmp_path / "out")
     assert not list((tmp_path / "out").glob("chunk_*"))

@@ -76,7 +76,10 @@ class MediaSettings(SpecModel):
     """How clips are prepared before they are sent; models sample ~1-2 fps anyway."""
 
     max_side: int | None = Field(640, ge=16, description="downscale longest side; null keeps the source size")
-    fps: float | None = Field(4.0, gt=0, description="re-encode frame rate; null keeps the source rate")
+    fps: float | None = Field(
+        2.0, gt=0, description="re-encode frame rate; null keeps the source rate. Gemini samples video at 1 fps "
+        "and Qwen-VL at 2 fps, so more frames only cost encoding and upload"
+    )
     ffmpeg_threads: int = Field(
         1, ge=0, description="threads per ffmpeg process; videos already run in parallel, and one thread each "
         "used a third less CPU than ffmpeg's own choice (0) on the benchmark",

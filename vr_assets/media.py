@@ -270,7 +270,7 @@ class MediaTool(BaseModel):
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     max_side: int | None = Field(640, ge=16, description="downscale the longest side; None keeps the size")
-    fps: float | None = Field(4.0, gt=0, description="output frame rate of clips; None keeps the source rate")
+    fps: float | None = Field(2.0, gt=0, description="output frame rate of clips; None keeps the source rate")
     threads: int = Field(0, ge=0, description="ffmpeg -threads for decoders and encoders; 0 lets ffmpeg decide")
     preset: str = Field("veryfast", description="x264 preset: veryfast gives 2.3x smaller files than ultrafast")
     crf: int = Field(23, ge=0, le=51)

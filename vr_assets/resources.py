@@ -130,7 +130,7 @@ class MediaResource(ConfigurableResource):
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     max_side: int | None = 640
-    fps: float | None = 4.0
+    fps: float | None = 2.0
     threads: int = 1
 
     def tool(self) -> MediaTool:

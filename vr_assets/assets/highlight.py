@@ -105,7 +105,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         with video_workdir(Path(spec.results_dir) / "cache" / "work", f"{key}-highlight") as work:
             try:
                 tool = media.tool()
-                # step 0's small 4 fps copy when it is still there: far less to decode than the source
+                # step 0's small 2 fps copy when it is still there: far less to decode than the source
                 src = prepared_copy(pipe, video, captions.probe, tool) or Path(video.path)
                 clip = tool.cut_clip(src, start, end, work / "highlight.mp4")
             except (MediaError, OSError) as e:
