@@ -186,28 +186,19 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
     """Fingerprints of what our pipeline sends at step 0: a downscaled copy, or the first sampled frame.
 
     The teacher keys verdicts on the first media part it receives, so it needs these, not only
-    the original file's hash. Made with the pipeline's own MediaTool and settings.
+    the original file's hash. Made by the pipeline's own step-0 media function and settings.
     """
-    from vr_assets.assets.common import copy_keyframes
+    from vr_assets.assets.common import step0_media
     from vr_assets.config import Spec
-    from vr_assets.media import MediaTool, frame_times
+    from vr_assets.media import MediaTool
 
     spec = Spec()
-    wf = spec.workflow
     tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads)
     out: dict[str, set[str]] = {}
     for v in videos:
-        d = fresh(scratch / f"ours_{v.index:03d}")
         src = Path(v.path)
-        if v.duration_s > wf.long_video_threshold_sec:
-            times = frame_times(v.duration_s, wf.long_video_sample_fps, wf.long_video_max_frames)
-            frames = tool.sample_frames(src, times, d)
-            out[v.name] = {sha256_file(Path(frames[0]))}
-        else:
-            probe = tool.probe(src)
-            keyframes = copy_keyframes(spec, probe.duration_sec)
-            prepared = tool.prepare_video(src, d / "prepared.mp4", probe, keyframes=keyframes)
-            out[v.name] = {sha256_file(Path(prepared))}
+        _, paths = step0_media(spec, tool, src, tool.probe(src), fresh(scratch / f"ours_{v.index:03d}"))
+        out[v.name] = {sha256_file(Path(paths[0]))}
     return out
 
 

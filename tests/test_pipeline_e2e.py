@@ -185,6 +185,27 @@ def test_tao_prompt_templates_module(
     assert all(set(json.loads(s["answer"])) == {"start", "end"} for s in spans)
 
 
+def test_long_video_frames_and_chunks_come_from_one_copy(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """A long video goes out as frames (steps 0/1a), sampled from the same copy its chunks are split from."""
+    env = make_pipeline("gemini")
+    vid = env.add_video(synthetic_videos["clip16"], "cam/long.mp4")
+    spec = env.spec(
+        media={"fps": 4.0, "max_side": 160},
+        workflow={"mode": "anomaly", "long_video_threshold_sec": 10, "long_video_sample_fps": 0.5},
+    )
+    summary = env.run(spec)
+    assert summary.failed == {} and summary.succeeded == ["cam__long.mp4"]
+    ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("chunk_captions"))
+    assert ev.asset_materialization.metadata["cut_from"].value == "prepared copy, stream copy"  # type: ignore[union-attr]
+    step0 = [r for r in env.model_requests() if r.media_sha256][0]
+    assert len(step0.media_sha256) == 8  # 16 s at 0.5 fps: frames, not a video
+    sent = {h for r in env.model_requests() for h in r.media_sha256}
+    assert hashlib.sha256(vid.read_bytes()).hexdigest() not in sent
+    chunks = JsonStore(env.results).read("chunk_captions", "cam__long.mp4").chunks
+    assert len(sent) == 8 + len(chunks) + 1  # frames, chunk clips, the highlight clip
+    assert not (env.results / "cache" / "media" / "cam__long.mp4").exists()
+
+
 @pytest.mark.parametrize("mode", ["normal", "anomaly"])
 def test_chunks_come_from_step_0s_copy_by_stream_copy(
     make_pipeline: Any, synthetic_videos: dict[str, Path], mode: str

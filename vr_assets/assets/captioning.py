@@ -22,6 +22,7 @@ from vr_assets.assets.common import (
     chunk_plan,
     code_version,
     data_version_of,
+    drop_frames,
     drop_media_cache,
     excerpt,
     full_video_media,
@@ -80,10 +81,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             "1a",
         )
         # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now
-        # (a downscaled copy stays for step 1b to cut its chunks from).
+        # (the downscaled copy stays for step 1b to cut its chunks from).
         model.release(key)
         if ref.kind == "frames":
-            drop_media_cache(pipe, key)
+            drop_frames(pipe, ref)
         result = Captions(
             video=video, probe=probe, mode=mode, global_caption=g.text, dense_caption=d.text,
             media_kind=ref.kind, usage=[g.usage, d.usage],

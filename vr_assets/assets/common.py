@@ -102,44 +102,60 @@ def copy_keyframes(spec: Spec, duration: float) -> list[float]:
     return marks
 
 
-def _copy_path(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> tuple[Path, list[float]]:
-    keyframes = copy_keyframes(pipe.spec, probe.duration_sec)
+def _copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> tuple[Path, list[float]]:
+    keyframes = copy_keyframes(spec, probe.duration_sec)
     name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
-    return pipe.media_cache(video.key) / name, keyframes
+    return cache / name, keyframes
+
+
+def step0_media(spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache: Path) -> tuple[str, list[Path]]:
+    """("video" | "frames", files): the whole video as the model sees it, made once under `cache`.
+
+    Every video gets a downscaled copy with keyframes at the chunk starts, so step 1b cuts its chunks
+    from it by stream copy and step 1c its clip from a small file. Long videos are sent as evenly
+    spaced JPEG frames taken from that copy: the source is decoded once, not once more for frames.
+    Plain media work (the benchmark calls it to know what step 0 sends).
+    """
+    wf = spec.workflow
+    out, keyframes = _copy_path(spec, tool, probe, cache)
+    if probe.duration_sec > wf.long_video_threshold_sec:
+        times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
+        frames_dir = cache / f"frames-{code_version(times, out.name)}"
+        frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
+        if len(frames) != len(times):
+            prepared = out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
+            # the source itself when it needed no re-encoding: its probe makes the seeks exact
+            frames = tool.sample_frames(prepared, times, frames_dir, probe=probe if prepared == src else None)
+        return "frames", list(frames)
+    return "video", [out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)]
 
 
 def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
-    """The whole video as the model should see it, prepared once and reused by steps 0, 1a and 1b.
-
-    Long videos become evenly spaced JPEG frames; short ones a downscaled copy with keyframes at the
-    chunk starts, so step 1b cuts its chunks from it by stream copy.
-    """
-    wf = pipe.spec.workflow
-    cache = pipe.media_cache(video.key)
-    src = Path(video.path)
+    """Step 0's media (`step0_media`), reused by steps 0 and 1a; a failure names the video."""
     try:
-        if probe.duration_sec > wf.long_video_threshold_sec:
-            times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
-            frames_dir = cache / f"frames-{code_version(times, tool.max_side, probe.size_bytes)}"
-            frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
-            if len(frames) != len(times):
-                frames = tool.sample_frames(src, times, frames_dir, probe=probe)
-            return MediaRef(kind="frames", paths=frames, mime_type="image/jpeg", video_key=video.key)
-        out, keyframes = _copy_path(pipe, video, probe, tool)
-        prepared = out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
-        return MediaRef(kind="video", paths=[prepared], mime_type=video_mime(prepared), video_key=video.key)
+        kind, paths = step0_media(pipe.spec, tool, Path(video.path), probe, pipe.media_cache(video.key))
     except (MediaError, OSError) as e:
         raise media_failure(video, e) from e
+    mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
+    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video.key)
 
 
 def prepared_copy(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> Path | None:
     """The downscaled copy step 0 made, if it is still cached (None: cut from the source)."""
-    out, _ = _copy_path(pipe, video, probe, tool)
+    out, _ = _copy_path(pipe.spec, tool, probe, pipe.media_cache(video.key))
     return out if out.is_file() else None
 
 
 def drop_media_cache(pipe: Pipeline, key: str) -> None:
     shutil.rmtree(pipe.media_cache(key), ignore_errors=True)
+
+
+def drop_frames(pipe: Pipeline, ref: MediaRef) -> None:
+    """A long video's frames once steps 0 and 1a are done; its copy stays for steps 1b and 1c."""
+    cache = pipe.media_cache(ref.video_key).resolve()
+    for folder in {p.parent.resolve() for p in ref.paths}:
+        if folder.is_relative_to(cache) and folder != cache:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
