@@ -5,8 +5,9 @@ table) for every event they write. A video run writes ~100 events, so at thousan
 that, not the models, became the cost: profiling showed ~40 % of a run's CPU in engine set-up,
 statement compilation (the compiled-statement cache lives on the engine, so it never hit) and
 one dynamic-partition lookup per step input and output. These subclasses keep one engine per
-database file and remember which video partitions exist; the files, schema and locations are
-Dagster's own, so an instance written with them opens with the stock classes and vice versa.
+database file, remember which video partitions exist, copy each new run database from an empty
+template and write a run's planned events in one transaction; the files, schema and locations
+are Dagster's own, so an instance written with them opens with the stock classes and vice versa.
 `vr-annotate` configures them in the `dagster.yaml` it writes for a new `DAGSTER_HOME`.
 """
 
