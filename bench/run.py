@@ -190,10 +190,10 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
     """
     from vr_assets.assets.common import step0_media
     from vr_assets.config import Spec
-    from vr_assets.media import MediaTool
+    from vr_assets.resources import MediaResource
 
     spec = Spec()
-    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads)
+    tool = MediaResource.from_spec(spec).tool()
     out: dict[str, set[str]] = {}
     for v in videos:
         src = Path(v.path)
@@ -344,11 +344,12 @@ def run_reference(videos: list[BenchVideo], args: argparse.Namespace, keys: dict
 
 def ffmpeg_section(videos: list[BenchVideo], max_files: int) -> dict[str, dict[str, Cost]]:
     from vr_assets.config import Spec
-    from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
+    from vr_assets.media import choose_chunk_duration, frame_times, plan_chunks
+    from vr_assets.resources import MediaResource
 
     spec = Spec()
     wf = spec.workflow
-    tool = MediaTool(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads)
+    tool = MediaResource.from_spec(spec).tool()
     chosen = videos[:max_files] if max_files else videos
     all_files = [(Path(v.path), v.duration_s) for v in chosen]
     long_files = [(Path(v.path), v.duration_s) for v in chosen if v.long]

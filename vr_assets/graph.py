@@ -54,7 +54,7 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
         resources={
             "vlm": TeacherResource.from_spec("vlm", spec.vlm, spec),
             "llm": TeacherResource.from_spec("llm", spec.llm, spec),
-            "media": MediaResource(max_side=spec.media.max_side, fps=spec.media.fps, threads=spec.media.ffmpeg_threads),
+            "media": MediaResource.from_spec(spec),
             "io_manager": PartitionedJsonIOManager(results_dir=spec.results_dir),
         },
     )

@@ -133,6 +133,11 @@ class MediaResource(ConfigurableResource):
     fps: float | None = 2.0
     threads: int = 1
 
+    @classmethod
+    def from_spec(cls, spec: Spec) -> MediaResource:
+        m = spec.media
+        return cls(max_side=m.max_side, fps=m.fps, threads=m.ffmpeg_threads)
+
     def tool(self) -> MediaTool:
         return MediaTool(
             ffmpeg=self.ffmpeg, ffprobe=self.ffprobe, max_side=self.max_side, fps=self.fps, threads=self.threads
