@@ -112,10 +112,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             yield held
             return
         with self._db_lock:
-            if shard not in self._initialized_dbs and shard != INDEX_SHARD_NAME:
+            new = shard not in self._initialized_dbs
+            if new and shard != INDEX_SHARD_NAME:
                 self._copy_template(shard)
             engine = self._shard_engine(shard)
-            if shard not in self._initialized_dbs:
+            if new:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn:
@@ -173,8 +174,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """
         runs = {e.run_id for e in events}
         if len(events) < 2 or len(runs) != 1:
-            for e in events:
-                self.store_event(e)
+            super().store_event_batch(events)  # one store_event each
             return
         with ExitStack() as stack:
             conns = {shard: stack.enter_context(self._connect(shard)) for shard in (runs.pop(), INDEX_SHARD_NAME)}
