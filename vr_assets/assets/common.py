@@ -118,16 +118,20 @@ def step0_media(spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache
     """
     wf = spec.workflow
     out, keyframes = _copy_path(spec, tool, probe, cache)
-    if probe.duration_sec > wf.long_video_threshold_sec:
-        times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
-        frames_dir = cache / f"frames-{code_version(times, out.name)}"
-        frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
-        if len(frames) != len(times):
-            prepared = out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
-            # the source itself when it needed no re-encoding: its probe makes the seeks exact
-            frames = tool.sample_frames(prepared, times, frames_dir, probe=probe if prepared == src else None)
-        return "frames", list(frames)
-    return "video", [out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)]
+
+    def copy() -> Path:
+        return out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
+
+    if probe.duration_sec <= wf.long_video_threshold_sec:
+        return "video", [copy()]
+    times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
+    frames_dir = cache / f"frames-{code_version(times, out.name)}"
+    frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
+    if len(frames) != len(times):
+        prepared = copy()
+        # the source itself when it needed no re-encoding: its probe makes the seeks exact
+        frames = tool.sample_frames(prepared, times, frames_dir, probe=probe if prepared == src else None)
+    return "frames", list(frames)
 
 
 def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
