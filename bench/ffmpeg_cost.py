@@ -4,7 +4,8 @@ The reference method is rebuilt here as plain command lines from its documented 
 (one process per chunk with output seeking, VP9 realtime 1 Mb/s, no audio, webm; one process
 per frame with input seeking), not from its code. CPU is the RUSAGE_CHILDREN delta, so only
 ffmpeg/ffprobe children that finish inside a measurement count; nothing else may spawn
-children meanwhile.
+children meanwhile. Both methods run the same ffmpeg binary as our pipeline (`FFMPEG`), so the
+figures compare methods, not builds.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from vr_assets.media import find_ffmpeg
+
 REF_CHUNK_OPTIONS = (5.0, 10.0, 15.0, 20.0, 30.0)
 REF_MAX_CHUNKS = 10
 REF_SAMPLE_FPS = 0.5
 REF_MAX_FRAMES = 60
 _QUIET = ["-hide_banner", "-loglevel", "error", "-nostdin"]
+FFMPEG = find_ffmpeg()  # what the pipeline's default `media.ffmpeg: auto` runs
 
 
 def children_cpu_s() -> float:
@@ -98,7 +102,7 @@ def ref_cut_chunks(src: Path, length_s: float, out_dir: Path) -> list[Path]:
     for k, (s, e) in enumerate(ref_chunk_windows(length_s)):
         out = out_dir / f"chunk_{k:03d}.webm"
         subprocess.run(
-            ["ffmpeg", *_QUIET, "-y", "-i", str(src), "-ss", f"{s:g}", "-to", f"{e:g}",
+            [FFMPEG, *_QUIET, "-y", "-i", str(src), "-ss", f"{s:g}", "-to", f"{e:g}",
              "-c:v", "libvpx-vp9", "-b:v", "1M", "-deadline", "realtime", "-cpu-used", "5", "-an", str(out)],
             check=True,
         )  # fmt: skip
@@ -112,7 +116,7 @@ def ref_sample_frames(src: Path, length_s: float, out_dir: Path) -> list[Path]:
     for k, t in enumerate(ref_frame_times(length_s)):
         out = out_dir / f"frame_{k:02d}.jpg"
         subprocess.run(
-            ["ffmpeg", *_QUIET, "-y", "-ss", f"{t}", "-i", str(src), "-frames:v", "1", "-q:v", "2", str(out)],
+            [FFMPEG, *_QUIET, "-y", "-ss", f"{t}", "-i", str(src), "-frames:v", "1", "-q:v", "2", str(out)],
             check=True,
         )
         outs.append(out)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 from calls import CallStats, call_stats, ideal, utilisation
-from ffmpeg_cost import Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
+from ffmpeg_cost import FFMPEG, Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
 from proctree import TreeCpu
 from pydantic import BaseModel, Field
 from workload import BenchVideo, make_tiny_copies, make_videos, sha256_file, stage, write_manifest
@@ -88,12 +88,17 @@ class Bookkeeping(BaseModel):
 
 
 def machine() -> dict[str, Any]:
-    ff = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.splitlines()
+    def version(exe: str) -> str:
+        lines = subprocess.run([exe, "-version"], capture_output=True, text=True).stdout.splitlines()
+        return lines[0].split(" Copyright")[0] if lines else "?"
+
     return {
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "ffmpeg": ff[0] if ff else "?",
+        "ffmpeg": version(FFMPEG),
+        "ffmpeg_path": FFMPEG,
+        "ffprobe": version("ffprobe"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -211,7 +216,7 @@ def ref_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
             t = ref_frame_times(v.duration_s)[0]
             frame = d / "f.jpg"
             subprocess.run(
-                ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-ss", str(t), "-i", v.path,
+                [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-ss", str(t), "-i", v.path,
                  "-frames:v", "1", "-q:v", "2", str(frame)],
                 check=True,
             )  # fmt: skip
@@ -327,7 +332,13 @@ def run_reference(videos: list[BenchVideo], args: argparse.Namespace, keys: dict
             "--video-root", str(root), "--results-dir", str(work / "results"),
             "--base-url", base_url, "--api-key", API_KEY, "--workers", str(args.concurrency),
         ]  # fmt: skip
-        return cmd, pipeline_env(work / "unused_dagster_home")
+        env = pipeline_env(work / "unused_dagster_home")
+        # the reference calls `ffmpeg` from PATH: give it the same binary our pipeline runs
+        shim = work / "bin"
+        shim.mkdir(exist_ok=True)
+        (shim / "ffmpeg").symlink_to(shutil.which(FFMPEG) or FFMPEG)
+        env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
+        return cmd, env
 
     run = run_against_fake("reference", videos, args, keys, command)
     for line in reversed(run.log_tail.splitlines()):
@@ -452,7 +463,8 @@ def render(res: dict[str, Any]) -> str:
     ref: dict[str, Any] | None = res.get("reference")
     ref_ok = bool(ref) and "skipped" not in ref
     lines = [
-        f"## vr-assets benchmark — {res['machine']['cores']} cores, {res['machine']['ffmpeg']}",
+        f"## vr-assets benchmark — {res['machine']['cores']} cores; {res['machine']['ffmpeg']} "
+        f"(both pipelines, both methods), {res['machine'].get('ffprobe', 'ffprobe')}",
         "",
         f"Workload: {w['videos']} videos ({w['short']} short 8–20 s, {w['long']} long >60 s sent as frames; "
         f"{w['anomaly']} anomaly, {w['normal']} normal, {w['filtered_out']} off-domain), "

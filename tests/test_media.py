@@ -14,6 +14,7 @@ from vr_assets.media import (
     MediaTool,
     choose_chunk_duration,
     ffmpeg_cpu_seconds,
+    find_ffmpeg,
     frame_times,
     group_targets,
     highlight_window,
@@ -520,10 +521,11 @@ def test_ffmpeg_cpu_seconds_counts_children(synthetic_videos, tmp_path) -> None:
     assert ffmpeg_cpu_seconds() > before
 
 
-def test_split_copy_cuts_the_prepared_copy_without_reencoding(synthetic_videos, tmp_path) -> None:
+@pytest.mark.parametrize("ffmpeg", ["auto", "ffmpeg"])  # the static build by default; Debian's on PATH too
+def test_split_copy_cuts_the_prepared_copy_without_reencoding(synthetic_videos, tmp_path, ffmpeg: str) -> None:
     """Step 0's copy carries keyframes at the chunk starts; step 1b then only copies packets."""
     path = synthetic_videos["clip16"]
-    tool = MediaTool(max_side=160, fps=4.0)
+    tool = MediaTool(ffmpeg=ffmpeg, max_side=160, fps=4.0)
     probe = tool.probe(path)
     chunks = plan_chunks(probe.duration_sec, choose_chunk_duration(probe.duration_sec, DEFAULT_OPTIONS, 10))
     copy = tool.prepare_video(path, tmp_path / "copy.mp4", probe, keyframes=[4.0] + [s for _, s, _ in chunks[1:]])
@@ -551,3 +553,37 @@ def test_split_copy_refuses_a_file_without_the_keyframes(synthetic_videos, tmp_p
     assert not list((tmp_path / "out").glob("chunk_*"))
     with pytest.raises(ValueError, match="contiguous"):
         tool.split_copy(path, [(0, 0.5, 1.0)], tmp_path / "out")
+
+
+def test_find_ffmpeg_prefers_the_static_build(monkeypatch, tmp_path) -> None:
+    """'auto' is imageio-ffmpeg's statically linked binary (no shared ffmpeg libraries to load)."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.delenv("IMAGEIO_FFMPEG_EXE", raising=False)
+    find_ffmpeg.cache_clear()
+    exe = Path(find_ffmpeg())
+    assert exe.is_file() and exe.resolve().is_relative_to(Path(imageio_ffmpeg.__file__).resolve().parent)
+    libs = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    assert "libavcodec" not in libs and "libx264" not in libs
+    assert find_ffmpeg("/usr/bin/ffmpeg") == "/usr/bin/ffmpeg"  # an explicit choice is kept as it is
+    # imageio-ffmpeg's own override is honoured
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", "/usr/bin/ffmpeg")
+    find_ffmpeg.cache_clear()
+    try:
+        assert find_ffmpeg() == "/usr/bin/ffmpeg"
+    finally:
+        find_ffmpeg.cache_clear()
+
+
+def test_a_missing_ffmpeg_names_the_executable(synthetic_videos, tmp_path) -> None:
+    with pytest.raises(MediaError, match="ffmpeg executable '/nonexistent/ffmpeg' not found"):
+        MediaTool(ffmpeg="/nonexistent/ffmpeg").prepare_video(synthetic_videos["short_mp4"], tmp_path / "o.mp4")
+
+
+def test_media_resource_takes_the_binaries_from_the_spec() -> None:
+    from vr_assets.config import Spec
+    from vr_assets.resources import MediaResource
+
+    spec = Spec.model_validate({"media": {"ffmpeg": "/opt/ff/ffmpeg", "ffprobe": "/opt/ff/ffprobe"}})
+    tool = MediaResource.from_spec(spec).tool()
+    assert (tool.ffmpeg, tool.ffprobe) == ("/opt/ff/ffmpeg", "/opt/ff/ffprobe")
+    assert MediaResource.from_spec(Spec()).tool().ffmpeg == "auto"

@@ -80,6 +80,11 @@ class MediaSettings(SpecModel):
         2.0, gt=0, description="re-encode frame rate; null keeps the source rate. Gemini samples video at 1 fps "
         "and Qwen-VL at 2 fps, so more frames only cost encoding and upload"
     )
+    ffmpeg: str = Field(
+        "auto", description="ffmpeg executable. auto: the static build shipped by the imageio-ffmpeg package "
+        "(starts in ~0.01 s; Debian's, linking 200+ libraries, takes ~0.12 CPU-s per process), else ffmpeg on PATH",
+    )
+    ffprobe: str = Field("ffprobe", description="ffprobe executable (one probe per video)")
     ffmpeg_threads: int = Field(
         1, ge=0, description="threads per ffmpeg process; videos already run in parallel, and one thread each "
         "used a third less CPU than ffmpeg's own choice (0) on the benchmark",

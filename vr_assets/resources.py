@@ -127,7 +127,7 @@ def _key_env(role: str, ms: ModelSpec) -> str:
 class MediaResource(ConfigurableResource):
     """ffmpeg/ffprobe through ffmpeg-python; sizes chosen for what models actually look at."""
 
-    ffmpeg: str = "ffmpeg"
+    ffmpeg: str = "auto"
     ffprobe: str = "ffprobe"
     max_side: int | None = 640
     fps: float | None = 2.0
@@ -136,7 +136,7 @@ class MediaResource(ConfigurableResource):
     @classmethod
     def from_spec(cls, spec: Spec) -> MediaResource:
         m = spec.media
-        return cls(max_side=m.max_side, fps=m.fps, threads=m.ffmpeg_threads)
+        return cls(ffmpeg=m.ffmpeg, ffprobe=m.ffprobe, max_side=m.max_side, fps=m.fps, threads=m.ffmpeg_threads)
 
     def tool(self) -> MediaTool:
         return MediaTool(
