@@ -25,7 +25,12 @@ from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
 from sqlalchemy import create_engine, text
 
 from vr_assets import instance_storage
-from vr_assets.instance_storage import PooledSqliteEventLogStorage, PooledSqliteRunStorage, instance_yaml
+from vr_assets.instance_storage import (
+    FastOpenSqliteScheduleStorage,
+    PooledSqliteEventLogStorage,
+    PooledSqliteRunStorage,
+    instance_yaml,
+)
 
 parts = DynamicPartitionsDefinition(name="clips")
 
@@ -74,6 +79,7 @@ def test_instance_uses_the_pooled_classes(tmp_path: Path) -> None:
     inst = pooled_instance(tmp_path / "home")
     assert isinstance(inst.event_log_storage, PooledSqliteEventLogStorage)
     assert isinstance(inst.run_storage, PooledSqliteRunStorage)
+    assert isinstance(inst.schedule_storage, FastOpenSqliteScheduleStorage)
     assert isinstance(inst.compute_log_manager, NoOpComputeLogManager)  # no tail/watchdog processes per run
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "dagster.yaml").write_text(instance_yaml(str(tmp_path / "other"), capture_stdio=True))
@@ -223,3 +229,38 @@ def _index_events(home: Path) -> int:
         return int(con.execute("select count(*) from event_logs").fetchone()[0])
     finally:
         con.close()
+
+
+def test_an_instance_at_the_head_opens_without_dagsters_migration_check(tmp_path: Path) -> None:
+    """A second open (every worker process) skips the migration scan; anything else goes through Dagster's."""
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.schedules.sqlite import sqlite_schedule_storage
+
+    home = tmp_path / "home"
+    inst = pooled_instance(home)  # first open: Dagster's own from_local builds and stamps both databases
+    inst.add_dynamic_partitions("clips", ["a"])
+    assert JOB.execute_in_process(partition_key="a", instance=inst).success
+    inst.dispose()
+    ready = instance_storage._ready_db
+    runs_dir, schedules_dir = str(home / "history"), str(home / "schedules")
+    assert ready(runs_dir, "runs", sqlite_run_storage.__file__, {"runs", "instance_info"})
+    assert ready(schedules_dir, "schedules", sqlite_schedule_storage.__file__, {"jobs", "job_ticks"})
+
+    again = pooled_instance(home)  # the fast path: same files, fully usable
+    assert again.get_runs_count() == 1
+    assert JOB.execute_in_process(partition_key="a", instance=again).success
+    assert again.get_runs_count() == 2
+    assert again.schedule_storage is not None and again.schedule_storage.all_instigator_state() == []
+    again.dispose()
+
+    # a database stamped at another revision is left to Dagster (which migrates or refuses it)
+    engine = create_engine(f"sqlite:///{home / 'history' / 'runs.db'}")
+    with engine.begin() as conn:
+        head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    engine.dispose()
+    assert ready(runs_dir, "runs", sqlite_run_storage.__file__, {"runs", "instance_info"}) is None
+    assert head == instance_storage.head_revision(sqlite_run_storage.__file__)
+    # missing files and missing tables are left to Dagster too
+    assert ready(str(tmp_path / "nowhere"), "runs", sqlite_run_storage.__file__, {"runs"}) is None
+    assert ready(schedules_dir, "schedules", sqlite_schedule_storage.__file__, {"jobs", "not_a_table"}) is None

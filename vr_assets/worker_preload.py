@@ -5,14 +5,39 @@ and daemon modules, alembic's migration scripts) before its first video — on a
 with 16 workers that was more CPU than the bookkeeping of 40 videos.
 """
 
+# Modules Dagster and the HTTP stack import on first use, i.e. in every worker's first run
+# (found by diffing sys.modules around a worker's first video).
+import dagster._core.definitions.external_asset  # noqa: F401
+import dagster._core.definitions.repository_definition.repository_data_builder  # noqa: F401
 import dagster._core.execution.backfill  # noqa: F401  (loaded lazily by run creation)
+import dagster._core.execution.execute_in_process  # noqa: F401
+import dagster._core.execution.plan.active  # noqa: F401
+import dagster._core.executor.in_process  # noqa: F401
+import dagster._core.instance.factory  # noqa: F401
+import dagster._core.instance.runs.run_domain  # noqa: F401
+import dagster._core.secrets.env_file  # noqa: F401
+import dagster._core.secrets.loader  # noqa: F401
+import dagster._core.storage.legacy_storage  # noqa: F401
+import dagster._core.storage.noop_compute_log_manager  # noqa: F401
+import dagster._core.storage.root  # noqa: F401
 import dagster._core.storage.runs  # noqa: F401
+import dagster._core.system_config.composite_descent  # noqa: F401
+import dagster._core.types.primitive_mapping  # noqa: F401
+import dagster._core.types.transform_typing  # noqa: F401
 import dagster._daemon  # noqa: F401  (loaded lazily by DagsterInstance)
+import google.auth.aio.credentials  # noqa: F401
+import h11  # noqa: F401
+import httpcore2  # noqa: F401
+import truststore  # noqa: F401
+import upath.implementations.local  # noqa: F401  (the instance's state storage, loaded lazily)
 
 import vr_assets.graph  # noqa: F401
 import vr_assets.providers.gemini  # noqa: F401
 import vr_assets.providers.openai_compat  # noqa: F401
 import vr_assets.runner  # noqa: F401
-from vr_assets import instance_storage
+from vr_assets import instance_storage, media
 
-instance_storage.event_log_migrations()
+instance_storage.preload_migrations()
+
+# The default ffmpeg, found once here instead of once per worker (the lookup runs `ffmpeg -version`).
+media.find_ffmpeg()
