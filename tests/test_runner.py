@@ -1,4 +1,4 @@
-"""The CLI's worker processes: what they load before their first video, and how they share the CPU."""
+"""The CLI's worker processes: what they hold ready before their first video."""
 
 from __future__ import annotations
 
@@ -22,13 +22,16 @@ PRELOADED = {"dagster", "dagster_shared", "alembic", "sqlalchemy", "google", "op
              "anyio", "truststore", "upath", "dotenv", "pydantic", "yaml"}
 
 WORKER = """
-import json, sys
+import json, os, sys
 import vr_assets.worker_preload
 from vr_assets import runner
 before = set(sys.modules)
-runner._worker_init(sys.argv[1])
+runner._pool_worker_init(sys.argv[1], dict(os.environ))
+import gc
+frozen, tracked = gc.get_freeze_count(), len(gc.get_objects())
 key, ok, why = runner._worker_run(sys.argv[2], json.loads(sys.argv[3]))
-print(json.dumps({"ok": ok, "why": why, "new": sorted(set(sys.modules) - before)}))
+new = sorted(set(sys.modules) - before)
+print(json.dumps({"ok": ok, "why": why, "new": new, "frozen": frozen, "tracked": tracked}))
 """
 
 
@@ -51,4 +54,6 @@ def test_a_worker_imports_nothing_third_party_for_its_first_video(
     assert got["ok"], got["why"]
     late = [m for m in got["new"] if m.split(".")[0] in PRELOADED]
     assert late == [], f"imported by the worker, not the preload: {late}"
+    # the preloaded heap and the worker's instance and job are out of the collector's sight
+    assert got["frozen"] > 10 * got["tracked"], got
     assert env.calls() > 0  # the video really ran: its model calls reached the fake

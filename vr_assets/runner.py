@@ -8,6 +8,7 @@ provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -61,6 +62,11 @@ def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
     _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
 
 
+def _pool_worker_init(spec_json: str, environ: dict[str, str]) -> None:
+    _worker_init(spec_json, environ)
+    gc.freeze()  # the instance and the job live as long as the worker process (see worker_preload)
+
+
 def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
     from dagster import AssetKey
 
@@ -98,7 +104,7 @@ def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tupl
         return
     ctx = _forkserver()
     initargs = (spec_json, dict(os.environ))
-    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=initargs) as pool:
+    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_pool_worker_init, initargs=initargs) as pool:
         futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
         for fut in as_completed(futures):
             try:
