@@ -123,6 +123,8 @@ def test_run_shards_are_stamped_at_the_migration_head(tmp_path: Path) -> None:
     """`dagster instance migrate` relies on each run database's alembic stamp; shards start as a template copy."""
     home = tmp_path / "home"
     inst = pooled_instance(home)
+    # built when the instance opens (by the CLI, before its workers race to build it)
+    assert len(list((home / "history" / "runs").glob(".run-shard-template-*.sqlite"))) == 1
     inst.add_dynamic_partitions("clips", ["a", "bb"])
     results = [JOB.execute_in_process(partition_key=k, instance=inst) for k in ("a", "bb")]
     inst.dispose()

@@ -375,3 +375,24 @@ def test_provider_error_pickles_with_its_fields() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, ProviderError)
     assert (str(back), back.video_key, back.step, back.status) == ("boom", "v", "1a", 400)
+
+
+def test_gemini_clients_share_one_verifying_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One CA load per process (made in the forkserver), still verifying; SSL_CERT_FILE is honoured."""
+    import ssl
+
+    import certifi
+
+    from vr_assets.providers import gemini
+
+    gemini.tls_context.cache_clear()
+    try:
+        ctx = gemini.tls_context()
+        assert ctx is gemini.tls_context()
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+        gemini.tls_context.cache_clear()
+        from_file = gemini.tls_context()
+        assert from_file.verify_mode == ssl.CERT_REQUIRED and from_file.cert_store_stats()["x509_ca"] > 0
+    finally:
+        gemini.tls_context.cache_clear()

@@ -125,6 +125,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().__init__(base_dir, inst_data)
         self._db_lock = threading.RLock()  # type: ignore[assignment]  # a batch holds two shards at once
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", _EVENT_BATCH_SIZE)
+        # Built here, once, by whoever opens the instance first (the CLI, before its workers start):
+        # built by each worker's first run instead, sixteen workers raced to build it at once.
+        template = self._template_path()
+        if not os.path.exists(template):
+            self._build_template(template)
 
     @classmethod
     def from_config_value(  # type: ignore[override]

@@ -43,6 +43,7 @@ instance_storage.preload_migrations()
 
 # The default ffmpeg, found once here instead of once per worker (the lookup runs `ffmpeg -version`).
 media.find_ffmpeg()
+vr_assets.providers.gemini.tls_context()  # read the CA files once, not once per worker
 
 # Last: move everything loaded so far out of the collector's sight. A worker's first full
 # collection otherwise walks the whole preloaded heap (~0.3 CPU-s, and again at each later one),

@@ -6,7 +6,10 @@ retries with knowledge of Retry-After, RetryInfo and bad answers, and the limite
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -255,14 +258,37 @@ class UploadManager:
 # ---------------------------------------------------------------- shared per endpoint
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, made the way google-genai makes its own.
+
+    genai builds two per client from the CA files (~0.1 CPU-s); the forkserver makes this one once
+    (worker_preload) and every worker's client reuses it.
+    """
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    try:
+        import httpx2
+
+        return httpx2.create_ssl_context()
+    except (ImportError, AttributeError):
+        import certifi
+
+        return ssl.create_default_context(cafile=certifi.where())
+
+
+
 class GeminiShared:
     """What every Gemini teacher on one endpoint + key shares: the client, the uploads, the payloads."""
 
     def __init__(self, api_key: str, base_url: str | None, api_version: str, max_live: int) -> None:
         self.scrub = Scrubber([api_key])
-        opts = types.HttpOptions(api_version=api_version, retry_options=None)
-        if base_url:
-            opts = types.HttpOptions(base_url=base_url, api_version=api_version, retry_options=None)
+        tls = {"verify": tls_context()}
+        opts = types.HttpOptions(
+            base_url=base_url or None, api_version=api_version, retry_options=None,
+            client_args=tls, async_client_args={**tls, "ssl": tls["verify"]},
+        )
         self.client = genai.Client(api_key=api_key, http_options=opts)
         self.uploads = UploadManager(self.client, self.scrub, max_live)
         self.payloads: PayloadCache[list[types.Part]] = PayloadCache()
