@@ -278,7 +278,6 @@ def tls_context() -> ssl.SSLContext:
         return ssl.create_default_context(cafile=certifi.where())
 
 
-
 class GeminiShared:
     """What every Gemini teacher on one endpoint + key shares: the client, the uploads, the payloads."""
 
