@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -325,21 +325,33 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
-class PooledSqliteRunStorage(SqliteRunStorage):
-    """Dagster's SQLite run storage with one engine kept for the process."""
+class _OpensAtHead:
+    """`from_local` for a Dagster SQLite storage whose database may already be at the alembic head.
 
-    _pooled: Engine | None = None
+    Dagster's `from_config_value` calls its own class by name, hence the override here too.
+    """
+
+    _db_name: ClassVar[str]
+    _storage_module: ClassVar[str]
+    _tables: ClassVar[frozenset[str]]
 
     @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledSqliteRunStorage:
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
         return cls.from_local(inst_data=inst_data, **config_value)
 
     @classmethod
-    def from_local(cls, base_dir: str, inst_data: ConfigurableClassData | None = None) -> PooledSqliteRunStorage:
-        ready = _ready_db(base_dir, "runs", sqlite_run_storage.__file__, {"runs", "instance_info"})
-        return cls(ready, inst_data) if ready else super().from_local(base_dir, inst_data)
+    def from_local(cls, base_dir: str, inst_data: ConfigurableClassData | None = None) -> Any:
+        ready = _ready_db(base_dir, cls._db_name, cls._storage_module, set(cls._tables))
+        return cls(ready, inst_data) if ready else super().from_local(base_dir, inst_data)  # type: ignore[call-arg,misc]
+
+
+class PooledSqliteRunStorage(_OpensAtHead, SqliteRunStorage):
+    """Dagster's SQLite run storage with one engine kept for the process."""
+
+    _db_name = "runs"
+    _storage_module = sqlite_run_storage.__file__
+    _tables = frozenset({"runs", "instance_info"})
+    _pooled: Engine | None = None
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -355,21 +367,12 @@ class PooledSqliteRunStorage(SqliteRunStorage):
         super().dispose()
 
 
-class FastOpenSqliteScheduleStorage(SqliteScheduleStorage):
+class FastOpenSqliteScheduleStorage(_OpensAtHead, SqliteScheduleStorage):
     """Dagster's SQLite schedule storage; opening a database already at the head skips the migration scan."""
 
-    @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> FastOpenSqliteScheduleStorage:
-        return cls.from_local(inst_data=inst_data, **config_value)
-
-    @classmethod
-    def from_local(  # type: ignore[override]
-        cls, base_dir: str, inst_data: ConfigurableClassData | None = None
-    ) -> FastOpenSqliteScheduleStorage:
-        ready = _ready_db(base_dir, "schedules", sqlite_schedule_storage.__file__, {"jobs", "job_ticks"})
-        return cls(ready, inst_data) if ready else super().from_local(base_dir, inst_data)  # type: ignore[return-value]
+    _db_name = "schedules"
+    _storage_module = sqlite_schedule_storage.__file__
+    _tables = frozenset({"jobs", "job_ticks"})
 
 
 # Dagster's default compute-log manager mirrors each run's stdout/stderr through a `tail -F` per
