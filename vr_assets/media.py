@@ -295,6 +295,11 @@ class MediaTool(BaseModel):
     preset: str = Field("veryfast", description="x264 preset: veryfast gives 2.3x smaller files than ultrafast")
     crf: int = Field(23, ge=0, le=51)
     jpeg_qscale: int = Field(3, ge=2, le=31, description="mjpeg -q:v (2 best)")
+    skip_nonref: bool = Field(
+        True,
+        description="when re-encoding at most half the source frame rate, do not decode frames nothing refers "
+        "to (-skip_frame noref): the fps filter drops most of them anyway; each kept frame is decoded exactly",
+    )
     timeout_s: float = Field(900.0, gt=0, description="per ffmpeg process")
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -472,7 +477,7 @@ class MediaTool(BaseModel):
         part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
         extra: dict[str, Any] = {"force_key_frames": ",".join(_num(t) for t in keyframes)} if keyframes else {}
         try:
-            stream = ff.input(str(path), **self._decoder_opts())
+            stream = ff.input(str(path), **self._decoder_opts(info.fps))
             output = self._filters(stream.video).output(
                 str(part), f="mp4", **self._x264_opts(), movflags="+faststart", **extra
             )
@@ -592,7 +597,9 @@ class MediaTool(BaseModel):
     def _segment_pass(self, path: Path, chunks: Sequence[tuple[int, float, float]], tmp: Path) -> list[Path]:
         origin, last_end = chunks[0][1], chunks[-1][2]
         cuts = ",".join(_num(start - origin) for _, start, _ in chunks[1:])
-        stream = ff.input(str(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts())
+        stream = ff.input(
+            str(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts(self._known_fps(path))
+        )
         output = self._filters(stream.video).output(
             str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts()
         )
@@ -608,8 +615,9 @@ class MediaTool(BaseModel):
     ) -> list[Path]:
         parts = list(names) if names is not None else [tmp / f"win_{index:03d}.mp4" for index, _, _ in windows]
         outputs = []
+        decoder = self._decoder_opts(self._known_fps(path))
         for (_, start, end), part in zip(windows, parts, strict=True):
-            stream = ff.input(str(path), ss=_num(start), t=_num(end - start), **self._decoder_opts())
+            stream = ff.input(str(path), ss=_num(start), t=_num(end - start), **decoder)
             outputs.append(
                 self._filters(stream.video).output(str(part), f="mp4", movflags="+faststart", **self._x264_opts())
             )
@@ -638,9 +646,20 @@ class MediaTool(BaseModel):
             opts["threads"] = self.threads
         return opts
 
-    def _decoder_opts(self) -> dict[str, Any]:
-        """Input options: only the video stream is wanted."""
+    def _known_fps(self, path: Path) -> float | None:
+        known = self._remembered(path).probe
+        return known.fps if known is not None else None
+
+    def _decoder_opts(self, source_fps: float | None = None) -> dict[str, Any]:
+        """Input options: only the video stream is wanted; with the source's rate known, the frame skip.
+
+        The skipped frames are non-reference B frames, single or in short runs between the frames others
+        predict from, so at half the source rate or less the fps filter still finds a decoded frame a few
+        source frames from each output time; every frame it keeps is decoded exactly.
+        """
         opts: dict[str, Any] = {"an": None, "sn": None, "dn": None}
+        if self.skip_nonref and self.fps is not None and source_fps and source_fps >= 2 * self.fps:
+            opts["skip_frame"] = "noref"
         if self.threads:
             opts["threads"] = self.threads
         return opts

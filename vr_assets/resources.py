@@ -132,13 +132,26 @@ class MediaResource(ConfigurableResource):
     max_side: int | None = 640
     fps: float | None = 2.0
     threads: int = 1
+    skip_nonref: bool = True
 
     @classmethod
     def from_spec(cls, spec: Spec) -> MediaResource:
         m = spec.media
-        return cls(ffmpeg=m.ffmpeg, ffprobe=m.ffprobe, max_side=m.max_side, fps=m.fps, threads=m.ffmpeg_threads)
+        return cls(
+            ffmpeg=m.ffmpeg,
+            ffprobe=m.ffprobe,
+            max_side=m.max_side,
+            fps=m.fps,
+            threads=m.ffmpeg_threads,
+            skip_nonref=m.skip_nonref_frames,
+        )
 
     def tool(self) -> MediaTool:
         return MediaTool(
-            ffmpeg=self.ffmpeg, ffprobe=self.ffprobe, max_side=self.max_side, fps=self.fps, threads=self.threads
+            ffmpeg=self.ffmpeg,
+            ffprobe=self.ffprobe,
+            max_side=self.max_side,
+            fps=self.fps,
+            threads=self.threads,
+            skip_nonref=self.skip_nonref,
         )
