@@ -87,6 +87,13 @@ class Bookkeeping(BaseModel):
 # ---------------------------------------------------------------- helpers
 
 
+def probe_reader() -> str:
+    """What reads our probes: `media.ffprobe: auto` is PyAV in-process."""
+    import av
+
+    return f"probes in-process by PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})"
+
+
 def machine() -> dict[str, Any]:
     def version(exe: str) -> str:
         lines = subprocess.run([exe, "-version"], capture_output=True, text=True).stdout.splitlines()
@@ -98,7 +105,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "ffmpeg": version(FFMPEG),
         "ffmpeg_path": FFMPEG,
-        "ffprobe": version("ffprobe"),
+        "ffprobe": probe_reader(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 

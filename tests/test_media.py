@@ -177,9 +177,10 @@ def test_video_mime(name: str, mime: str) -> None:
         ("mkv_upper", 3, (320, 240), 25, None),  # a single keyframe: interval unknown
     ],
 )
-def test_probe_synthetic(synthetic_videos, name, duration, size, fps, gop) -> None:
+@pytest.mark.parametrize("reader", ["auto", "ffprobe"])  # in-process PyAV, Debian's ffprobe
+def test_probe_synthetic(synthetic_videos, name, duration, size, fps, gop, reader) -> None:
     path = synthetic_videos[name]
-    tool = MediaTool(fps=4.0)
+    tool = MediaTool(fps=4.0, ffprobe=reader)
     probe = tool.probe(path)
     assert probe.duration_sec == pytest.approx(duration, abs=0.1)
     assert (probe.width, probe.height) == size
@@ -192,8 +193,9 @@ def test_probe_synthetic(synthetic_videos, name, duration, size, fps, gop) -> No
     assert tool.keyframe_interval(path) == (pytest.approx(gop) if gop else None)
 
 
-def test_probe_real(real_videos) -> None:
-    tool = MediaTool(fps=4.0)
+@pytest.mark.parametrize("reader", ["auto", "ffprobe"])
+def test_probe_real(real_videos, reader) -> None:
+    tool = MediaTool(fps=4.0, ffprobe=reader)
     bikes = tool.probe(real_videos["bikes"])
     assert (bikes.width, bikes.height, bikes.video_codec, bikes.has_audio) == (640, 272, "h264", False)
     assert bikes.duration_sec == pytest.approx(10.0, abs=0.05)
@@ -215,15 +217,42 @@ def test_probe_real(real_videos) -> None:
         ("audio_only", "no video stream (audio only)"),
     ],
 )
-def test_probe_errors_name_the_file(synthetic_videos, name, cause) -> None:
+@pytest.mark.parametrize("reader", ["auto", "ffprobe"])
+def test_probe_errors_name_the_file(synthetic_videos, name, cause, reader) -> None:
     path = synthetic_videos[name]
     with pytest.raises(MediaError) as err:
-        MediaTool(fps=4.0).probe(path)
+        MediaTool(fps=4.0, ffprobe=reader).probe(path)
     assert str(path) in str(err.value)
     assert err.value.path == str(path) and err.value.operation == "probe"
     assert cause in err.value.cause and err.value.cause
     if name != "audio_only":  # ffmpeg's own reason is carried, not a generic text
         assert "no error output" not in err.value.cause
+
+
+def test_in_process_probe_agrees_with_ffprobe(synthetic_videos, real_videos, tmp_path) -> None:
+    """PyAV and ffprobe read the same facts, display rotation included (a phone video held upright)."""
+    rotated = tmp_path / "upright.mp4"
+    subprocess.run(
+        [find_ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(synthetic_videos["clip8"]),
+         "-c", "copy", str(rotated)],
+        check=True,
+    )
+    files = [*synthetic_videos.values(), *real_videos.values(), rotated]
+    checked = 0
+    for path in files:
+        in_process, spawned = MediaTool(ffprobe="auto"), MediaTool(ffprobe="ffprobe")
+        try:
+            expected = spawned.probe(path)
+        except MediaError:
+            with pytest.raises(MediaError):
+                in_process.probe(path)
+            continue
+        assert in_process.probe(path) == expected, path.name
+        assert in_process.keyframe_interval(path) == spawned.keyframe_interval(path), path.name
+        checked += 1
+    assert checked >= 8
+    upright = MediaTool().probe(rotated)
+    assert (upright.width, upright.height) == (240, 320)  # the size a viewer sees
 
 
 def test_probe_errors_for_missing_empty_and_folder(tmp_path) -> None:

@@ -263,6 +263,82 @@ def _concat_quote(path: Path) -> str:
 # ---------------------------------------------------------------- the tool
 
 
+def _rate(value: Any) -> str:
+    return f"{value.numerator}/{value.denominator}" if value else "0/0"
+
+
+def _probe_in_process(path: Path) -> dict[str, Any]:
+    """What `ffprobe -show_streams -show_format` and the first GOP_SCAN_SEC s of video packets would report."""
+    import av  # a compiled extension: imported where it is used (worker_preload loads it ahead)
+    from av.stream import Disposition
+
+    try:
+        with av.open(str(path)) as container:
+            streams = [_stream_facts(s, Disposition) for s in container.streams]
+            packets: list[dict[str, Any]] = []
+            shown = [s for s in container.streams if s.type == "video" and not s.disposition & Disposition.attached_pic]
+            if shown:
+                packets, rotation = _scan_video(container, shown[0])
+                if rotation:
+                    streams[shown[0].index]["side_data_list"] = [{"rotation": rotation}]
+            scale = 1 / av.time_base
+            fmt = {
+                "format_name": container.format.name,
+                "duration": container.duration * scale if container.duration is not None else None,
+                "start_time": container.start_time * scale if container.start_time is not None else None,
+            }
+    except av.FFmpegError as e:
+        raise MediaError(path, "probe", e.strerror or str(e)) from None
+    return {"streams": streams, "format": fmt, "packets": packets}
+
+
+def _stream_facts(stream: Any, disposition: Any) -> dict[str, Any]:
+    ctx = stream.codec_context
+    facts: dict[str, Any] = {
+        "index": stream.index,
+        "codec_type": stream.type,
+        "codec_name": ctx.codec.canonical_name if ctx is not None and ctx.codec is not None else "",
+        "tags": dict(stream.metadata),
+        "disposition": {"attached_pic": int(bool(stream.disposition & disposition.attached_pic))},
+    }
+    if stream.duration is not None and stream.time_base is not None:
+        facts["duration"] = float(stream.duration * stream.time_base)
+    if stream.type == "video":
+        facts.update(
+            width=ctx.width,
+            height=ctx.height,
+            avg_frame_rate=_rate(stream.average_rate),
+            r_frame_rate=_rate(stream.base_rate),
+        )
+    return facts
+
+
+def _scan_video(container: Any, stream: Any) -> tuple[list[dict[str, Any]], float]:
+    """The stream's packets up to GOP_SCAN_SEC (demux only), and the display rotation of its first frame.
+
+    PyAV shows the rotation (display-matrix side data) on decoded frames only, so the first frame is
+    decoded, with one thread; a first frame that does not decode counts as unrotated (the steps that
+    decode report the error).
+    """
+    import av
+
+    stream.codec_context.thread_count = 1
+    packets: list[dict[str, Any]] = []
+    rotation: float | None = None
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.time_base is not None:
+            t = float(packet.pts * packet.time_base)
+            if t > GOP_SCAN_SEC:
+                break
+            packets.append({"stream_index": stream.index, "pts_time": t, "flags": "K" if packet.is_keyframe else "_"})
+        if rotation is None and packet.size:
+            try:
+                rotation = next((frame.rotation for frame in packet.decode()), None)
+            except (av.FFmpegError, ValueError):
+                rotation = 0.0
+    return packets, rotation or 0.0
+
+
 @functools.cache
 def find_ffmpeg(name: str = "auto") -> str:
     """`name` itself, or for "auto" the statically linked ffmpeg that the imageio-ffmpeg package ships.
@@ -288,7 +364,7 @@ class MediaTool(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ffmpeg: str = Field("auto", description="executable; 'auto' is `find_ffmpeg`'s choice")
-    ffprobe: str = "ffprobe"
+    ffprobe: str = Field("auto", description="'auto' probes in-process through PyAV; else an ffprobe executable")
     max_side: int | None = Field(640, ge=16, description="downscale the longest side; None keeps the size")
     fps: float | None = Field(2.0, gt=0, description="output frame rate of clips; None keeps the source rate")
     threads: int = Field(0, ge=0, description="ffmpeg -threads for decoders and encoders; 0 lets ffmpeg decide")
@@ -308,30 +384,21 @@ class MediaTool(BaseModel):
 
     @property
     def invocations(self) -> int:
-        """ffmpeg/ffprobe processes started by this tool (tests assert one per operation)."""
+        """ffmpeg processes and probes run by this tool (tests assert one per operation)."""
         return self._invocations
 
     # ------------------------------------------------------------ probing
 
     def probe(self, path: Path | str) -> VideoProbe:
-        """One ffprobe: streams, format and the first seconds of packets (for the keyframe interval)."""
+        """Streams, format and the first seconds of packets (for the keyframe interval), read once.
+
+        `ffprobe: auto` reads them in-process through PyAV (~6 ms); an executable name runs that ffprobe
+        (Debian's spends ~0.14 CPU-s per process loading its 200+ libraries). Both give ffprobe's JSON shape.
+        """
         path = Path(path)
         self._require_file(path, "probe")
         self._count()
-        try:
-            info = ff.probe(
-                str(path),
-                cmd=self.ffprobe,
-                v="error",
-                show_entries="packet=stream_index,pts_time,flags",
-                read_intervals=f"%+{_num(GOP_SCAN_SEC)}",
-            )
-        except ff.Error as e:
-            raise MediaError(path, "probe", _stderr_tail(e.stderr)) from None
-        except FileNotFoundError:
-            raise MediaError(path, "probe", f"ffprobe executable {self.ffprobe!r} not found") from None
-        except ValueError as e:  # ffprobe printed something that is not JSON
-            raise MediaError(path, "probe", f"unreadable ffprobe output ({e})") from None
+        info = _probe_in_process(path) if self.ffprobe == "auto" else self._probe_process(path)
         streams = info.get("streams", [])
         fmt = info.get("format", {})
         videos = [
@@ -367,6 +434,22 @@ class MediaTool(BaseModel):
         with self._lock:
             self._known[_file_key(path)] = _Remembered(result, gop, start_time)
         return result
+
+    def _probe_process(self, path: Path) -> dict[str, Any]:
+        try:
+            return ff.probe(
+                str(path),
+                cmd=self.ffprobe,
+                v="error",
+                show_entries="packet=stream_index,pts_time,flags",
+                read_intervals=f"%+{_num(GOP_SCAN_SEC)}",
+            )
+        except ff.Error as e:
+            raise MediaError(path, "probe", _stderr_tail(e.stderr)) from None
+        except FileNotFoundError:
+            raise MediaError(path, "probe", f"ffprobe executable {self.ffprobe!r} not found") from None
+        except ValueError as e:  # ffprobe printed something that is not JSON
+            raise MediaError(path, "probe", f"unreadable ffprobe output ({e})") from None
 
     def keyframe_interval(self, path: Path | str) -> float | None:
         """Interval measured by an earlier probe() of this exact file in this process, if any."""

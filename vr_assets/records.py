@@ -52,7 +52,7 @@ class VideoSource(Record):
 
 
 class VideoProbe(Record):
-    """ffprobe facts, probed once per video and carried with its records."""
+    """Probe facts (streams, duration, keyframe spacing), read once per video and carried with its records."""
 
     duration_sec: float
     width: int = 0

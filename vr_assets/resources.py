@@ -128,7 +128,7 @@ class MediaResource(ConfigurableResource):
     """ffmpeg/ffprobe through ffmpeg-python; sizes chosen for what models actually look at."""
 
     ffmpeg: str = "auto"
-    ffprobe: str = "ffprobe"
+    ffprobe: str = "auto"
     max_side: int | None = 640
     fps: float | None = 2.0
     threads: int = 1

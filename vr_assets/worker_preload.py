@@ -9,6 +9,7 @@ import gc
 
 # Modules Dagster and the HTTP stack import on first use, i.e. in every worker's first run
 # (found by diffing sys.modules around a worker's first video).
+import av  # noqa: F401  (media.probe reads videos in-process)
 import dagster._core.definitions.external_asset  # noqa: F401
 import dagster._core.definitions.repository_definition.repository_data_builder  # noqa: F401
 import dagster._core.execution.backfill  # noqa: F401  (loaded lazily by run creation)
