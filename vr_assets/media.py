@@ -260,7 +260,7 @@ def _concat_quote(path: Path) -> str:
     return "'" + str(path).replace("'", "'\\''") + "'"
 
 
-# ---------------------------------------------------------------- the tool
+# ---------------------------------------------------------------- probing in-process (PyAV)
 
 
 def _rate(value: Any) -> str:
@@ -337,6 +337,9 @@ def _scan_video(container: Any, stream: Any) -> tuple[list[dict[str, Any]], floa
             except (av.FFmpegError, ValueError):
                 rotation = 0.0
     return packets, rotation or 0.0
+
+
+# ---------------------------------------------------------------- the tool
 
 
 @functools.cache
