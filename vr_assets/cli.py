@@ -15,12 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from vr_assets.prefetch import MediaPrefetch
 from vr_assets.records import VideoSource
 from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, prestart_workers
 
@@ -107,6 +110,16 @@ def longest_first(work: dict[str, list[str]], videos: dict[str, VideoSource]) ->
     return {k: work[k] for k in sorted(work, key=lambda k: (-size(k), k))}
 
 
+def start_prefetch(spec: Spec, work: dict[str, list[str]], videos: dict[str, VideoSource]) -> MediaPrefetch:
+    """Step 0's media for the videos that start from step 0, in hand-out order (see `vr_assets.prefetch`)."""
+    from vr_assets.graph import PER_VIDEO_ASSETS
+    from vr_assets.prefetch import MediaPrefetch
+    from vr_assets.resources import MediaResource
+
+    fresh = [videos[k] for k, assets in work.items() if k in videos and assets[:1] == [PER_VIDEO_ASSETS[0]]]
+    return MediaPrefetch(spec, MediaResource.from_spec(spec).tool(), fresh).start()
+
+
 def run_pipeline(
     spec: Spec,
     *,
@@ -148,13 +161,21 @@ def run_pipeline(
     if width:
         progress(f"running {len(work)} video(s), {width} at a time")
     os.environ.setdefault("VR_HOST_SLOTS_DIR", str(Path(spec.results_dir) / "cache" / "slots"))
-    for n, (k, ok, why) in enumerate(execute(spec, work, width), start=1):
-        summary.ran += 1
-        if ok:
-            summary.succeeded.append(k)
-        else:
-            summary.failed[k] = why
-        progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+    prefetch = start_prefetch(spec, work, videos) if width > 1 and spec.media.prefetch else None
+    try:
+        for n, (k, ok, why) in enumerate(
+            execute(spec, work, width, prefetch.handed_out if prefetch else None), start=1
+        ):
+            summary.ran += 1
+            if ok:
+                summary.succeeded.append(k)
+            else:
+                summary.failed[k] = why
+            progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+    finally:
+        if prefetch is not None:
+            prefetch.stop()
+            progress(prefetch.summary())
     if build_dataset:
         res = defs.resolve_job_def(DATASET_JOB).execute_in_process(
             instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE

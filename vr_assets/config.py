@@ -97,6 +97,11 @@ class MediaSettings(SpecModel):
         "frame refers to (ffmpeg -skip_frame noref): a fifth less ffmpeg CPU on the benchmark clips; the frames "
         "kept are decoded exactly, up to a few source frames from the exact output time",
     )
+    prefetch: bool = Field(
+        True, description="vr-annotate with several workers: make step 0's media (the downscaled copy, a long "
+        "video's frames) for the videos no worker has taken yet, at a lower CPU priority, so it is ready when "
+        "their turn comes instead of all landing on the first wave",
+    )
     inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
     max_live_uploads: int = Field(8, ge=1, description="Gemini Files API uploads alive at once")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from vr_assets.config import Spec
@@ -95,19 +96,51 @@ def prestart_workers() -> None:
     forkserver.ensure_running()
 
 
-def execute(spec: Spec, work: dict[str, list[str]], width: int) -> Iterator[tuple[str, bool, str]]:
+def execute(
+    spec: Spec, work: dict[str, list[str]], width: int, on_handout: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, bool, str]]:
+    """Run `work` in its order, `width` videos at a time; `on_handout(key)` as a worker takes each.
+
+    Videos are handed out one at a time as workers free up (not queued all at once), so the caller
+    knows which videos no worker has yet: the media prefetch works on those.
+    """
     spec_json = spec.model_dump_json()
+    handout = on_handout or (lambda _key: None)
     if width <= 1:
         _worker_init(spec_json)
         for k, assets in work.items():
+            handout(k)
             yield _worker_run(k, assets)
         return
     ctx = _forkserver()
     initargs = (spec_json, dict(os.environ))
+    queue = iter(work.items())
     with ProcessPoolExecutor(width, mp_context=ctx, initializer=_pool_worker_init, initargs=initargs) as pool:
-        futures = {pool.submit(_worker_run, k, assets): k for k, assets in work.items()}
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
-                yield futures[fut], False, f"worker process failed: {e!r}"
+        running: dict[Future[tuple[str, bool, str]], str] = {}
+        broken: list[str] = []
+
+        def hand_out_next() -> None:
+            for k, assets in queue:
+                handout(k)
+                try:
+                    running[pool.submit(_worker_run, k, assets)] = k
+                except BrokenProcessPool:  # a worker died earlier: the pool takes no more work
+                    broken.append(k)
+                    continue
+                return
+
+        for _ in range(width):
+            hand_out_next()
+        while running or broken:
+            while broken:
+                yield broken.pop(0), False, "worker process failed: the worker pool broke (a worker died)"
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = running.pop(fut)
+                hand_out_next()
+                try:
+                    yield fut.result()
+                except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
+                    yield key, False, f"worker process failed: {e!r}"

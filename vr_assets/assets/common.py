@@ -1,9 +1,12 @@
 """What every per-video step shares: the loaded spec and prompt pack, storage, metadata helpers."""
 
 
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ class Pipeline:
         return VideoRegistry(self.spec.results_dir)
 
     def media_cache(self, key: str) -> Path:
-        return Path(self.spec.results_dir) / "cache" / "media" / key
+        return media_cache_dir(self.spec, key)
 
     def video(self, key: str) -> VideoSource:
         try:
@@ -102,20 +105,55 @@ def copy_keyframes(spec: Spec, duration: float) -> list[float]:
     return marks
 
 
+def media_cache_dir(spec: Spec, key: str) -> Path:
+    return Path(spec.results_dir) / "cache" / "media" / key
+
+
+@contextmanager
+def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Held while one video's step-0 media is made, across processes (the runner's prefetch, the steps).
+
+    Yields False when `wait` is off and another process holds it.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> tuple[Path, list[float]]:
     keyframes = copy_keyframes(spec, probe.duration_sec)
     name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
     return cache / name, keyframes
 
 
-def step0_media(spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache: Path) -> tuple[str, list[Path]]:
+def prepared_copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> Path:
+    """Where step 0 puts the downscaled copy (named for everything that shapes it)."""
+    return _copy_path(spec, tool, probe, cache)[0]
+
+
+def step0_media(
+    spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache: Path, *, locked: bool = False
+) -> tuple[str, list[Path]]:
     """("video" | "frames", files): the whole video as the model sees it, made once under `cache`.
 
     Every video gets a downscaled copy with keyframes at the chunk starts, so step 1b cuts its chunks
     from it by stream copy and step 1c its clip from a small file. Long videos are sent as evenly
     spaced JPEG frames taken from that copy: the source is decoded once, not once more for frames.
-    Plain media work (the benchmark calls it to know what step 0 sends).
+    Plain media work (the benchmark calls it to know what step 0 sends). Made under the video's
+    `media_lock` unless the caller holds it (`locked`), so the runner's prefetch and a step never
+    make the same files at once.
     """
+    if not locked:
+        with media_lock(cache):
+            return step0_media(spec, tool, src, probe, cache, locked=True)
     wf = spec.workflow
     out, keyframes = _copy_path(spec, tool, probe, cache)
 
