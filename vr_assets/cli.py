@@ -21,11 +21,11 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
+from vr_assets.records import VideoSource
+from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, prestart_workers
 
 if TYPE_CHECKING:
     from vr_assets.prefetch import MediaPrefetch
-from vr_assets.records import VideoSource
-from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, prestart_workers
 
 Progress = Callable[[str], None]
 
