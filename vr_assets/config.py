@@ -110,6 +110,11 @@ class WorkflowSettings(SpecModel):
     steps: list[str] = Field(default_factory=lambda: ["0", "1a", "1b", "1c", "2", "3", "4"])
     mode: Literal["auto", "anomaly", "normal"] = "auto"
     max_workers: int = Field(4, ge=1, description="provider concurrency (per backend override: <model>.limits)")
+    startup_turns: int | None = Field(
+        None, ge=0, description="vr-annotate with several workers: how many workers prepare their first video "
+        "at once; the others wait until one of them sends its first request. Workers all starting together "
+        "share the CPU and reach the provider together, late. null: one per CPU core; 0: no turns",
+    )
     max_video_length_sec: float = Field(300.0, gt=0)
     chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])
     max_chunks: int = Field(10, ge=1)

@@ -3,7 +3,8 @@
 Dagster's in-process execution is not thread-safe (it reconfigures logging for every run),
 so videos run in parallel *processes*, each executing one partition run at a time on the
 same instance. A forkserver with the package preloaded keeps worker start-up cheap; the
-provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR).
+provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR), and new
+workers prepare their first videos a few at a time (`vr_assets.turns`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
+from vr_assets import turns
 from vr_assets.config import Spec
+
+# How long a new worker waits for a start-up turn before it goes on without one.
+TURN_TIMEOUT_S = 30.0
 
 
 def failure_text(result: Any) -> str:
@@ -63,7 +69,11 @@ def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
     _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
 
 
-def _pool_worker_init(spec_json: str, environ: dict[str, str]) -> None:
+def _pool_worker_init(
+    spec_json: str, environ: dict[str, str], turn_dir: str | None = None, n_turns: int = 0
+) -> None:
+    if turn_dir is not None:  # held through the first video's set-up, up to its first request
+        turns.take(turn_dir, n_turns, TURN_TIMEOUT_S)
     _worker_init(spec_json, environ)
     gc.freeze()  # the instance and the job live as long as the worker process (see worker_preload)
 
@@ -71,10 +81,13 @@ def _pool_worker_init(spec_json: str, environ: dict[str, str]) -> None:
 def _worker_run(key: str, assets: list[str]) -> tuple[str, bool, str]:
     from dagster import AssetKey
 
-    res = _worker["job"].execute_in_process(
-        partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
-        raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"}, run_config=QUIET_CONSOLE,
-    )
+    try:
+        res = _worker["job"].execute_in_process(
+            partition_key=key, instance=_worker["instance"], asset_selection=[AssetKey(a) for a in assets],
+            raise_on_error=False, tags={"vr_assets/launched_by": "vr-annotate"}, run_config=QUIET_CONSOLE,
+        )
+    finally:
+        turns.end()  # a run that sent no request (all cached, or failed early) ends its turn here
     return key, res.success, "" if res.success else failure_text(res)
 
 
@@ -96,6 +109,11 @@ def prestart_workers() -> None:
     forkserver.ensure_running()
 
 
+def startup_turns(spec: Spec) -> int:
+    n = spec.workflow.startup_turns
+    return len(os.sched_getaffinity(0)) if n is None else n
+
+
 def execute(
     spec: Spec, work: dict[str, list[str]], width: int, on_handout: Callable[[str], None] | None = None
 ) -> Iterator[tuple[str, bool, str]]:
@@ -113,7 +131,11 @@ def execute(
             yield _worker_run(k, assets)
         return
     ctx = _forkserver()
-    initargs = (spec_json, dict(os.environ))
+    n_turns = startup_turns(spec)
+    turn_dir = None
+    if 0 < n_turns < width:
+        turn_dir = os.environ.get("VR_HOST_SLOTS_DIR") or str(Path(spec.results_dir) / "cache" / "slots")
+    initargs = (spec_json, dict(os.environ), turn_dir, n_turns)
     queue = iter(work.items())
     with ProcessPoolExecutor(width, mp_context=ctx, initializer=_pool_worker_init, initargs=initargs) as pool:
         running: dict[Future[tuple[str, bool, str]], str] = {}

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from vr_assets import turns
+
 log = logging.getLogger(__name__)
 
 
@@ -146,6 +148,7 @@ class RateLimiter:
 
     @contextmanager
     def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
+        turns.end()  # the request is ready: the next worker may prepare its first video
         permit = self._acquire(max(0, est_tokens))
         host = host_slots(self.name, self.max_concurrency)
         held = host.acquire() if host is not None else None
@@ -246,8 +249,9 @@ class HostSlots:
                 os.close(fd)
         return None
 
-    def acquire(self) -> int:
-        """Blocks until a slot is free; returns the fd that holds it (close it to release).
+    def acquire(self, timeout_s: float | None = None) -> int | None:
+        """Blocks until a slot is free; returns the fd that holds it (close it to release), or None
+        once `timeout_s` has passed.
 
         When all slots are taken, waiters queue on one more lock file: the kernel keeps all but
         one asleep, and only that one polls the slots. (Every waiter polling every slot burnt a
@@ -256,16 +260,32 @@ class HostSlots:
         fd = self._try_any()
         if fd is not None:
             return fd
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         queue = os.open(self.queue_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(queue, fcntl.LOCK_EX)
+            delay = self.poll_s
+            while not _lock(queue, blocking=deadline is None):
+                if time.monotonic() >= deadline:  # type: ignore[operator]
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.02)
             delay = self.poll_s
             while (fd := self._try_any()) is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.02)
             return fd
         finally:
             os.close(queue)  # closing drops the queue lock: the next waiter starts polling
+
+
+def _lock(fd: int, *, blocking: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 _HOST: dict[tuple[str, str, int], HostSlots] = {}
