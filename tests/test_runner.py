@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster import DagsterInstance
 
+from vr_assets import runner
 from vr_assets.cli import ensure_dagster_home
 from vr_assets.graph import PER_VIDEO_ASSETS
 from vr_assets.partitions import videos_partitions
@@ -57,3 +59,33 @@ def test_a_worker_imports_nothing_third_party_for_its_first_video(
     # the preloaded heap and the worker's instance and job are out of the collector's sight
     assert got["frozen"] > 10 * got["tracked"], got
     assert env.calls() > 0  # the video really ran: its model calls reached the fake
+
+
+def test_the_forkserver_preloads_only_the_sdks_of_the_specs_backends(make_pipeline: Any) -> None:
+    """google-genai and openai each cost most of a CPU-second to import, in the start-up's critical path."""
+    probe = "import json, sys, vr_assets.worker_preload; print(json.dumps([m for m in SDKS if m in sys.modules]))"
+    probe = probe.replace("SDKS", repr(("google.genai", "openai")))
+    cases = (("gemini", ["google.genai"]), ("openai", ["openai"]), (None, ["google.genai", "openai"]))
+    for backends, expected in cases:
+        env = {k: v for k, v in os.environ.items() if k != runner.PRELOAD_BACKENDS}
+        if backends is not None:
+            env[runner.PRELOAD_BACKENDS] = backends
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, backends
+
+
+def test_prestart_names_the_backends_for_the_forkserver_only(
+    make_pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multiprocessing import forkserver
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: seen.append(os.environ.get(runner.PRELOAD_BACKENDS)))
+    monkeypatch.delenv(runner.PRELOAD_BACKENDS, raising=False)
+    env = make_pipeline("gemini")
+    runner.prestart_workers(env.spec(llm={"backend": "openai"}))
+    assert seen == ["gemini,openai"]
+    runner.prestart_workers(env.spec())
+    assert seen[-1] == "gemini"
+    assert runner.PRELOAD_BACKENDS not in os.environ  # the CLI's own environment (and its workers') is untouched

@@ -131,7 +131,7 @@ def run_pipeline(
 ) -> RunSummary:
     t0 = time.perf_counter()
     if (parallel or spec.workflow.max_workers) > 1:
-        prestart_workers()
+        prestart_workers(spec)
     from dagster import DagsterInstance
 
     from vr_assets.graph import DATASET_JOB, build_definitions

@@ -21,6 +21,9 @@ from typing import Any
 from vr_assets import turns
 from vr_assets.config import Spec
 
+# The forkserver's environment names the backends whose SDKs it preloads (see worker_preload).
+PRELOAD_BACKENDS = "VR_PRELOAD_BACKENDS"
+
 # How long a new worker waits for a start-up turn before it goes on without one.
 TURN_TIMEOUT_S = 30.0
 
@@ -97,16 +100,24 @@ def _forkserver() -> Any:
     return ctx
 
 
-def prestart_workers() -> None:
-    """Start the forkserver now, so its imports (~3 s) overlap the caller's own set-up.
+def prestart_workers(spec: Spec) -> None:
+    """Start the forkserver now, so its imports (~4 s) overlap the caller's own set-up.
 
-    The forkserver only imports modules; the environment, the spec and the instance reach each
-    worker when it starts (see `_worker_init`).
+    The forkserver only imports modules, the SDKs of `spec`'s backends among them; the environment,
+    the spec and the instance reach each worker when it starts (see `_worker_init`).
     """
     from multiprocessing import forkserver
 
     _forkserver()
-    forkserver.ensure_running()
+    before = os.environ.get(PRELOAD_BACKENDS)
+    os.environ[PRELOAD_BACKENDS] = ",".join(sorted({spec.vlm.backend, spec.llm.backend}))
+    try:
+        forkserver.ensure_running()  # the forkserver inherits this environment
+    finally:
+        if before is None:
+            os.environ.pop(PRELOAD_BACKENDS)
+        else:
+            os.environ[PRELOAD_BACKENDS] = before
 
 
 def startup_turns(spec: Spec) -> int:

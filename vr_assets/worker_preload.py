@@ -6,6 +6,9 @@ with 16 workers that was more CPU than the bookkeeping of 40 videos.
 """
 
 import gc
+import importlib
+import os
+import sys
 
 # Modules Dagster and the HTTP stack import on first use, i.e. in every worker's first run
 # (found by diffing sys.modules around a worker's first video).
@@ -28,15 +31,12 @@ import dagster._core.system_config.composite_descent  # noqa: F401
 import dagster._core.types.primitive_mapping  # noqa: F401
 import dagster._core.types.transform_typing  # noqa: F401
 import dagster._daemon  # noqa: F401  (loaded lazily by DagsterInstance)
-import google.auth.aio.credentials  # noqa: F401
 import h11  # noqa: F401
 import httpcore2  # noqa: F401
 import truststore  # noqa: F401
 import upath.implementations.local  # noqa: F401  (the instance's state storage, loaded lazily)
 
 import vr_assets.graph  # noqa: F401
-import vr_assets.providers.gemini  # noqa: F401
-import vr_assets.providers.openai_compat  # noqa: F401
 import vr_assets.runner  # noqa: F401
 from vr_assets import instance_storage, media
 
@@ -44,7 +44,17 @@ instance_storage.preload_migrations()
 
 # The default ffmpeg, found once here instead of once per worker (the lookup runs `ffmpeg -version`).
 media.find_ffmpeg()
-vr_assets.providers.gemini.tls_context()  # read the CA files once, not once per worker
+
+# Only the SDKs the spec's backends use (`runner.prestart_workers`): google-genai and openai
+# cost ~0.9 and ~0.7 CPU-s to import, and the forkserver's imports are what the first videos
+# wait for. A backend not preloaded still works; its workers import it themselves.
+_BACKENDS = {"gemini": ["google.auth.aio.credentials", "vr_assets.providers.gemini"],
+             "openai": ["vr_assets.providers.openai_compat"]}
+for _backend in os.environ.get(vr_assets.runner.PRELOAD_BACKENDS, ",".join(_BACKENDS)).split(","):
+    for _module in _BACKENDS.get(_backend, []):
+        importlib.import_module(_module)
+if "vr_assets.providers.gemini" in sys.modules:
+    sys.modules["vr_assets.providers.gemini"].tls_context()  # read the CA files once, not once per worker
 
 # Last: move everything loaded so far out of the collector's sight. A worker's first full
 # collection otherwise walks the whole preloaded heap (~0.3 CPU-s, and again at each later one),
