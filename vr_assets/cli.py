@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.records import VideoSource
-from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, prestart_workers
+from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, host_slots_dir, prestart_workers
 
 if TYPE_CHECKING:
     from vr_assets.prefetch import MediaPrefetch
@@ -160,7 +160,7 @@ def run_pipeline(
     width = min(len(work), parallel or max(2, spec.workflow.max_workers)) if work else 0
     if width:
         progress(f"running {len(work)} video(s), {width} at a time")
-    os.environ.setdefault("VR_HOST_SLOTS_DIR", str(Path(spec.results_dir) / "cache" / "slots"))
+    os.environ["VR_HOST_SLOTS_DIR"] = host_slots_dir(spec)
     prefetch = start_prefetch(spec, work, videos) if width > 1 and spec.media.prefetch else None
     try:
         for n, (k, ok, why) in enumerate(

@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
 
 from vr_assets import turns
@@ -120,6 +119,11 @@ def prestart_workers(spec: Spec) -> None:
             os.environ[PRELOAD_BACKENDS] = before
 
 
+def host_slots_dir(spec: Spec) -> str:
+    """The folder of the host-wide provider slots and start-up turns (`VR_HOST_SLOTS_DIR`, else under results)."""
+    return os.environ.get("VR_HOST_SLOTS_DIR") or os.path.join(spec.results_dir, "cache", "slots")
+
+
 def startup_turns(spec: Spec) -> int:
     n = spec.workflow.startup_turns
     return len(os.sched_getaffinity(0)) if n is None else n
@@ -145,7 +149,7 @@ def execute(
     n_turns = startup_turns(spec)
     turn_dir = None
     if 0 < n_turns < width:
-        turn_dir = os.environ.get("VR_HOST_SLOTS_DIR") or str(Path(spec.results_dir) / "cache" / "slots")
+        turn_dir = host_slots_dir(spec)
     initargs = (spec_json, dict(os.environ), turn_dir, n_turns)
     queue = iter(work.items())
     with ProcessPoolExecutor(width, mp_context=ctx, initializer=_pool_worker_init, initargs=initargs) as pool:

@@ -242,11 +242,9 @@ class HostSlots:
         start = random.randrange(len(self.paths))
         for i in range(len(self.paths)):
             fd = os.open(self.paths[(start + i) % len(self.paths)], os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _lock(fd, blocking=False):
                 return fd
-            except BlockingIOError:
-                os.close(fd)
+            os.close(fd)
         return None
 
     def acquire(self, timeout_s: float | None = None) -> int | None:
