@@ -200,8 +200,8 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
     The teacher keys verdicts on the first media part it receives, so it needs these, not only
     the original file's hash. Made by the pipeline's own step-0 media function and settings.
     """
-    from vr_assets.assets.common import step0_media
     from vr_assets.config import Spec
+    from vr_assets.media_cache import step0_media
     from vr_assets.resources import MediaResource
 
     spec = Spec()

@@ -13,7 +13,7 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context, instanc
 from vr_assets.config import SpecError, load_spec, parse_spec
 from vr_assets.discovery import discover, partition_key_for
 from vr_assets.graph import build_definitions
-from vr_assets.partitions import VideoRegistry
+from vr_assets.registry import VideoRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,11 +25,11 @@ from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
 from sqlalchemy import create_engine, text
 
 from vr_assets import instance_storage
+from vr_assets.instance_home import instance_yaml
 from vr_assets.instance_storage import (
     FastOpenSqliteScheduleStorage,
     PooledSqliteEventLogStorage,
     PooledSqliteRunStorage,
-    instance_yaml,
 )
 
 parts = DynamicPartitionsDefinition(name="clips")

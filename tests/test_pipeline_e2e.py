@@ -13,8 +13,8 @@ from dagster import AssetKey, DagsterInstance
 
 from tests.test_export import tao_daft_cli, tao_validate
 from vr_assets.export import TASKS
-from vr_assets.io_manager import JsonStore
 from vr_assets.prompts import PROMPT_KEYS
+from vr_assets.store import JsonStore
 
 QA_TYPES = 8
 ITEMS_PER_CALL = 2  # the fake teacher's default

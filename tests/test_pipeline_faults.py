@@ -24,8 +24,8 @@ from vr_assets.assets.export import USAGE_ASSETS
 from vr_assets.fakes import ALL_FAULTS, FakeGemini, FakeOpenAI, FaultPlan, sha256_file
 from vr_assets.fakes.server import Exchange, http_error
 from vr_assets.graph import PER_VIDEO_ASSETS
-from vr_assets.io_manager import JsonStore
 from vr_assets.providers import UsageLedger
+from vr_assets.store import JsonStore
 
 MCQ_ONLY = {"qa_types": ["mcq"]}  # one QA call per video: the point of these tests is not QA coverage
 N_VIDEOS = 10

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from vr_assets.assets.common import media_cache_dir, media_lock, step0_media
+from vr_assets.media_cache import media_cache_dir, media_lock, step0_media
 from vr_assets.prefetch import NICENESS, MediaPrefetch, _lower_own_priority
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource

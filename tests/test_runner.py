@@ -13,8 +13,8 @@ import pytest
 from dagster import DagsterInstance
 
 from vr_assets import runner
-from vr_assets.cli import ensure_dagster_home
 from vr_assets.graph import PER_VIDEO_ASSETS
+from vr_assets.instance_home import ensure_dagster_home
 from vr_assets.partitions import videos_partitions
 from vr_assets.sensors import sync_partitions
 

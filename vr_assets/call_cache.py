@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vr_assets.io_manager import atomic_write_text
 from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel
+from vr_assets.store import atomic_write_text
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
 _sha_lock = threading.Lock()

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
+from vr_assets.instance_home import ensure_dagster_home
 from vr_assets.records import VideoSource
 from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, host_slots_dir, prestart_workers
 
@@ -41,27 +42,12 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def ensure_dagster_home(spec: Spec) -> Path:
-    """Use $DAGSTER_HOME, or a folder beside the results so runs are never lost in a temp instance."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        home = str(Path(spec.results_dir) / "dagster_home")
-        os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
-    cfg = Path(home) / "dagster.yaml"
-    if not cfg.exists():
-        from vr_assets.instance_storage import instance_yaml  # Dagster's storage stack: only when needed
-
-        cfg.write_text(instance_yaml(str(Path(home).resolve())))
-    return Path(home)
-
-
 def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool) -> dict[str, list[str]]:
     """partition key -> the per-video assets that must (re)materialize for it."""
     from dagster import AssetKey
 
     from vr_assets.graph import PER_VIDEO_ASSETS
-    from vr_assets.io_manager import JsonStore
+    from vr_assets.store import JsonStore
 
     store = JsonStore(spec.results_dir)
     done = {a: instance.get_materialized_partitions(AssetKey(a)) for a in PER_VIDEO_ASSETS}
@@ -113,11 +99,11 @@ def longest_first(work: dict[str, list[str]], videos: dict[str, VideoSource]) ->
 def start_prefetch(spec: Spec, work: dict[str, list[str]], videos: dict[str, VideoSource]) -> MediaPrefetch:
     """Step 0's media for the videos that start from step 0, in hand-out order (see `vr_assets.prefetch`)."""
     from vr_assets.graph import PER_VIDEO_ASSETS
+    from vr_assets.media_cache import media_tool
     from vr_assets.prefetch import MediaPrefetch
-    from vr_assets.resources import MediaResource
 
     fresh = [videos[k] for k, assets in work.items() if k in videos and assets[:1] == [PER_VIDEO_ASSETS[0]]]
-    return MediaPrefetch(spec, MediaResource.from_spec(spec).tool(), fresh).start()
+    return MediaPrefetch(spec, media_tool(spec), fresh).start()
 
 
 def run_pipeline(
@@ -135,7 +121,8 @@ def run_pipeline(
     from dagster import DagsterInstance
 
     from vr_assets.graph import DATASET_JOB, build_definitions
-    from vr_assets.partitions import VideoRegistry, videos_partitions
+    from vr_assets.partitions import videos_partitions
+    from vr_assets.registry import VideoRegistry
     from vr_assets.sensors import sync_partitions
 
     ensure_dagster_home(spec)

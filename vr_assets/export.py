@@ -40,8 +40,8 @@ from typing import IO, Literal
 
 from pydantic import Field
 
-from vr_assets.io_manager import atomic_write
 from vr_assets.records import Mode, QAItem, Record, TaskExports, TaskItem
+from vr_assets.store import atomic_write
 
 FORMAT = "tao-vl-reason-v1.0"
 

@@ -14,7 +14,6 @@ are Dagster's own, so an instance written with them opens with the stock classes
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import sqlite3
@@ -373,33 +372,3 @@ class FastOpenSqliteScheduleStorage(_OpensAtHead, SqliteScheduleStorage):
     _db_name = "schedules"
     _storage_module = sqlite_schedule_storage.__file__
     _tables = frozenset({"jobs", "job_ticks"})
-
-
-# Dagster's default compute-log manager mirrors each run's stdout/stderr through a `tail -F` per
-# stream and a Python watchdog process: three processes per video run for files that stay empty
-# here (our steps log through `context.log`, which the event log keeps). Off, the bookkeeping
-# benchmark took ~12 % less CPU. `capture_stdio=True` writes Dagster's default block instead.
-_NO_STDIO_CAPTURE = (
-    "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
-)
-
-
-def instance_yaml(home: str, *, capture_stdio: bool = False) -> str:
-    """The `dagster.yaml` for a new instance: Dagster's default file layout, our pooled storages."""
-    return (
-        "telemetry:\n  enabled: false\n"
-        "nux:\n  enabled: false\n"
-        + ("" if capture_stdio else _NO_STDIO_CAPTURE)
-        + "run_storage:\n"
-        "  module: vr_assets.instance_storage\n"
-        "  class: PooledSqliteRunStorage\n"
-        f"  config:\n    base_dir: {json.dumps(home + '/history')}\n"
-        "event_log_storage:\n"
-        "  module: vr_assets.instance_storage\n"
-        "  class: PooledSqliteEventLogStorage\n"
-        f"  config:\n    base_dir: {json.dumps(home + '/history/runs')}\n"
-        "schedule_storage:\n"
-        "  module: vr_assets.instance_storage\n"
-        "  class: FastOpenSqliteScheduleStorage\n"
-        f"  config:\n    base_dir: {json.dumps(home + '/schedules')}\n"
-    )

@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from vr_assets.assets.common import media_cache_dir, media_lock, prepared_copy_path, step0_media
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool
+from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_media
 from vr_assets.records import VideoSource
 
 # Below the workers (nice 0): the prefetch uses the CPU they leave idle while waiting on the model.

@@ -15,6 +15,7 @@ from dagster import ConfigurableResource, EnvVar
 from vr_assets.call_cache import CachedModel, cache_dir_for
 from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimits, RetrySettings, Spec
 from vr_assets.media import MediaTool
+from vr_assets.media_cache import media_settings
 from vr_assets.providers import UsageLedger, get_model
 
 KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
@@ -136,22 +137,7 @@ class MediaResource(ConfigurableResource):
 
     @classmethod
     def from_spec(cls, spec: Spec) -> MediaResource:
-        m = spec.media
-        return cls(
-            ffmpeg=m.ffmpeg,
-            ffprobe=m.ffprobe,
-            max_side=m.max_side,
-            fps=m.fps,
-            threads=m.ffmpeg_threads,
-            skip_nonref=m.skip_nonref_frames,
-        )
+        return cls(**media_settings(spec))
 
     def tool(self) -> MediaTool:
-        return MediaTool(
-            ffmpeg=self.ffmpeg,
-            ffprobe=self.ffprobe,
-            max_side=self.max_side,
-            fps=self.fps,
-            threads=self.threads,
-            skip_nonref=self.skip_nonref,
-        )
+        return MediaTool(**self.model_dump())

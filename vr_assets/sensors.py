@@ -14,7 +14,8 @@ from dagster import (
 
 from vr_assets.config import Spec
 from vr_assets.discovery import discover
-from vr_assets.partitions import VideoRegistry, videos_partitions
+from vr_assets.partitions import videos_partitions
+from vr_assets.registry import VideoRegistry
 
 
 def sync_partitions(spec: Spec, existing: set[str]) -> tuple[list[str], int]:

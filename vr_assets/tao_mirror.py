@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vr_assets.io_manager import JsonStore, atomic_write_text
 from vr_assets.records import Captions, ChunkCaptions, Description, FilterResult, Highlight, QAResult
+from vr_assets.store import JsonStore, atomic_write_text
 
 MIRRORS = {
     "filter_result": "step_0_filter/filter_results.jsonl",

@@ -19,8 +19,6 @@ from dagster import (
 from vr_assets.assets.common import (
     OFFLINE_NOTE,
     Pipeline,
-    chunk_plan,
-    code_version,
     data_version_of,
     drop_frames,
     drop_media_cache,
@@ -34,6 +32,7 @@ from vr_assets.assets.common import (
 )
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
 from vr_assets.media import MediaError, video_mime, video_workdir
+from vr_assets.media_cache import chunk_plan, code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult

@@ -3,7 +3,8 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
-from vr_assets.assets.common import Pipeline, code_version, data_version_of, excerpt, run_calls, usage_metadata
+from vr_assets.assets.common import Pipeline, data_version_of, excerpt, run_calls, usage_metadata
+from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import caption_values, chunk_captions_str, dense_section, highlight_section
 from vr_assets.records import Captions, ChunkCaptions, Description, Highlight

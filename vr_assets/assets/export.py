@@ -6,9 +6,10 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
-from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, code_version, data_version_of, md_escape
+from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
 from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
 from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
+from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, QAResult, TaskExports, UsageSummary
 from vr_assets.tao_mirror import write_mirrors

@@ -8,7 +8,6 @@ from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataVa
 from vr_assets.assets.common import (
     OFFLINE_NOTE,
     Pipeline,
-    code_version,
     data_version_of,
     drop_media_cache,
     excerpt,
@@ -18,6 +17,7 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.media import MediaError
+from vr_assets.media_cache import code_version
 from vr_assets.parsing import parse_classification, parse_relevance
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import AnomalyVerdict, CallUsage, FilterResult, Mode, RelevanceVerdict

@@ -8,7 +8,6 @@ from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataVa
 
 from vr_assets.assets.common import (
     Pipeline,
-    code_version,
     data_version_of,
     drop_media_cache,
     excerpt,
@@ -19,6 +18,7 @@ from vr_assets.assets.common import (
 )
 from vr_assets.checks import HIGHLIGHT_SPECS, check_highlight
 from vr_assets.media import MediaError, highlight_window, video_mime, video_workdir
+from vr_assets.media_cache import code_version
 from vr_assets.parsing import parse_timestamp
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import chunk_captions_str, fmt_seconds

@@ -5,13 +5,13 @@ from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataVa
 
 from vr_assets.assets.common import (
     Pipeline,
-    code_version,
     data_version_of,
     excerpt,
     md_escape,
     run_calls,
     usage_metadata,
 )
+from vr_assets.media_cache import code_version
 from vr_assets.parsing import parse_qa
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import caption_values, chunk_captions_str

@@ -1,0 +1,122 @@
+"""Each video's media cache: step 0's downscaled copy (and a long video's frames), made once.
+
+Steps 0, 1a, 1b and 1c all start from these files, and the CLI's prefetch makes them ahead of a
+video's run, so this module stays Dagster-free: the CLI uses it before any worker has loaded Dagster.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from vr_assets.config import Spec
+from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
+from vr_assets.records import VideoProbe
+
+
+def code_version(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts: cache file names here, asset code versions in the steps."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def media_tool(spec: Spec) -> MediaTool:
+    """The spec's media settings as a `MediaTool` (`MediaResource` carries the same fields for Dagster)."""
+    return MediaTool(**media_settings(spec))
+
+
+def media_settings(spec: Spec) -> dict[str, Any]:
+    m = spec.media
+    return {
+        "ffmpeg": m.ffmpeg, "ffprobe": m.ffprobe, "max_side": m.max_side, "fps": m.fps,
+        "threads": m.ffmpeg_threads, "skip_nonref": m.skip_nonref_frames,
+    }
+
+
+def chunk_plan(spec: Spec, duration: float) -> tuple[float, list[tuple[int, float, float]]]:
+    """Step 1b's windows; step 0 needs them too, to put keyframes where the chunks will start."""
+    wf = spec.workflow
+    chunk_len = choose_chunk_duration(duration, wf.chunk_duration_options, wf.max_chunks)
+    return chunk_len, plan_chunks(duration, chunk_len)
+
+
+def copy_keyframes(spec: Spec, duration: float) -> list[float]:
+    """Where step 0's copy needs keyframes for `MediaTool.split_copy`: each later chunk start, and the end
+    of a tail the plan drops."""
+    plan = chunk_plan(spec, duration)[1]
+    marks = [start for _, start, _ in plan[1:]]
+    if plan and plan[-1][2] < duration - 0.01:
+        marks.append(plan[-1][2])
+    return marks
+
+
+def media_cache_dir(spec: Spec, key: str) -> Path:
+    return Path(spec.results_dir) / "cache" / "media" / key
+
+
+@contextmanager
+def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Held while one video's step-0 media is made, across processes (the runner's prefetch, the steps).
+
+    Yields False when `wait` is off and another process holds it.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> tuple[Path, list[float]]:
+    keyframes = copy_keyframes(spec, probe.duration_sec)
+    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
+    return cache / name, keyframes
+
+
+def prepared_copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> Path:
+    """Where step 0 puts the downscaled copy (named for everything that shapes it)."""
+    return _copy_path(spec, tool, probe, cache)[0]
+
+
+def step0_media(
+    spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache: Path, *, locked: bool = False
+) -> tuple[str, list[Path]]:
+    """("video" | "frames", files): the whole video as the model sees it, made once under `cache`.
+
+    Every video gets a downscaled copy with keyframes at the chunk starts, so step 1b cuts its chunks
+    from it by stream copy and step 1c its clip from a small file. Long videos are sent as evenly
+    spaced JPEG frames taken from that copy: the source is decoded once, not once more for frames.
+    Plain media work (the benchmark calls it to know what step 0 sends). Made under the video's
+    `media_lock` unless the caller holds it (`locked`), so the runner's prefetch and a step never
+    make the same files at once.
+    """
+    if not locked:
+        with media_lock(cache):
+            return step0_media(spec, tool, src, probe, cache, locked=True)
+    wf = spec.workflow
+    out, keyframes = _copy_path(spec, tool, probe, cache)
+
+    def copy() -> Path:
+        return out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
+
+    if probe.duration_sec <= wf.long_video_threshold_sec:
+        return "video", [copy()]
+    times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
+    frames_dir = cache / f"frames-{code_version(times, out.name)}"
+    frames = sorted(frames_dir.glob("*.jpg")) if frames_dir.is_dir() else []
+    if len(frames) != len(times):
+        prepared = copy()
+        # the source itself when it needed no re-encoding: its probe makes the seeks exact
+        frames = tool.sample_frames(prepared, times, frames_dir, probe=probe if prepared == src else None)
+    return "frames", list(frames)
