@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from vr_assets.media_cache import media_cache_dir, media_lock, step0_media
+from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_media
 from vr_assets.prefetch import NICENESS, MediaPrefetch, _lower_own_priority
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource
@@ -166,3 +166,16 @@ def test_the_cli_prefetches_with_several_workers(make_pipeline: Any, synthetic_v
     off = quiet.run(quiet.spec(**MCQ_ONLY, media={**REENCODE["media"], "prefetch": False}), parallel=2)
     assert off.failed == {} and len(off.succeeded) == 2
     assert not any(m.startswith("media prefetch:") for m in quiet.log)
+
+
+def test_dropped_videos_are_not_prepared_nor_counted(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """The prefetch starts before the plan; the videos the plan does not start from step 0 are then dropped."""
+    env = make_pipeline("gemini")
+    spec = env.spec(**REENCODE)
+    videos = [source(synthetic_videos["clip8"], "done"), source(synthetic_videos["clip8"], "todo")]
+    prefetch = MediaPrefetch(spec, media_tool(spec), videos)
+    prefetch.drop(["done"])
+    prefetch.start().wait()
+    assert prefetch.prepared == ["todo"]
+    assert cache_files(spec, "done") == []
+    assert prefetch.summary().startswith("media prefetch: 1 of 1 video(s) prepared")

@@ -2,7 +2,8 @@
 
 Each video partition runs as its own Dagster run, several at once in worker processes
 (`vr_assets.runner`), so one video can be in QA while others are still captioning; the
-provider limit holds across the workers.
+provider limit holds across the workers. The plan and the dataset run in a worker too: this
+process loads Dagster only when it runs everything itself (`--parallel 1`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
+from vr_assets.discovery import discover
 from vr_assets.instance_home import ensure_dagster_home
 from vr_assets.records import VideoSource
-from vr_assets.runner import QUIET_CONSOLE, execute, failure_text, host_slots_dir, prestart_workers
+from vr_assets.registry import VideoRegistry
+from vr_assets.runner import QUIET_CONSOLE, Workers, failure_text, host_slots_dir, prestart_workers, worker_context
+from vr_assets.store import JsonStore
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from vr_assets.prefetch import MediaPrefetch
@@ -47,7 +54,6 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
     from dagster import AssetKey
 
     from vr_assets.graph import PER_VIDEO_ASSETS
-    from vr_assets.store import JsonStore
 
     store = JsonStore(spec.results_dir)
     done = {a: instance.get_materialized_partitions(AssetKey(a)) for a in PER_VIDEO_ASSETS}
@@ -80,7 +86,43 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
     return work
 
 
-def longest_first(work: dict[str, list[str]], videos: dict[str, VideoSource]) -> dict[str, list[str]]:
+class Plan(BaseModel):
+    new_partitions: int
+    work: dict[str, list[str]]
+    from_step0: list[str]  # videos whose work starts at the first step (the prefetch's videos)
+
+
+def plan_in_worker(keys: list[str], all_keys: list[str], stale: bool) -> Plan:
+    """In a worker (`Workers.call`): give Dagster the partitions it lacks, then plan `keys`."""
+    from vr_assets.graph import PER_VIDEO_ASSETS
+    from vr_assets.partitions import videos_partitions
+
+    spec, instance, defs = worker_context()
+    existing = set(instance.get_dynamic_partitions(videos_partitions.name))
+    new = [k for k in all_keys if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(videos_partitions.name, new)
+    work = plan_work(spec, defs, instance, keys, stale)
+    step0 = [k for k, assets in work.items() if assets[0] == PER_VIDEO_ASSETS[0]]
+    return Plan(new_partitions=len(new), work=work, from_step0=step0)
+
+
+def dataset_in_worker() -> tuple[int | None, str | None]:
+    """In a worker: materialize the dataset; (items, None) or (None, why it failed)."""
+    from vr_assets.graph import DATASET_JOB
+
+    _spec, instance, defs = worker_context()
+    res = defs.resolve_job_def(DATASET_JOB).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
+    )
+    if not res.success:
+        return None, failure_text(res)
+    mats = res.asset_materializations_for_node("dataset")
+    items = mats[0].metadata.get("items") if mats else None
+    return (int(items.value) if items is not None else None), None  # type: ignore[union-attr]
+
+
+def longest_first(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[str, T]:
     """Biggest files first: the longest videos start early instead of running alone at the end.
 
     File size stands in for duration (probing every video up front would cost an ffprobe each);
@@ -96,14 +138,16 @@ def longest_first(work: dict[str, list[str]], videos: dict[str, VideoSource]) ->
     return {k: work[k] for k in sorted(work, key=lambda k: (-size(k), k))}
 
 
-def start_prefetch(spec: Spec, work: dict[str, list[str]], videos: dict[str, VideoSource]) -> MediaPrefetch:
-    """Step 0's media for the videos that start from step 0, in hand-out order (see `vr_assets.prefetch`)."""
-    from vr_assets.graph import PER_VIDEO_ASSETS
+def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
+    """Step 0's media for `videos`, in hand-out order (see `vr_assets.prefetch`).
+
+    It starts before the plan (so it has the CPU the workers' start-up leaves idle); `MediaPrefetch.drop`
+    then takes out the videos the plan does not start from step 0.
+    """
     from vr_assets.media_cache import media_tool
     from vr_assets.prefetch import MediaPrefetch
 
-    fresh = [videos[k] for k, assets in work.items() if k in videos and assets[:1] == [PER_VIDEO_ASSETS[0]]]
-    return MediaPrefetch(spec, media_tool(spec), fresh).start()
+    return MediaPrefetch(spec, media_tool(spec), videos).start()
 
 
 def run_pipeline(
@@ -115,66 +159,65 @@ def run_pipeline(
     build_dataset: bool = True,
     progress: Progress = print,
 ) -> RunSummary:
+    """Discover, plan, run what is missing, write the dataset.
+
+    Dagster work (the plan, each video's run, the dataset) happens in the worker processes, whose
+    forkserver loads Dagster once: this process does not load it at all, and the media prefetch gets
+    the CPU meanwhile. With one worker, everything runs here.
+    """
     t0 = time.perf_counter()
     if (parallel or spec.workflow.max_workers) > 1:
         prestart_workers(spec)
-    from dagster import DagsterInstance
-
-    from vr_assets.graph import DATASET_JOB, build_definitions
-    from vr_assets.partitions import videos_partitions
-    from vr_assets.registry import VideoRegistry
-    from vr_assets.sensors import sync_partitions
-
-    ensure_dagster_home(spec)
-    instance = DagsterInstance.get()
-    defs = build_definitions(spec)
-    existing = set(instance.get_dynamic_partitions(videos_partitions.name))
-    new, total = sync_partitions(spec, existing)
-    if new:
-        instance.add_dynamic_partitions(videos_partitions.name, new)
-    videos = VideoRegistry(spec.results_dir).load()
-    keys = sorted(videos)
+    home = ensure_dagster_home(spec)
+    os.environ["VR_HOST_SLOTS_DIR"] = host_slots_dir(spec)
+    videos, _ = VideoRegistry(spec.results_dir).sync(discover(spec))
+    all_keys = sorted(videos)
+    keys = all_keys
     if only:
         unknown = [k for k in only if k not in keys]
         if unknown:
             raise SpecError(f"unknown video partition(s): {unknown}")
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
-    progress(f"{total} videos discovered ({len(new)} new); Dagster home {os.environ['DAGSTER_HOME']}")
-    work = longest_first(plan_work(spec, defs, instance, keys, stale), videos)
-    summary.skipped_up_to_date = len(keys) - len(work)
-    progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
-    width = min(len(work), parallel or max(2, spec.workflow.max_workers)) if work else 0
-    if width:
-        progress(f"running {len(work)} video(s), {width} at a time")
-    os.environ["VR_HOST_SLOTS_DIR"] = host_slots_dir(spec)
-    prefetch = start_prefetch(spec, work, videos) if width > 1 and spec.media.prefetch else None
+    width = min(len(keys), parallel or max(2, spec.workflow.max_workers))
+    prefetch = None
+    if width > 1 and spec.media.prefetch:
+        prefetch = start_prefetch(spec, list(longest_first({k: videos[k] for k in keys}, videos).values()))
     try:
-        for n, (k, ok, why) in enumerate(
-            execute(spec, work, width, prefetch.handed_out if prefetch else None), start=1
-        ):
-            summary.ran += 1
-            if ok:
-                summary.succeeded.append(k)
-            else:
-                summary.failed[k] = why
-            progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+        with Workers(spec, width) as workers:
+            plan: Plan = workers.call(plan_in_worker, keys, all_keys, stale)
+            work = longest_first(plan.work, videos)
+            if prefetch is not None:
+                prefetch.drop(set(keys) - set(plan.from_step0))
+            progress(f"{len(videos)} videos discovered ({plan.new_partitions} new); Dagster home {home}")
+            summary.skipped_up_to_date = len(keys) - len(work)
+            progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
+            if work:
+                progress(f"running {len(work)} video(s), {min(width, len(work))} at a time")
+            for n, (k, ok, why) in enumerate(workers.run(work, prefetch.handed_out if prefetch else None), start=1):
+                summary.ran += 1
+                if ok:
+                    summary.succeeded.append(k)
+                else:
+                    summary.failed[k] = why
+                progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
+            if prefetch is not None:
+                prefetch.stop()
+                progress(prefetch.summary())
+                prefetch = None
+            if build_dataset:
+                try:
+                    summary.dataset_items, why = workers.call(dataset_in_worker)
+                except BrokenProcessPool as e:  # a worker died during the videos: the pool takes no more work
+                    why = f"worker process failed: {e!r}"
+                if why is not None:
+                    summary.failed["dataset"] = why
+                    progress(f"dataset FAILED: {why}")
+                else:
+                    progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
     finally:
         if prefetch is not None:
             prefetch.stop()
-            progress(prefetch.summary())
-    if build_dataset:
-        res = defs.resolve_job_def(DATASET_JOB).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
-        )
-        if not res.success:
-            summary.failed["dataset"] = failure_text(res)
-            progress(f"dataset FAILED: {summary.failed['dataset']}")
-        else:
-            mats = res.asset_materializations_for_node("dataset")
-            items = mats[0].metadata.get("items") if mats else None
-            summary.dataset_items = int(items.value) if items is not None else None  # type: ignore[union-attr]
-            progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
     summary.seconds = time.perf_counter() - t0
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "

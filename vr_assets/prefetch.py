@@ -34,6 +34,7 @@ class MediaPrefetch:
         self._tool = tool
         self._videos = list(videos)
         self._handed_out: set[str] = set()
+        self._dropped: set[str] = set()
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="vr-media-prefetch", daemon=True)
@@ -51,6 +52,13 @@ class MediaPrefetch:
         with self._guard:
             self._handed_out.add(key)
 
+    def drop(self, keys: Iterable[str]) -> None:
+        """Videos that need no step-0 media after all (the plan starts them later, or not at all)."""
+        with self._guard:
+            dropped = set(keys) - self._handed_out
+            self._handed_out |= dropped
+            self._dropped |= dropped
+
     def wait(self) -> None:
         """Until every video not handed out has been tried."""
         if self._thread.is_alive():
@@ -64,7 +72,8 @@ class MediaPrefetch:
 
     def summary(self) -> str:
         text = (
-            f"media prefetch: {len(self.prepared)} of {len(self._videos)} video(s) prepared ahead of their worker"
+            f"media prefetch: {len(self.prepared)} of {len(self._videos) - len(self._dropped)} video(s) prepared"
+            " ahead of their worker"
             f", {len(self.skipped)} taken first"
         )
         if self.failed:

@@ -4,11 +4,14 @@ Dagster's in-process execution is not thread-safe (it reconfigures logging for e
 so videos run in parallel *processes*, each executing one partition run at a time on the
 same instance. A forkserver with the package preloaded keeps worker start-up cheap; the
 provider limit holds across workers through host-wide slots (VR_HOST_SLOTS_DIR), and new
-workers prepare their first videos a few at a time (`vr_assets.turns`).
+workers prepare their first videos a few at a time (`vr_assets.turns`). The CLI's other
+Dagster work (its plan, the dataset) goes to the same workers (`Workers.call`), so Dagster
+is loaded once, by the forkserver, not a second time by the CLI.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import multiprocessing
 import os
@@ -67,8 +70,26 @@ def _worker_init(spec_json: str, environ: dict[str, str] | None = None) -> None:
     from vr_assets.graph import ANNOTATE_JOB, build_definitions
 
     spec = Spec.model_validate_json(spec_json)
-    _worker["instance"] = DagsterInstance.get()
-    _worker["job"] = build_definitions(spec).resolve_job_def(ANNOTATE_JOB)
+    defs = build_definitions(spec)
+    instance = _open_instance(DagsterInstance)
+    _worker.update(spec=spec, instance=instance, defs=defs, job=defs.resolve_job_def(ANNOTATE_JOB))
+
+
+def _open_instance(instance_class: Any) -> Any:
+    """The instance of $DAGSTER_HOME, opened by one process at a time: the first to open a new home
+    creates its databases, and two doing that at once would race."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or not os.path.isdir(home):
+        return instance_class.get()
+    with open(os.path.join(home, ".vr-open.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        return instance_class.get()
+
+
+def worker_context() -> tuple[Spec, Any, Any]:
+    """(spec, Dagster instance, Definitions) of this worker, for work handed over through `Workers.call`."""
+    return _worker["spec"], _worker["instance"], _worker["defs"]
+
 
 
 def _pool_worker_init(
@@ -129,30 +150,57 @@ def startup_turns(spec: Spec) -> int:
     return len(os.sched_getaffinity(0)) if n is None else n
 
 
-def execute(
-    spec: Spec, work: dict[str, list[str]], width: int, on_handout: Callable[[str], None] | None = None
-) -> Iterator[tuple[str, bool, str]]:
-    """Run `work` in its order, `width` videos at a time; `on_handout(key)` as a worker takes each.
+class Workers:
+    """The processes that do a `vr-annotate` run's Dagster work: its plan, its videos, its dataset.
 
-    Videos are handed out one at a time as workers free up (not queued all at once), so the caller
-    knows which videos no worker has yet: the media prefetch works on those.
+    With `width` above 1 they are a forkserver pool, so the calling process never loads Dagster
+    itself (the forkserver has it preloaded once); with `width` 1 everything runs in this process.
     """
-    spec_json = spec.model_dump_json()
-    handout = on_handout or (lambda _key: None)
-    if width <= 1:
-        _worker_init(spec_json)
-        for k, assets in work.items():
-            handout(k)
-            yield _worker_run(k, assets)
-        return
-    ctx = _forkserver()
-    n_turns = startup_turns(spec)
-    turn_dir = None
-    if 0 < n_turns < width:
-        turn_dir = host_slots_dir(spec)
-    initargs = (spec_json, dict(os.environ), turn_dir, n_turns)
-    queue = iter(work.items())
-    with ProcessPoolExecutor(width, mp_context=ctx, initializer=_pool_worker_init, initargs=initargs) as pool:
+
+    def __init__(self, spec: Spec, width: int) -> None:
+        self.spec = spec
+        self.width = max(1, width)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Workers:
+        spec_json = self.spec.model_dump_json()
+        if self.width <= 1:
+            _worker_init(spec_json)
+            return self
+        n_turns = startup_turns(self.spec)
+        turn_dir = host_slots_dir(self.spec) if 0 < n_turns < self.width else None
+        initargs = (spec_json, dict(os.environ), turn_dir, n_turns)
+        self._pool = ProcessPoolExecutor(
+            self.width, mp_context=_forkserver(), initializer=_pool_worker_init, initargs=initargs
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in a worker (see `worker_context`); `fn` must be a module-level function."""
+        if self._pool is None:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
+    def run(
+        self, work: dict[str, list[str]], on_handout: Callable[[str], None] | None = None
+    ) -> Iterator[tuple[str, bool, str]]:
+        """Run `work` in its order, `width` videos at a time; `on_handout(key)` as a worker takes each.
+
+        Videos are handed out one at a time as workers free up (not queued all at once), so the caller
+        knows which videos no worker has yet: the media prefetch works on those.
+        """
+        handout = on_handout or (lambda _key: None)
+        pool = self._pool
+        if pool is None:
+            for k, assets in work.items():
+                handout(k)
+                yield _worker_run(k, assets)
+            return
+        queue = iter(work.items())
         running: dict[Future[tuple[str, bool, str]], str] = {}
         broken: list[str] = []
 
@@ -166,7 +214,7 @@ def execute(
                     continue
                 return
 
-        for _ in range(width):
+        for _ in range(self.width):
             hand_out_next()
         while running or broken:
             while broken:
@@ -181,3 +229,11 @@ def execute(
                     yield fut.result()
                 except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
                     yield key, False, f"worker process failed: {e!r}"
+
+
+def execute(
+    spec: Spec, work: dict[str, list[str]], width: int, on_handout: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, bool, str]]:
+    """`Workers.run` in a pool of its own."""
+    with Workers(spec, width) as workers:
+        yield from workers.run(work, on_handout)
