@@ -14,7 +14,7 @@ from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0
 from vr_assets.prefetch import NICENESS, MediaPrefetch, _lower_own_priority
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource
-from vr_assets.runner import execute
+from vr_assets.runner import Workers
 
 # re-encode (the tests' default passes sources through) so step 0 really runs ffmpeg
 REENCODE = {"media": {"fps": 2.0, "max_side": 96}}
@@ -140,7 +140,8 @@ def test_videos_are_handed_out_in_order_never_more_than_width_at_once(
     def record(key: str) -> None:
         handouts.append((key, instance.get_runs_count(finished) - before))
 
-    results = [r for r in execute(spec, {k: ["filter_result"] for k in keys}, 2, on_handout=record)]
+    with Workers(spec, 2) as workers:
+        results = list(workers.run({k: ["filter_result"] for k in keys}, on_handout=record))
     assert all(ok for _, ok, _ in results), results
     assert [k for k, _ in handouts] == keys  # in the given order
     assert sorted(k for k, _, _ in results) == keys

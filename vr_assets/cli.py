@@ -180,13 +180,14 @@ def run_pipeline(
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
     width = min(len(keys), parallel or max(2, spec.workflow.max_workers))
+    order = longest_first({k: videos[k] for k in keys}, videos)  # the hand-out order, for the prefetch too
     prefetch = None
     if width > 1 and spec.media.prefetch:
-        prefetch = start_prefetch(spec, list(longest_first({k: videos[k] for k in keys}, videos).values()))
+        prefetch = start_prefetch(spec, list(order.values()))
     try:
         with Workers(spec, width) as workers:
             plan: Plan = workers.call(plan_in_worker, keys, all_keys, stale)
-            work = longest_first(plan.work, videos)
+            work = {k: plan.work[k] for k in order if k in plan.work}
             if prefetch is not None:
                 prefetch.drop(set(keys) - set(plan.from_step0))
             progress(f"{len(videos)} videos discovered ({plan.new_partitions} new); Dagster home {home}")

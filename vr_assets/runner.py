@@ -229,11 +229,3 @@ class Workers:
                     yield fut.result()
                 except Exception as e:  # a worker died (OOM, signal): that video fails, the rest go on
                     yield key, False, f"worker process failed: {e!r}"
-
-
-def execute(
-    spec: Spec, work: dict[str, list[str]], width: int, on_handout: Callable[[str], None] | None = None
-) -> Iterator[tuple[str, bool, str]]:
-    """`Workers.run` in a pool of its own."""
-    with Workers(spec, width) as workers:
-        yield from workers.run(work, on_handout)
