@@ -136,19 +136,20 @@ def test_default_spec_round_trips() -> None:
     assert parse_spec(yaml.safe_load(text), "default").workflow.qa_types[0] == "mcq"
 
 
-def test_cli_runs_the_biggest_videos_first(tmp_path: Path) -> None:
-    from vr_assets.cli import longest_first
+def test_cli_hands_out_two_small_videos_then_a_big_one(tmp_path: Path) -> None:
+    from vr_assets.cli import hand_out_order
     from vr_assets.records import VideoSource
 
     videos = {}
-    for name, size in [("a.mp4", 10), ("b.mp4", 3000), ("c.mp4", 200)]:
+    for name, size in [("a.mp4", 10), ("b.mp4", 3000), ("c.mp4", 200), ("d.mp4", 50), ("e.mp4", 900),
+                       ("f.mp4", 20), ("g.mp4", 400)]:
         p = tmp_path / name
         p.write_bytes(b"x" * size)
         videos[name] = VideoSource(key=name, path=str(p), source="video_root", rel_path=name)
     videos["gone.mp4"] = VideoSource(key="gone.mp4", path=str(tmp_path / "gone.mp4"), source="video_root",
                                      rel_path="gone.mp4")
-    work = {k: ["filter_result"] for k in ["a.mp4", "b.mp4", "c.mp4", "gone.mp4"]}
-    ordered = longest_first(work, videos)
-    # a missing file goes first so its error shows at once; then by size, largest first
-    assert list(ordered) == ["gone.mp4", "b.mp4", "c.mp4", "a.mp4"]
+    work = {k: ["filter_result"] for k in videos}
+    ordered = hand_out_order(work, videos)
+    # a missing file goes first so its error shows at once; then the two smallest left, the biggest left, ...
+    assert list(ordered) == ["gone.mp4", "a.mp4", "f.mp4", "b.mp4", "d.mp4", "c.mp4", "e.mp4", "g.mp4"]
     assert ordered["b.mp4"] == ["filter_result"]

@@ -122,20 +122,38 @@ def dataset_in_worker() -> tuple[int | None, str | None]:
     return (int(items.value) if items is not None else None), None  # type: ignore[union-attr]
 
 
-def longest_first(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[str, T]:
-    """Biggest files first: the longest videos start early instead of running alone at the end.
+# Hand-out pattern: this many of the smallest files, then one of the biggest.
+SMALL_PER_BIG = 2
 
-    File size stands in for duration (probing every video up front would cost an ffprobe each);
-    a missing file sorts first and fails fast with its own error.
+
+def hand_out_order(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[str, T]:
+    """The order workers take videos in: the two smallest files left, then the biggest, and again.
+
+    The biggest files still start early (one hand-out in three), so none runs alone at the end, but
+    they are spread out: biggest-first gave the first wave nothing but long videos, whose step-0
+    ffmpeg held back the first requests, and the waves that followed finished together, leaving a
+    tail of a few videos. File size stands in for duration (probing every video up front would cost
+    a probe each); a missing file goes first and fails fast with its own error.
     """
-
-    def size(key: str) -> int:
+    missing: list[str] = []
+    sizes: dict[str, int] = {}
+    for k in sorted(work):
         try:
-            return Path(videos[key].path).stat().st_size
+            sizes[k] = Path(videos[k].path).stat().st_size
         except (KeyError, OSError):
-            return 1 << 62
-
-    return {k: work[k] for k in sorted(work, key=lambda k: (-size(k), k))}
+            missing.append(k)
+    by_size = sorted(sizes, key=lambda k: (sizes[k], k))
+    order = missing
+    lo, hi = 0, len(by_size) - 1
+    while lo <= hi:
+        for _ in range(SMALL_PER_BIG):
+            if lo <= hi:
+                order.append(by_size[lo])
+                lo += 1
+        if lo <= hi:
+            order.append(by_size[hi])
+            hi -= 1
+    return {k: work[k] for k in order}
 
 
 def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
@@ -180,7 +198,7 @@ def run_pipeline(
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
     width = min(len(keys), parallel or max(2, spec.workflow.max_workers))
-    order = longest_first({k: videos[k] for k in keys}, videos)  # the hand-out order, for the prefetch too
+    order = hand_out_order({k: videos[k] for k in keys}, videos)  # for the prefetch too
     prefetch = None
     if width > 1 and spec.media.prefetch:
         prefetch = start_prefetch(spec, list(order.values()))
