@@ -592,3 +592,19 @@ def test_dataset_report_and_markdown(tmp_path, video_tree, per_video):
 def test_cli_tool_is_available():
     # guards the subprocess tests above against a silently missing console script
     assert Path(sys.executable).with_name("tao-daft").exists() or shutil.which("tao-daft")
+
+
+def test_the_dataset_store_parses_each_record_once(tmp_path: Path) -> None:
+    from vr_assets.records import Description
+    from vr_assets.store import JsonStore, ReadOnce
+
+    JsonStore(tmp_path).write("description", "v1", Description(
+        video_key="v1", prompt_key="normal_description", detailed_description="a quiet street"))
+    store = ReadOnce(tmp_path)
+    first = store.read("description", "v1")
+    store.path("description", "v1").unlink()  # a second pass (mirrors, usage report) does not go back to disk
+    assert store.read_optional("description", "v1") is first
+    assert first.detailed_description == "a quiet street"
+    assert store.read_optional("description", "v2") is None
+    with pytest.raises(FileNotFoundError, match="no stored description for video 'v2'"):
+        store.read("description", "v2")

@@ -83,3 +83,25 @@ class JsonStore:
     def partitions(self, asset: str) -> list[str]:
         d = self.root / asset
         return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+class ReadOnce(JsonStore):
+    """A JsonStore that parses each record at most once: for the dataset, which reads every video's
+    records for the export, the TAO mirror files and the usage report (three passes over the same files)."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        super().__init__(results_dir)
+        self._seen: dict[tuple[str, str], Any | None] = {}
+
+    def read_optional(self, asset: str, partition: str) -> Any | None:
+        key = (asset, partition)
+        if key not in self._seen:
+            self._seen[key] = super().read_optional(asset, partition)
+        return self._seen[key]
+
+    def read(self, asset: str, partition: str) -> Any:
+        got = self.read_optional(asset, partition)
+        if got is None:
+            expected = self.path(asset, partition)
+            raise FileNotFoundError(f"no stored {asset} for video {partition!r} (expected {expected})")
+        return got

@@ -27,9 +27,10 @@ def _chunks(cc: ChunkCaptions) -> list[dict[str, object]]:
     return [c.model_dump() for c in cc.chunks]
 
 
-def write_mirrors(results_dir: str, keys: list[str]) -> dict[str, int]:
-    """Rewrite every step file atomically; returns lines written per file."""
-    store = JsonStore(results_dir)
+def write_mirrors(results_dir: str, keys: list[str], store: JsonStore | None = None) -> dict[str, int]:
+    """Rewrite every step file atomically; returns lines written per file. `store` may be the caller's
+    (e.g. a `ReadOnce` that already holds the records)."""
+    store = store or JsonStore(results_dir)
     lines: dict[str, list[str]] = {name: [] for name in MIRRORS}
     for key in keys:
         f: FilterResult | None = store.read_optional("filter_result", key)

@@ -12,6 +12,7 @@ from vr_assets.export import dataset_report_markdown, task_exports_for_video, vi
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, QAResult, TaskExports, UsageSummary
+from vr_assets.store import JsonStore, ReadOnce
 from vr_assets.tao_mirror import write_mirrors
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
@@ -59,7 +60,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
-        store = pipe.store
+        store = ReadOnce(spec.results_dir)  # the export, the mirrors and the usage report share one read
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
         excluded = 0
@@ -87,8 +88,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
             license=spec.license, description_extra=extra, excluded_items=excluded,
         )
-        mirrors = write_mirrors(spec.results_dir, keys)
-        usage_md, totals = usage_report(pipe, keys)
+        mirrors = write_mirrors(spec.results_dir, keys, store)
+        usage_md, totals = usage_report(store, keys)
         stopped = sum(
             1 for k in keys if (f := store.read_optional("filter_result", k)) is not None and not f.proceed
         )
@@ -122,14 +123,14 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     return [task_exports, dataset]
 
 
-def usage_report(pipe: Pipeline, keys: list[str]) -> tuple[str, UsageSummary]:
+def usage_report(store: JsonStore, keys: list[str]) -> tuple[str, UsageSummary]:
     """Totals per step and per model from the usage stored with every record."""
     by_step: dict[str, list[CallUsage]] = {}
     by_model: dict[str, list[CallUsage]] = {}
     everything: list[CallUsage] = []
     for k in keys:
         for asset_name in USAGE_ASSETS:
-            rec = pipe.store.read_optional(asset_name, k)
+            rec = store.read_optional(asset_name, k)
             for u in getattr(rec, "usage", []) if rec is not None else []:
                 by_step.setdefault(u.step, []).append(u)
                 by_model.setdefault(f"{u.provider}:{u.model}", []).append(u)
