@@ -92,6 +92,13 @@ def test_three_videos_end_to_end(make_pipeline: Any, synthetic_videos: dict[str,
     assert len(lines("step_1c_highlight/highlight_captions.jsonl")) == 1
     assert len(lines("step_3_qa/qa_output.jsonl")) == 2 * QA_TYPES
 
+    # the dataset's report counts every paid call and the video that stopped at step 0
+    ds = instance.get_latest_materialization_event(AssetKey("dataset"))
+    assert ds is not None
+    meta = ds.asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["total_model_calls"].value == sum(expected.values())
+    assert "3 registered, 2 exported, 1 stopped at step 0" in str(meta["report"].value)
+
 
 def test_resume_costs_nothing_and_new_video_runs_alone(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
     env = make_pipeline("gemini")

@@ -86,8 +86,8 @@ class JsonStore:
 
 
 class ReadOnce(JsonStore):
-    """A JsonStore that parses each record at most once: for the dataset, which reads every video's
-    records for the export, the TAO mirror files and the usage report (three passes over the same files)."""
+    """A JsonStore that parses each record at most once. The dataset makes one per video, so a video's
+    records serve its export, its TAO step-file lines and its usage without holding every video's."""
 
     def __init__(self, results_dir: str | Path) -> None:
         super().__init__(results_dir)

@@ -27,50 +27,53 @@ def _chunks(cc: ChunkCaptions) -> list[dict[str, object]]:
     return [c.model_dump() for c in cc.chunks]
 
 
-def write_mirrors(results_dir: str, keys: list[str], store: JsonStore | None = None) -> dict[str, int]:
-    """Rewrite every step file atomically; returns lines written per file. `store` may be the caller's
-    (e.g. a `ReadOnce` that already holds the records)."""
-    store = store or JsonStore(results_dir)
+def mirror_lines(store: JsonStore, key: str) -> dict[str, list[str]]:
+    """One video's lines of each step file (none past the first step it lacks)."""
     lines: dict[str, list[str]] = {name: [] for name in MIRRORS}
-    for key in keys:
-        f: FilterResult | None = store.read_optional("filter_result", key)
-        if f is None:
-            continue
-        rel = f.video.rel_path
-        lines["filter_result"].append(json.dumps({
-            "video_path": f.video.path, "video": rel, "is_valid": f.is_valid, "raw_response": f.raw_response,
-            "mode": f.mode, "proceed": f.proceed, "stop_reason": f.stop_reason,
+    f: FilterResult | None = store.read_optional("filter_result", key)
+    if f is None:
+        return lines
+    rel = f.video.rel_path
+    lines["filter_result"].append(json.dumps({
+        "video_path": f.video.path, "video": rel, "is_valid": f.is_valid, "raw_response": f.raw_response,
+        "mode": f.mode, "proceed": f.proceed, "stop_reason": f.stop_reason,
+    }))
+    c: Captions | None = store.read_optional("captions", key)
+    if c is None:
+        return lines
+    base = {"video": rel, "video_length": c.probe.duration_sec, "mode": c.mode}
+    caps = {"global_caption": c.global_caption, "dense_caption": c.dense_caption}
+    lines["captions"].append(json.dumps({**base, **caps}))
+    cc: ChunkCaptions | None = store.read_optional("chunk_captions", key)
+    if cc is None:
+        return lines
+    lines["chunk_captions"].append(json.dumps({**base, **caps, "chunk_captions": _chunks(cc)}))
+    h: Highlight | None = store.read_optional("highlight", key)
+    if h is not None and h.applicable:
+        hc = h.highlight_chunk.model_dump() if h.highlight_chunk else None
+        row = {**base, **caps, "chunk_captions": _chunks(cc), "highlight_chunk": hc}
+        lines["highlight"].append(json.dumps(row))
+    d: Description | None = store.read_optional("description", key)
+    if d is None:
+        return lines
+    lines["description"].append(json.dumps({
+        **base, "prompt_key": d.prompt_key, "detailed_description": d.detailed_description,
+        "original_captions": caps, "chunk_captions": _chunks(cc),
+    }))
+    q: QAResult | None = store.read_optional("qa", key)
+    if q is None:
+        return lines
+    for prompt_key, raw in q.raw.items():
+        lines["qa"].append(json.dumps({
+            **base, "qa_output": raw, "prompt_key": prompt_key, "original_captions": caps,
+            "detailed_description": d.detailed_description,
         }))
-        c: Captions | None = store.read_optional("captions", key)
-        if c is None:
-            continue
-        base = {"video": rel, "video_length": c.probe.duration_sec, "mode": c.mode}
-        caps = {"global_caption": c.global_caption, "dense_caption": c.dense_caption}
-        lines["captions"].append(json.dumps({**base, **caps}))
-        cc: ChunkCaptions | None = store.read_optional("chunk_captions", key)
-        if cc is None:
-            continue
-        lines["chunk_captions"].append(json.dumps({**base, **caps, "chunk_captions": _chunks(cc)}))
-        h: Highlight | None = store.read_optional("highlight", key)
-        if h is not None and h.applicable:
-            hc = h.highlight_chunk.model_dump() if h.highlight_chunk else None
-            row = {**base, **caps, "chunk_captions": _chunks(cc), "highlight_chunk": hc}
-            lines["highlight"].append(json.dumps(row))
-        d: Description | None = store.read_optional("description", key)
-        if d is None:
-            continue
-        lines["description"].append(json.dumps({
-            **base, "prompt_key": d.prompt_key, "detailed_description": d.detailed_description,
-            "original_captions": caps, "chunk_captions": _chunks(cc),
-        }))
-        q: QAResult | None = store.read_optional("qa", key)
-        if q is None:
-            continue
-        for prompt_key, raw in q.raw.items():
-            lines["qa"].append(json.dumps({
-                **base, "qa_output": raw, "prompt_key": prompt_key, "original_captions": caps,
-                "detailed_description": d.detailed_description,
-            }))
+    return lines
+
+
+def write_mirror_files(results_dir: str, lines: dict[str, list[str]]) -> dict[str, int]:
+    """Rewrite every step file atomically from all videos' lines; returns lines written per file."""
     for name, rel_path in MIRRORS.items():
         atomic_write_text(Path(results_dir) / rel_path, "".join(line + "\n" for line in lines[name]))
     return {MIRRORS[n]: len(v) for n, v in lines.items()}
+

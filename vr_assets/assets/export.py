@@ -11,9 +11,9 @@ from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
 from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
-from vr_assets.records import CallUsage, Captions, QAResult, TaskExports, UsageSummary
-from vr_assets.store import JsonStore, ReadOnce
-from vr_assets.tao_mirror import write_mirrors
+from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
+from vr_assets.store import ReadOnce
+from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
 
@@ -60,12 +60,21 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
-        store = ReadOnce(spec.results_dir)  # the export, the mirrors and the usage report share one read
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
-        excluded = 0
+        excluded = stopped = 0
         durations: dict[str, float] = {}
+        mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
+        usages: list[CallUsage] = []
         for k in keys:
+            # one video's records, parsed once for the export, TAO's step files and the usage report
+            store = ReadOnce(spec.results_dir)
+            f: FilterResult | None = store.read_optional("filter_result", k)
+            stopped += f is not None and not f.proceed
+            for name, lines in mirror_lines(store, k).items():
+                mirror[name] += lines
+            for asset_name in USAGE_ASSETS:
+                usages += getattr(store.read_optional(asset_name, k), "usage", [])
             te: TaskExports | None = store.read_optional("task_exports", k)
             if te is None:
                 continue
@@ -88,11 +97,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
             license=spec.license, description_extra=extra, excluded_items=excluded,
         )
-        mirrors = write_mirrors(spec.results_dir, keys, store)
-        usage_md, totals = usage_report(store, keys)
-        stopped = sum(
-            1 for k in keys if (f := store.read_optional("filter_result", k)) is not None and not f.proceed
-        )
+        mirrors = write_mirror_files(spec.results_dir, mirror)
+        usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
         md = md.rstrip() + "\n\n" + videos_line + "\n"
@@ -123,18 +129,13 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     return [task_exports, dataset]
 
 
-def usage_report(store: JsonStore, keys: list[str]) -> tuple[str, UsageSummary]:
+def usage_report(usages: list[CallUsage]) -> tuple[str, UsageSummary]:
     """Totals per step and per model from the usage stored with every record."""
     by_step: dict[str, list[CallUsage]] = {}
     by_model: dict[str, list[CallUsage]] = {}
-    everything: list[CallUsage] = []
-    for k in keys:
-        for asset_name in USAGE_ASSETS:
-            rec = store.read_optional(asset_name, k)
-            for u in getattr(rec, "usage", []) if rec is not None else []:
-                by_step.setdefault(u.step, []).append(u)
-                by_model.setdefault(f"{u.provider}:{u.model}", []).append(u)
-                everything.append(u)
+    for u in usages:
+        by_step.setdefault(u.step, []).append(u)
+        by_model.setdefault(f"{u.provider}:{u.model}", []).append(u)
 
     def rows(groups: dict[str, list[CallUsage]]) -> str:
         out = []
@@ -149,5 +150,5 @@ def usage_report(store: JsonStore, keys: list[str]) -> tuple[str, UsageSummary]:
         "|---|---:|---:|---:|---:|---:|---:|\n"
     )
     md = head.format("step") + rows(by_step) + "\n\n" + head.format("model") + rows(by_model)
-    return md, UsageSummary.of(everything)
+    return md, UsageSummary.of(usages)
 
