@@ -63,7 +63,6 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
         excluded = stopped = 0
-        durations: dict[str, float] = {}
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
         for k in keys:
@@ -80,7 +79,6 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 continue
             if spec.export.exclude_failed_checks:
                 cap: Captions = store.read("captions", k)
-                durations[k] = cap.probe.duration_sec
                 kept = {}
                 for task, items in te.tasks.items():
                     good = [i for i in items if not item_errors(task, i, cap.probe.duration_sec)]
