@@ -71,10 +71,11 @@ class JsonStore:
         return self.path(asset, partition).exists()
 
     def read(self, asset: str, partition: str) -> Any:
-        p = self.path(asset, partition)
-        if not p.exists():
-            raise FileNotFoundError(f"no stored {asset} for video {partition!r} (expected {p})")
-        return ASSET_RECORDS[asset].model_validate_json(p.read_text())
+        got = self.read_optional(asset, partition)
+        if got is None:
+            expected = self.path(asset, partition)
+            raise FileNotFoundError(f"no stored {asset} for video {partition!r} (expected {expected})")
+        return got
 
     def read_optional(self, asset: str, partition: str) -> Any | None:
         p = self.path(asset, partition)
@@ -98,10 +99,3 @@ class ReadOnce(JsonStore):
         if key not in self._seen:
             self._seen[key] = super().read_optional(asset, partition)
         return self._seen[key]
-
-    def read(self, asset: str, partition: str) -> Any:
-        got = self.read_optional(asset, partition)
-        if got is None:
-            expected = self.path(asset, partition)
-            raise FileNotFoundError(f"no stored {asset} for video {partition!r} (expected {expected})")
-        return got

@@ -76,4 +76,3 @@ def write_mirror_files(results_dir: str, lines: dict[str, list[str]]) -> dict[st
     for name, rel_path in MIRRORS.items():
         atomic_write_text(Path(results_dir) / rel_path, "".join(line + "\n" for line in lines[name]))
     return {MIRRORS[n]: len(v) for n, v in lines.items()}
-
