@@ -36,6 +36,12 @@ _VERDICT_LABEL = re.compile(
 )
 
 
+def excerpt(text: str, limit: int = 280) -> str:
+    """Whitespace folded, cut to `limit` characters: answers quoted in errors and in the UI."""
+    t = " ".join(text.split())
+    return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
 def strip_think(text: str) -> str:
     """Drop reasoning-model thoughts: `<think>…</think>`, an orphan closing tag, or an unclosed opening one."""
     out = _THINK_BLOCK.sub("", text or "")

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field
 
+from vr_assets.providers.base import MediaRef, ModelCall
 from vr_assets.records import (
     ALL_QA_TYPES,
     AnomalyTime,
@@ -160,6 +161,13 @@ class PromptPack(BaseModel):
             return str(values[name]) if name in allowed else m.group(0)
 
         return _BRACE_NAME.sub(sub, text)
+
+    def call(self, step: str, key: str, video_key: str, media: MediaRef | None = None, **values: object) -> ModelCall:
+        """A model call for one prompt key; structured output when the pack asks for it."""
+        return ModelCall(
+            step=step, prompt_key=key, video_key=video_key, prompt=self.render(key, **values), media=media,
+            schema_model=self.schema(key),
+        )
 
     def schema(self, key: str) -> type[BaseModel] | None:
         """The JSON schema to enforce for `key`, or None when this pack asks for free text."""

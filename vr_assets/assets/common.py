@@ -12,12 +12,14 @@ from pydantic import BaseModel
 
 from vr_assets.call_cache import CachedModel
 from vr_assets.config import Spec
-from vr_assets.media import MediaError, MediaTool, video_mime
+from vr_assets.media import MediaError, MediaTool
 from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_path, step0_media
-from vr_assets.prompts import PromptPack, schema_for_key
+from vr_assets.parsing import excerpt as excerpt  # re-exported for the steps
+from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
+from vr_assets.screening import step0_ref
 from vr_assets.store import JsonStore
 
 OFFLINE_NOTE = "offline demo teacher — not real annotations"
@@ -49,12 +51,7 @@ class Pipeline:
             raise Failure(description=str(e)) from None
 
     def call(self, step: str, key: str, video_key: str, media: MediaRef | None = None, **values: Any) -> ModelCall:
-        """A model call for one prompt key; structured output when the pack asks for it."""
-        schema = schema_for_key(key) if self.pack.structured_output else None
-        return ModelCall(
-            step=step, prompt_key=key, video_key=video_key, prompt=self.pack.render(key, **values),
-            media=media, schema_model=schema,
-        )
+        return self.pack.call(step, key, video_key, media, **values)
 
 
 def data_version_of(record: BaseModel) -> DataVersion:
@@ -86,8 +83,7 @@ def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool
         kind, paths = step0_media(pipe.spec, tool, Path(video.path), probe, pipe.media_cache(video.key))
     except (MediaError, OSError) as e:
         raise media_failure(video, e) from e
-    mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
-    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video.key)
+    return step0_ref(kind, paths, video.key)
 
 
 def prepared_copy(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> Path | None:
@@ -123,11 +119,6 @@ def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
     if s.uploaded_bytes or s.inline_bytes:
         meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
     return meta
-
-
-def excerpt(text: str, limit: int = 280) -> str:
-    t = " ".join(text.split())
-    return t if len(t) <= limit else t[: limit - 1] + "…"
 
 
 def md_escape(text: str) -> str:

@@ -18,26 +18,16 @@ from vr_assets.assets.common import (
 )
 from vr_assets.media import MediaError
 from vr_assets.media_cache import code_version
-from vr_assets.parsing import parse_classification, parse_relevance
 from vr_assets.partitions import videos_partitions
-from vr_assets.records import AnomalyVerdict, CallUsage, FilterResult, Mode, RelevanceVerdict
+from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
-
-KEYS = ("video_filtering", "video_anomaly_classification")
-
-
-def _decide_mode(pipe: Pipeline, video_mode: Mode | None) -> tuple[Mode | None, str]:
-    if video_mode is not None:
-        return video_mode, "jsonl"
-    if pipe.spec.workflow.mode in ("anomaly", "normal"):
-        return pipe.spec.workflow.mode, "workflow"  # type: ignore[return-value]
-    return None, "step_0"
+from vr_assets.screening import KEYS, ScreeningError, asks_relevance, known_mode, screen
 
 
 def build(pipe: Pipeline) -> AssetsDefinition:
     spec = pipe.spec
     wf = spec.workflow
-    run_filter = "0" in wf.steps or wf.mode == "auto"
+    run_filter = asks_relevance(spec)
     version = code_version(
         "filter_result/1", pipe.pack.fingerprint(KEYS), spec.vlm.backend, spec.vlm.model_name,
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
@@ -66,8 +56,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             probe = tool.probe(Path(video.path))
         except (MediaError, OSError) as e:
             raise media_failure(video, e) from e
-        mode, mode_source = _decide_mode(pipe, video.mode)
-        usage: list[CallUsage] = []
+        mode, mode_source = known_mode(spec, video.mode)
         result: FilterResult
         if probe.duration_sec > wf.max_video_length_sec:
             result = FilterResult(
@@ -78,36 +67,19 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         else:
             model = vlm.client(spec)
             ref = full_video_media(pipe, video, probe, tool)
-            is_valid: bool | None = None
-            reason = raw = ""
-            if run_filter:
-                (ans,) = run_calls(model, [pipe.call("0", "video_filtering", key, ref)], key, "0 (filter)")
-                usage.append(ans.usage)
-                raw = ans.text
-                if isinstance(ans.parsed, RelevanceVerdict):
-                    is_valid, reason = ans.parsed.relevant, ans.parsed.reason
-                else:
-                    is_valid, reason = parse_relevance(ans.text)
-                if is_valid is None:
-                    raise Failure(description=f"video {key}: step 0: the filter answer is neither yes nor no: "
-                                  f"{excerpt(ans.text, 200)!r}")
-            class_raw = ""
-            if is_valid is not False and mode is None:
-                (ans,) = run_calls(
-                    model, [pipe.call("0", "video_anomaly_classification", key, ref)], key, "0 (classify)"
+            try:
+                asked = screen(
+                    pipe.pack, lambda calls, step: run_calls(model, calls, key, step), key, ref,
+                    ask_relevance=run_filter, mode=mode,
                 )
-                usage.append(ans.usage)
-                class_raw = ans.text
-                label = ans.parsed.label if isinstance(ans.parsed, AnomalyVerdict) else parse_classification(ans.text)
-                if label not in ("anomaly", "normal"):
-                    raise Failure(description=f"video {key}: step 0: the classification answer ends in neither "
-                                  f"'anomaly' nor 'normal': {excerpt(ans.text, 200)!r}")
-                mode = label  # type: ignore[assignment]
+            except ScreeningError as e:
+                raise Failure(description=str(e)) from None
             result = FilterResult(
-                video=video, probe=probe, proceed=is_valid is not False, is_valid=is_valid,
-                stop_reason="" if is_valid is not False else f"not relevant to the domain: {excerpt(reason, 200)}",
-                relevance_reason=reason, raw_response=raw, mode=mode or "normal", mode_source=mode_source,
-                classification_raw=class_raw, usage=usage,
+                video=video, probe=probe, proceed=asked.is_valid is not False, is_valid=asked.is_valid,
+                stop_reason="" if asked.is_valid is not False
+                else f"not relevant to the domain: {excerpt(asked.reason, 200)}",
+                relevance_reason=asked.reason, raw_response=asked.raw, mode=asked.label or mode or "normal",
+                mode_source=mode_source, classification_raw=asked.class_raw, usage=asked.usage,
             )
         decision = "proceed" if result.proceed else f"stopped: {result.stop_reason}"
         preview = (
@@ -128,7 +100,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
                 "duration_s": MetadataValue.float(probe.duration_sec),
                 "video": MetadataValue.path(video.path),
                 "preview": MetadataValue.md(preview),
-                **usage_metadata(usage),
+                **usage_metadata(result.usage),
             },
         )
 

@@ -1,0 +1,93 @@
+"""Step 0's questions and how their answers decide, without Dagster.
+
+The `filter_result` asset asks them; so does vr-annotate's prefetch, for videos no worker has taken
+yet, while the workers are still loading Dagster (`vr_assets.prefetch`). Both build the same calls
+here, so the asset finds the prefetch's answers in the call cache instead of paying for them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vr_assets.config import Spec
+from vr_assets.media import video_mime
+from vr_assets.parsing import excerpt, parse_classification, parse_relevance
+from vr_assets.prompts import PromptPack
+from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
+from vr_assets.records import AnomalyVerdict, CallUsage, Mode, RelevanceVerdict
+
+FILTER_KEY = "video_filtering"
+CLASSIFY_KEY = "video_anomaly_classification"
+KEYS = (FILTER_KEY, CLASSIFY_KEY)
+
+# Runs one step's calls and returns their answers, or raises naming the video and the step.
+RunCalls = Callable[[list[ModelCall], str], list[ModelAnswer]]
+
+
+def step0_ref(kind: str, paths: list[Path], video_key: str) -> MediaRef:
+    """Step 0's media (`media_cache.step0_media`) as the model gets it, here and in step 1a."""
+    mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
+    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key)  # type: ignore[arg-type]
+
+
+def asks_relevance(spec: Spec) -> bool:
+    return "0" in spec.workflow.steps or spec.workflow.mode == "auto"
+
+
+def known_mode(spec: Spec, video_mode: Mode | None) -> tuple[Mode | None, str]:
+    """(mode, where it came from) before step 0's answers; None: the classification question decides."""
+    if video_mode is not None:
+        return video_mode, "jsonl"
+    if spec.workflow.mode in ("anomaly", "normal"):
+        return spec.workflow.mode, "workflow"  # type: ignore[return-value]
+    return None, "step_0"
+
+
+class ScreeningError(ValueError):
+    """An answer that decides nothing (neither yes nor no; neither anomaly nor normal)."""
+
+
+@dataclass
+class Screening:
+    """What step 0's answers decided; `None` where a question was not asked."""
+
+    is_valid: bool | None = None
+    reason: str = ""
+    raw: str = ""
+    label: Mode | None = None
+    class_raw: str = ""
+    usage: list[CallUsage] = field(default_factory=list)
+
+
+def screen(
+    pack: PromptPack, run: RunCalls, video_key: str, media: MediaRef, *, ask_relevance: bool, mode: Mode | None
+) -> Screening:
+    """Ask whether the video belongs to the domain (if `ask_relevance`), then, unless it does not or
+    its mode is already known, whether it shows an anomaly."""
+    out = Screening()
+    if ask_relevance:
+        (ans,) = run([pack.call("0", FILTER_KEY, video_key, media)], "0 (filter)")
+        out.usage.append(ans.usage)
+        out.raw = ans.text
+        if isinstance(ans.parsed, RelevanceVerdict):
+            out.is_valid, out.reason = ans.parsed.relevant, ans.parsed.reason
+        else:
+            out.is_valid, out.reason = parse_relevance(ans.text)
+        if out.is_valid is None:
+            raise ScreeningError(
+                f"video {video_key}: step 0: the filter answer is neither yes nor no: {excerpt(ans.text, 200)!r}"
+            )
+    if out.is_valid is not False and mode is None:
+        (ans,) = run([pack.call("0", CLASSIFY_KEY, video_key, media)], "0 (classify)")
+        out.usage.append(ans.usage)
+        out.class_raw = ans.text
+        label = ans.parsed.label if isinstance(ans.parsed, AnomalyVerdict) else parse_classification(ans.text)
+        if label not in ("anomaly", "normal"):
+            raise ScreeningError(
+                f"video {video_key}: step 0: the classification answer ends in neither 'anomaly' nor 'normal': "
+                f"{excerpt(ans.text, 200)!r}"
+            )
+        out.label = label  # type: ignore[assignment]
+    return out
