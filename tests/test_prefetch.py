@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,16 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from vr_assets.call_cache import spec_teacher
 from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_media
-from vr_assets.prefetch import NICENESS, MediaPrefetch, _lower_own_priority
+from vr_assets.prefetch import NICENESS, AheadScreener, MediaPrefetch, _lower_own_priority
+from vr_assets.prompts import load_pack
+from vr_assets.providers import ModelAnswer
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource
 from vr_assets.runner import Workers
+from vr_assets.screening import KEYS as SCREENING_KEYS
+from vr_assets.store import JsonStore
 
 # re-encode (the tests' default passes sources through) so step 0 really runs ffmpeg
 REENCODE = {"media": {"fps": 2.0, "max_side": 96}}
@@ -180,3 +186,71 @@ def test_dropped_videos_are_not_prepared_nor_counted(make_pipeline: Any, synthet
     assert prefetch.prepared == ["todo"]
     assert cache_files(spec, "done") == []
     assert prefetch.summary().startswith("media prefetch: 1 of 1 video(s) prepared")
+
+
+def step0_requests(env: Any, spec: Any) -> list[Any]:
+    pack = load_pack(spec.prompt_pack, spec.prompts_module)
+    prompts = {pack.render(k) for k in SCREENING_KEYS}
+    return [r for r in env.model_requests() if r.prompt_text in prompts]
+
+
+def test_step_0_asked_ahead_is_paid_once_and_recorded_by_its_run(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    """The prefetch's questions go out before any worker; the run then finds the answers and owns their cost."""
+    env = make_pipeline("gemini")
+    spec = env.spec(**MCQ_ONLY, **REENCODE, prices={"gemini-test": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
+    videos = [source(synthetic_videos["clip8"], "a"), source(synthetic_videos["clip16"], "b")]
+    for v in videos:
+        env.add_video(Path(v.path), v.key + ".mp4")
+    screener = AheadScreener(spec, threads=2)
+    prefetch = MediaPrefetch(spec, media_tool(spec), videos, screener).start()
+    prefetch.wait()
+    prefetch.stop()  # returns once the questions in flight are answered
+    assert sorted(screener.screened) == ["a", "b"] and screener.left == {}, (screener.left, prefetch.summary())
+    asked = step0_requests(env, spec)
+    assert len(asked) == screener.calls == 4  # relevance, then anomaly vs normal, per video
+    assert "step 0 asked ahead for 2 video(s) (4 calls)" in prefetch.summary()
+
+    summary = env.run(spec, build_dataset=False)  # one worker: no prefetch of its own
+    assert summary.failed == {} and sorted(summary.succeeded) == ["a.mp4", "b.mp4"]
+    assert len(step0_requests(env, spec)) == 4  # the runs asked nothing again
+    store = JsonStore(spec.results_dir)
+    for key in ("a.mp4", "b.mp4"):
+        usage = store.read("filter_result", key).usage
+        assert [u.prompt_key for u in usage] == list(SCREENING_KEYS)
+        # the run records the calls as its own: paid (not a cache hit), with their cost and latency
+        assert all(not u.cached and u.cost_usd > 0 and u.latency_s > 0 for u in usage), usage
+    assert not list((env.results / "cache" / "calls").rglob("*.ahead"))  # every mark claimed
+
+
+def test_step_0_is_not_asked_ahead_for_a_video_whose_step_0_is_done(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["clip8"], "a.mp4")
+    spec = env.spec(**MCQ_ONLY, **REENCODE)
+    assert env.run(spec, build_dataset=False).failed == {}
+    before = len(step0_requests(env, spec))
+    shutil.rmtree(env.results / "cache" / "calls")  # even without its answers cached: the plan will not ask
+    screener = AheadScreener(spec, threads=1)
+    video = source(env.videos / "a.mp4", "a.mp4")
+    prefetch = MediaPrefetch(spec, media_tool(spec), [video], screener).start()
+    prefetch.wait()
+    prefetch.stop()
+    assert screener.screened == [] and len(step0_requests(env, spec)) == before
+
+
+def test_cached_answers_asked_ahead_are_claimed_once(make_pipeline: Any) -> None:
+    env = make_pipeline("gemini")
+    spec = env.spec(prices={"gemini-test": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
+    model = spec_teacher(spec, "vlm")
+    call = load_pack(spec.prompt_pack, spec.prompts_module).call("0", "video_filtering", "v")
+    (ahead,) = model.generate_many([call], ahead=True)
+    assert isinstance(ahead, ModelAnswer) and not ahead.usage.cached
+    (again,) = model.generate_many([call], ahead=True)  # asked ahead twice: still one request, still unclaimed
+    assert isinstance(again, ModelAnswer) and env.calls() == 1
+    first, second = model.generate(call), model.generate(call)
+    assert env.calls() == 1
+    assert not first.usage.cached and first.usage.cost_usd == ahead.usage.cost_usd > 0
+    assert second.usage.cached and second.usage.cost_usd == 0.0

@@ -13,11 +13,12 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel
+from vr_assets.config import Spec
+from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel, UsageLedger, get_model
 from vr_assets.store import atomic_write_text
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -75,7 +76,7 @@ class CachedModel:
     def _path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def _lookup(self, call: ModelCall, key: str) -> ModelAnswer | None:
+    def _lookup(self, call: ModelCall, key: str, *, claim: bool = True) -> ModelAnswer | None:
         p = self._path(key)
         if not p.exists():
             return None
@@ -89,15 +90,34 @@ class CachedModel:
                 parsed = call.schema_model.model_validate_json(saved.text)
             except ValueError:
                 return None
-        usage = saved.usage.model_copy(
-            update={"cached": True, "cost_usd": 0.0, "latency_s": 0.0, "retries": 0, "step": call.step,
-                    "prompt_key": call.prompt_key, "uploaded_bytes": 0, "inline_bytes": 0}
-        )
+        if claim and self._claim(key):  # asked ahead for this call: it is this caller's to account for
+            usage = saved.usage.model_copy(update={"step": call.step, "prompt_key": call.prompt_key})
+        else:
+            usage = saved.usage.model_copy(
+                update={"cached": True, "cost_usd": 0.0, "latency_s": 0.0, "retries": 0, "step": call.step,
+                        "prompt_key": call.prompt_key, "uploaded_bytes": 0, "inline_bytes": 0}
+            )
         return ModelAnswer(text=saved.text, parsed=parsed, usage=usage, finish_reason=saved.finish_reason)
 
-    def _store(self, key: str, answer: ModelAnswer) -> None:
+    def _store(self, key: str, answer: ModelAnswer, *, ahead: bool = False) -> None:
         to_save = answer.model_copy(update={"parsed": None})
+        if ahead:  # marked first: a lookup never finds the answer without its mark
+            self._ahead_path(key).parent.mkdir(parents=True, exist_ok=True)
+            self._ahead_path(key).touch()
         atomic_write_text(self._path(key), to_save.model_dump_json())
+        if not ahead:  # a mark left by a process that died before storing its answer
+            self._ahead_path(key).unlink(missing_ok=True)
+
+    def _ahead_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.ahead"
+
+    def _claim(self, key: str) -> bool:
+        """True for the first lookup of an answer asked ahead (only one unlink of its mark succeeds)."""
+        try:
+            self._ahead_path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def generate(self, call: ModelCall) -> ModelAnswer:
         result = self.generate_many([call])[0]
@@ -105,15 +125,19 @@ class CachedModel:
             raise result
         return result
 
-    def generate_many(self, calls: list[ModelCall]) -> list[ModelAnswer | ProviderError]:
+    def generate_many(self, calls: list[ModelCall], *, ahead: bool = False) -> list[ModelAnswer | ProviderError]:
+        """Answers in call order. `ahead`: asked before the step that needs them (vr-annotate's prefetch);
+        the step's own lookup then reports each fresh answer as its call, with its cost, once."""
         keys = [self.key_for(c) for c in calls]
-        out: list[ModelAnswer | ProviderError | None] = [self._lookup(c, k) for c, k in zip(calls, keys, strict=True)]
+        out: list[ModelAnswer | ProviderError | None] = [
+            self._lookup(c, k, claim=not ahead) for c, k in zip(calls, keys, strict=True)
+        ]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
             fresh = self.model.generate_many([calls[i] for i in todo])
             for i, ans in zip(todo, fresh, strict=True):
                 if isinstance(ans, ModelAnswer):
-                    self._store(keys[i], ans)
+                    self._store(keys[i], ans, ahead=ahead)
                 out[i] = ans
         return [a for a in out if a is not None]
 
@@ -123,3 +147,35 @@ class CachedModel:
 
 def cache_dir_for(results_dir: str) -> Path:
     return Path(os.environ.get("VR_CALL_CACHE_DIR") or Path(results_dir) / "cache" / "calls")
+
+
+def settings_fingerprint(
+    backend: str, model: str, temperature: float, max_output_tokens: int, media_resolution: str | None
+) -> str:
+    """What changes an answer besides prompt and media (never the key)."""
+    fields = {
+        "backend": backend, "model": model, "temperature": temperature,
+        "max_output_tokens": max_output_tokens, "media_resolution": media_resolution,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_teacher(spec: Spec, role: Literal["vlm", "llm"]) -> CachedModel:
+    """The teacher a step gets from the spec's `TeacherResource` (same answers, same cache keys), built
+    without Dagster: vr-annotate's prefetch asks step 0's questions before the workers have loaded it."""
+    ms = spec.vlm if role == "vlm" else spec.llm
+    concurrency = ms.limits.max_concurrency or spec.workflow.max_workers
+    ms = ms.model_copy(update={"limits": ms.limits.model_copy(update={"max_concurrency": concurrency})})
+    if ms.backend == "gemini":
+        g = ms.gemini
+        resolution = g.media_resolution if role == "vlm" else None
+        ms = ms.model_copy(update={"gemini": g.model_copy(update={"media_resolution": resolution})})
+        fingerprint = settings_fingerprint("gemini", g.model, g.temperature, g.max_output_tokens, resolution)
+    else:
+        o = ms.openai
+        fingerprint = settings_fingerprint("openai", o.model_name, o.temperature, o.max_tokens, None)
+    model = get_model(
+        ms, role=role, max_workers=concurrency, prices=spec.prices, media=spec.media,
+        ledger=UsageLedger(Path(spec.results_dir) / "usage"), budget_usd=spec.budget_usd,
+    )
+    return CachedModel(model, cache_dir_for(spec.results_dir), fingerprint)

@@ -157,15 +157,28 @@ def hand_out_order(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[s
 
 
 def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
-    """Step 0's media for `videos`, in hand-out order (see `vr_assets.prefetch`).
+    """Step 0's media for `videos` (see `vr_assets.prefetch`), in hand-out order unless it asks ahead.
 
     It starts before the plan (so it has the CPU the workers' start-up leaves idle); `MediaPrefetch.drop`
-    then takes out the videos the plan does not start from step 0.
+    then takes out the videos the plan does not start from step 0. With `workflow.screen_ahead` it asks
+    step 0's questions too, only for videos without a `filter_result` record (whose step 0 the plan runs).
     """
     from vr_assets.media_cache import media_tool
-    from vr_assets.prefetch import MediaPrefetch
+    from vr_assets.prefetch import AheadScreener, MediaPrefetch
 
-    return MediaPrefetch(spec, media_tool(spec), videos).start()
+    screener = None
+    if spec.workflow.screen_ahead and not spec.offline_teacher:
+        screener = AheadScreener(spec, spec.vlm.limits.max_concurrency or spec.workflow.max_workers)
+        # smallest file first: the cheapest media, so the most questions out before the workers are up
+        videos = sorted(videos, key=_file_size)
+    return MediaPrefetch(spec, media_tool(spec), videos, screener).start()
+
+
+def _file_size(video: VideoSource) -> int:
+    try:
+        return Path(video.path).stat().st_size
+    except OSError:
+        return -1  # first, like the hand-out: it fails fast with its own error
 
 
 def run_pipeline(

@@ -115,6 +115,11 @@ class WorkflowSettings(SpecModel):
         "at once; the others wait until one of them sends its first request. Workers all starting together "
         "share the CPU and reach the provider together, late. null: one per CPU core; 0: no turns",
     )
+    screen_ahead: bool = Field(
+        True, description="vr-annotate with media.prefetch: ask step 0's questions for a prefetched video (inline "
+        "media only) while the workers still load Dagster; the answers wait in the call cache and its run "
+        "records them as its own calls, paid once",
+    )
     max_video_length_sec: float = Field(300.0, gt=0)
     chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])
     max_chunks: int = Field(10, ge=1)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vr_assets import turns
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
 from vr_assets.records import VideoProbe
@@ -61,17 +62,22 @@ def media_cache_dir(spec: Spec, key: str) -> Path:
 
 @contextmanager
 def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
-    """Held while one video's step-0 media is made, across processes (the runner's prefetch, the steps).
+    """Held while one video's step-0 media is made, across processes (the runner's prefetch, the steps),
+    and by the prefetch while it asks step 0's questions ahead.
 
-    Yields False when `wait` is off and another process holds it.
+    Yields False when `wait` is off and another process holds it. A worker that has to wait gives its
+    start-up turn back first (`vr_assets.turns`): the wait is for the prefetch, not for the CPU.
     """
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "a+b") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            turns.end()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield True
         finally:

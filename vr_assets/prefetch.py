@@ -1,26 +1,39 @@
-"""Step 0's media for the videos next in line, made with spare CPU while earlier videos wait on the model.
+"""Step 0 for the videos next in line, done with what earlier videos leave idle: media, then questions.
 
 A video's first step cannot call the model before its downscaled copy (and a long video's frames) exist.
 Made inside the run, that ffmpeg work lands all at once on the first wave of workers, when the CPU is
 busiest and the provider still empty. The runner instead hands videos out one at a time and this
 thread prepares the ones not handed out yet, at a lower CPU priority, so a worker finds them ready.
 
-It only ever saves time: each video's media goes through `step0_media` under the video's lock, so
-a worker that takes a video mid-preparation waits for it instead of doing it twice, and anything
-that fails here is left for the step, which does the work again and reports the error with the run.
+With `workflow.screen_ahead`, step 0's questions (`vr_assets.screening`) go out too as soon as a
+video's media exists: the provider starts working seconds before the first worker has loaded Dagster.
+The answers land in the call cache marked as asked ahead, so the run's `filter_result` finds them and
+records them as its own calls, cost included, once (`CachedModel.generate_many(ahead=True)`).
+
+It only ever saves time: each video's media and questions happen under the video's media lock, so a
+worker that takes a video mid-way waits for it instead of paying twice, and anything that fails here is
+left for the step, which does the work again and reports the error with the run.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_media
-from vr_assets.records import VideoSource
+from vr_assets.records import VideoProbe, VideoSource
+from vr_assets.store import JsonStore
+
+if TYPE_CHECKING:
+    from vr_assets.call_cache import CachedModel
+    from vr_assets.prompts import PromptPack
 
 # Below the workers (nice 0): the prefetch uses the CPU they leave idle while waiting on the model.
 NICENESS = 10
@@ -29,8 +42,11 @@ NICENESS = 10
 class MediaPrefetch:
     """One background thread walking the videos in hand-out order, skipping those already handed out."""
 
-    def __init__(self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource]) -> None:
+    def __init__(
+        self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource], screener: AheadScreener | None = None
+    ) -> None:
         self._spec = spec
+        self._screener = screener
         self._tool = tool
         self._videos = list(videos)
         self._handed_out: set[str] = set()
@@ -44,6 +60,8 @@ class MediaPrefetch:
 
     def start(self) -> MediaPrefetch:
         if self._videos:
+            if self._screener is not None:
+                self._screener.start()  # from this thread: its threads keep the normal priority
             self._thread.start()
         return self
 
@@ -60,15 +78,19 @@ class MediaPrefetch:
             self._dropped |= dropped
 
     def wait(self) -> None:
-        """Until every video not handed out has been tried."""
+        """Until every video not handed out has been tried (its questions too)."""
         if self._thread.is_alive():
             self._thread.join()
+        if self._screener is not None:
+            self._screener.wait()
 
     def stop(self) -> None:
         """Finish the video in hand (its files land whole or not at all) and start no other."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._screener is not None:
+            self._screener.stop()
 
     def summary(self) -> str:
         text = (
@@ -78,6 +100,8 @@ class MediaPrefetch:
         )
         if self.failed:
             text += f", {len(self.failed)} left to the step after an error"
+        if self._screener is not None:
+            text += "; " + self._screener.summary()
         return text
 
     def _taken(self, key: str) -> bool:
@@ -95,8 +119,8 @@ class MediaPrefetch:
 
     def _prepare(self, video: VideoSource) -> None:
         cache = media_cache_dir(self._spec, video.key)
-        with media_lock(cache, wait=False) as mine:
-            if not mine or self._taken(video.key):
+        with ExitStack() as held:
+            if not held.enter_context(media_lock(cache, wait=False)) or self._taken(video.key):
                 self.skipped.append(video.key)  # its worker got there first
                 return
             try:
@@ -106,10 +130,127 @@ class MediaPrefetch:
                     # made by an earlier run; its frames may be gone on purpose (step 1a drops them)
                     self.skipped.append(video.key)
                     return
-                step0_media(self._spec, self._tool, src, probe, cache, locked=True)
+                kind, paths = step0_media(self._spec, self._tool, src, probe, cache, locked=True)
                 self.prepared.append(video.key)
             except Exception as e:  # the step redoes it and reports the cause with the run
                 self.failed[video.key] = f"{type(e).__name__}: {e}"
+                return
+            if self._screener is not None and not self._stop.is_set():
+                # the lock goes with the questions: a worker taking the video waits for their answers
+                self._screener.submit(video, probe, kind, paths, held.pop_all())
+
+
+class AheadScreener:
+    """Threads asking step 0's questions for prepared videos, each holding that video's media lock.
+
+    As many threads as provider slots; the provider limit holds anyway (host-wide slots).
+    """
+
+    def __init__(self, spec: Spec, threads: int) -> None:
+        self._spec = spec
+        self._queue: queue.Queue[tuple[VideoSource, VideoProbe, str, list[Path], ExitStack] | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"vr-screen-{i}", daemon=True) for i in range(threads)
+        ]
+        self._model: CachedModel | None = None
+        self._pack: PromptPack | None = None
+        self._model_guard = threading.Lock()
+        self._guard = threading.Lock()
+        self._stopping = False
+        self.screened: list[str] = []
+        self.calls = 0
+        self.left: dict[str, str] = {}  # video -> why its questions were left to its step
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, video: VideoSource, probe: VideoProbe, kind: str, paths: list[Path], held: ExitStack) -> None:
+        with self._guard:
+            if self._stopping:
+                held.close()
+                return
+            self._queue.put((video, probe, kind, paths, held))
+
+    def wait(self) -> None:
+        """Until every video submitted so far has had its questions asked."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        """Finish the questions in flight; videos still queued are left to their steps."""
+        with self._guard:
+            self._stopping = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[4].close()
+            self._queue.task_done()
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+        if self._model is not None:
+            self._model.model.close()
+
+    def summary(self) -> str:
+        text = f"step 0 asked ahead for {len(self.screened)} video(s) ({self.calls} calls)"
+        if self.left:
+            text += f", {len(self.left)} left to their step"
+        return text
+
+    def _teacher(self) -> tuple[CachedModel, PromptPack]:
+        with self._model_guard:  # the first thread imports the SDK and builds the client; the rest wait
+            if self._model is None or self._pack is None:
+                from vr_assets.call_cache import spec_teacher
+                from vr_assets.prompts import load_pack
+
+                self._pack = load_pack(self._spec.prompt_pack, self._spec.prompts_module)
+                self._model = spec_teacher(self._spec, "vlm")
+            return self._model, self._pack
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            video, probe, kind, paths, held = item
+            try:
+                with held:  # the video's media lock, released once its questions are answered
+                    self._ask(video, probe, kind, paths)
+            except Exception as e:  # the step asks again and reports the cause with the run
+                self.left[video.key] = f"{type(e).__name__}: {e}"
+            finally:
+                self._queue.task_done()
+
+    def _ask(self, video: VideoSource, probe: VideoProbe, kind: str, paths: list[Path]) -> None:
+        from vr_assets.providers import ModelAnswer, ModelCall
+        from vr_assets.screening import asks_relevance, known_mode, screen, step0_ref
+
+        spec = self._spec
+        if probe.duration_sec > spec.workflow.max_video_length_sec:
+            return  # step 0 stops it without a question
+        if JsonStore(spec.results_dir).exists("filter_result", video.key):
+            return  # only videos whose step 0 is sure to run (a missing record is always re-made)
+        mode, _ = known_mode(spec, video.mode)
+        if not asks_relevance(spec) and mode is not None:
+            return
+        model, pack = self._teacher()
+        ref = step0_ref(kind, paths, video.key)
+        if model.model.needs_upload(ref):
+            self.left[video.key] = "its media goes through an upload, which belongs to the worker's process"
+            return
+
+        def run(calls: list[ModelCall], step: str) -> list[ModelAnswer]:
+            answers = model.generate_many(calls, ahead=True)
+            with self._guard:
+                self.calls += len(calls)
+            for a in answers:
+                if not isinstance(a, ModelAnswer):
+                    raise a
+            return answers  # type: ignore[return-value]
+
+        screen(pack, run, video.key, ref, ask_relevance=asks_relevance(spec), mode=mode)
+        self.screened.append(video.key)
 
 
 def _lower_own_priority() -> None:

@@ -5,14 +5,12 @@ Secrets are `EnvVar`s so the UI shows the variable's name, never its value.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
 
-from vr_assets.call_cache import CachedModel, cache_dir_for
+from vr_assets.call_cache import CachedModel, cache_dir_for, settings_fingerprint
 from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimits, RetrySettings, Spec
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
@@ -95,12 +93,9 @@ class TeacherResource(ConfigurableResource):
         return ModelSpec(backend="openai", openai=openai, limits=limits, retry=retry)
 
     def settings_fingerprint(self) -> str:
-        """What changes an answer besides prompt and media (never the key)."""
-        fields = {
-            "backend": self.backend, "model": self.model, "temperature": self.temperature,
-            "max_output_tokens": self.max_output_tokens, "media_resolution": self.media_resolution,
-        }
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_fingerprint(
+            self.backend, self.model, self.temperature, self.max_output_tokens, self.media_resolution
+        )
 
     def client(self, spec: Spec) -> CachedModel:
         model = get_model(

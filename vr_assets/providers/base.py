@@ -420,6 +420,10 @@ class BaseTeacher:
     def release(self, video_key: str) -> None:
         raise NotImplementedError
 
+    def needs_upload(self, media: MediaRef) -> bool:
+        """Whether sending `media` would upload a file (kept by this process until `release`)."""
+        return False
+
     # -------------------------------------------------- public API
 
     @property

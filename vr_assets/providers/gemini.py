@@ -28,6 +28,7 @@ from vr_assets.providers.base import (
     BaseTeacher,
     Failure,
     KeyedLocks,
+    MediaRef,
     ModelCall,
     PayloadCache,
     Prepared,
@@ -351,6 +352,12 @@ class GeminiTeacher(BaseTeacher):
 
     # -------------------------------------------------- media
 
+    def _over_inline_limit(self, path: Path) -> bool:
+        return inline_payload_bytes(path.stat().st_size) > int(self._media.inline_limit_mb * 1_000_000)
+
+    def needs_upload(self, media: MediaRef) -> bool:
+        return media.kind != "frames" and any(self._over_inline_limit(p) for p in media.paths)
+
     def _prepare(self, call: ModelCall) -> Prepared:
         media = call.media
         if media is None:
@@ -360,14 +367,12 @@ class GeminiTeacher(BaseTeacher):
             key = "frames:" + media_sha256(media)
             parts, size = self._shared.payloads.get(key, owner, lambda: _frame_parts(media.paths))
             return Prepared(payload=parts, inline_bytes=size)
-        limit = int(self._media.inline_limit_mb * 1_000_000)
         parts: list[types.Part] = []
         held: list[_Upload] = []
         uploaded = inline = 0
         try:
             for path in media.paths:
-                size = path.stat().st_size
-                if inline_payload_bytes(size) > limit:
+                if self._over_inline_limit(path):
                     up, sent = self._shared.uploads.acquire(path, media.mime_type, owner, self._timeout_ms)
                     held.append(up)
                     parts.append(up.part)
