@@ -13,14 +13,14 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from vr_assets.call_cache import spec_teacher
 from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_media
-from vr_assets.prefetch import NICENESS, AheadScreener, MediaPrefetch, _lower_own_priority
+from vr_assets.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_priority
 from vr_assets.prompts import load_pack
 from vr_assets.providers import ModelAnswer
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource
 from vr_assets.runner import Workers
-from vr_assets.screening import KEYS as SCREENING_KEYS
 from vr_assets.store import JsonStore
+from vr_assets.whole_video import CAPTION_KEYS, SCREENING_KEYS
 
 # re-encode (the tests' default passes sources through) so step 0 really runs ffmpeg
 REENCODE = {"media": {"fps": 2.0, "max_side": 96}}
@@ -188,37 +188,38 @@ def test_dropped_videos_are_not_prepared_nor_counted(make_pipeline: Any, synthet
     assert prefetch.summary().startswith("media prefetch: 1 of 1 video(s) prepared")
 
 
-def step0_requests(env: Any, spec: Any) -> list[Any]:
+def requests_for(env: Any, spec: Any, keys: tuple[str, ...]) -> list[Any]:
     pack = load_pack(spec.prompt_pack, spec.prompts_module)
-    prompts = {pack.render(k) for k in SCREENING_KEYS}
+    prompts = {pack.render(k) for k in keys}
     return [r for r in env.model_requests() if r.prompt_text in prompts]
 
 
-def test_step_0_asked_ahead_is_paid_once_and_recorded_by_its_run(
+def test_questions_asked_ahead_are_paid_once_and_recorded_by_their_run(
     make_pipeline: Any, synthetic_videos: dict[str, Path]
 ) -> None:
-    """The prefetch's questions go out before any worker; the run then finds the answers and owns their cost."""
+    """Steps 0 and 1a's questions go out before any worker; the run then finds the answers and owns their cost."""
     env = make_pipeline("gemini")
     spec = env.spec(**MCQ_ONLY, **REENCODE, prices={"gemini-test": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
     videos = [source(synthetic_videos["clip8"], "a"), source(synthetic_videos["clip16"], "b")]
     for v in videos:
         env.add_video(Path(v.path), v.key + ".mp4")
-    screener = AheadScreener(spec, threads=2)
-    prefetch = MediaPrefetch(spec, media_tool(spec), videos, screener).start()
+    ahead = AskAhead(spec, threads=2)
+    prefetch = MediaPrefetch(spec, media_tool(spec), videos, ahead).start()
     prefetch.wait()
-    prefetch.stop()  # returns once the questions in flight are answered
-    assert sorted(screener.screened) == ["a", "b"] and screener.left == {}, (screener.left, prefetch.summary())
-    asked = step0_requests(env, spec)
-    assert len(asked) == screener.calls == 4  # relevance, then anomaly vs normal, per video
-    assert "step 0 asked ahead for 2 video(s) (4 calls)" in prefetch.summary()
+    prefetch.stop()
+    assert sorted(ahead.asked) == ["a", "b"] and ahead.left == {}, (ahead.left, prefetch.summary())
+    # per video: relevance, then anomaly vs normal (step 0), then the global and the dense caption (1a)
+    assert len(requests_for(env, spec, SCREENING_KEYS)) == 4
+    assert len(requests_for(env, spec, CAPTION_KEYS)) == 4
+    assert ahead.calls == 8 and "asked ahead for 2 video(s) (8 calls)" in prefetch.summary()
 
     summary = env.run(spec, build_dataset=False)  # one worker: no prefetch of its own
     assert summary.failed == {} and sorted(summary.succeeded) == ["a.mp4", "b.mp4"]
-    assert len(step0_requests(env, spec)) == 4  # the runs asked nothing again
+    assert len(requests_for(env, spec, SCREENING_KEYS + CAPTION_KEYS)) == 8  # the runs asked none of them again
     store = JsonStore(spec.results_dir)
     for key in ("a.mp4", "b.mp4"):
-        usage = store.read("filter_result", key).usage
-        assert [u.prompt_key for u in usage] == list(SCREENING_KEYS)
+        usage = store.read("filter_result", key).usage + store.read("captions", key).usage
+        assert [u.prompt_key for u in usage][:2] == list(SCREENING_KEYS) and len(usage) == 4
         # the run records the calls as its own: paid (not a cache hit), with their cost and latency
         assert all(not u.cached and u.cost_usd > 0 and u.latency_s > 0 for u in usage), usage
     assert not list((env.results / "cache" / "calls").rglob("*.ahead"))  # every mark claimed
@@ -231,14 +232,14 @@ def test_step_0_is_not_asked_ahead_for_a_video_whose_step_0_is_done(
     env.add_video(synthetic_videos["clip8"], "a.mp4")
     spec = env.spec(**MCQ_ONLY, **REENCODE)
     assert env.run(spec, build_dataset=False).failed == {}
-    before = len(step0_requests(env, spec))
+    before = env.calls()
     shutil.rmtree(env.results / "cache" / "calls")  # even without its answers cached: the plan will not ask
-    screener = AheadScreener(spec, threads=1)
+    ahead = AskAhead(spec, threads=1)
     video = source(env.videos / "a.mp4", "a.mp4")
-    prefetch = MediaPrefetch(spec, media_tool(spec), [video], screener).start()
+    prefetch = MediaPrefetch(spec, media_tool(spec), [video], ahead).start()
     prefetch.wait()
     prefetch.stop()
-    assert screener.screened == [] and len(step0_requests(env, spec)) == before
+    assert ahead.asked == [] and env.calls() == before
 
 
 def test_cached_answers_asked_ahead_are_claimed_once(make_pipeline: Any) -> None:

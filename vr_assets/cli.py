@@ -160,18 +160,18 @@ def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
     """Step 0's media for `videos` (see `vr_assets.prefetch`), in hand-out order unless it asks ahead.
 
     It starts before the plan (so it has the CPU the workers' start-up leaves idle); `MediaPrefetch.drop`
-    then takes out the videos the plan does not start from step 0. With `workflow.screen_ahead` it asks
-    step 0's questions too, only for videos without a `filter_result` record (whose step 0 the plan runs).
+    then takes out the videos the plan does not start from step 0. With `workflow.ask_ahead` it asks
+    steps 0 and 1a's questions too, only for videos without a `filter_result` record (the plan runs those).
     """
     from vr_assets.media_cache import media_tool
-    from vr_assets.prefetch import AheadScreener, MediaPrefetch
+    from vr_assets.prefetch import AskAhead, MediaPrefetch
 
-    screener = None
-    if spec.workflow.screen_ahead and not spec.offline_teacher:
-        screener = AheadScreener(spec, spec.vlm.limits.max_concurrency or spec.workflow.max_workers)
+    ahead = None
+    if spec.workflow.ask_ahead and not spec.offline_teacher:
+        ahead = AskAhead(spec, spec.vlm.limits.max_concurrency or spec.workflow.max_workers)
         # smallest file first: the cheapest media, so the most questions out before the workers are up
         videos = sorted(videos, key=_file_size)
-    return MediaPrefetch(spec, media_tool(spec), videos, screener).start()
+    return MediaPrefetch(spec, media_tool(spec), videos, ahead).start()
 
 
 def _file_size(video: VideoSource) -> int:
@@ -248,8 +248,8 @@ def run_pipeline(
                 else:
                     progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
     finally:
-        if prefetch is not None:
-            prefetch.stop()
+        if prefetch is not None:  # the run stopped early (an error, ^C)
+            prefetch.stop(answers=False)
     summary.seconds = time.perf_counter() - t0
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "

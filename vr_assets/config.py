@@ -115,10 +115,10 @@ class WorkflowSettings(SpecModel):
         "at once; the others wait until one of them sends its first request. Workers all starting together "
         "share the CPU and reach the provider together, late. null: one per CPU core; 0: no turns",
     )
-    screen_ahead: bool = Field(
-        True, description="vr-annotate with media.prefetch: ask step 0's questions for a prefetched video (inline "
-        "media only) while the workers still load Dagster; the answers wait in the call cache and its run "
-        "records them as its own calls, paid once",
+    ask_ahead: bool = Field(
+        True, description="vr-annotate with media.prefetch: ask a prefetched video's step 0 and step 1a questions "
+        "(inline media only) while the workers still load Dagster; the answers wait in the call cache and the "
+        "video's run records them as its own calls, paid once",
     )
     max_video_length_sec: float = Field(300.0, gt=0)
     chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])

@@ -5,10 +5,11 @@ Made inside the run, that ffmpeg work lands all at once on the first wave of wor
 busiest and the provider still empty. The runner instead hands videos out one at a time and this
 thread prepares the ones not handed out yet, at a lower CPU priority, so a worker finds them ready.
 
-With `workflow.screen_ahead`, step 0's questions (`vr_assets.screening`) go out too as soon as a
-video's media exists: the provider starts working seconds before the first worker has loaded Dagster.
-The answers land in the call cache marked as asked ahead, so the run's `filter_result` finds them and
-records them as its own calls, cost included, once (`CachedModel.generate_many(ahead=True)`).
+With `workflow.ask_ahead`, the questions about the whole video (`vr_assets.whole_video`: step 0's
+screening, then step 1a's captions if it proceeds) go out too as soon as a video's media exists: the
+provider starts working seconds before the first worker has loaded Dagster. The answers land in the
+call cache marked as asked ahead, so the run's `filter_result` and `captions` find them and record
+them as their own calls, cost included, once (`CachedModel.generate_many(ahead=True)`).
 
 It only ever saves time: each video's media and questions happen under the video's media lock, so a
 worker that takes a video mid-way waits for it instead of paying twice, and anything that fails here is
@@ -43,10 +44,10 @@ class MediaPrefetch:
     """One background thread walking the videos in hand-out order, skipping those already handed out."""
 
     def __init__(
-        self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource], screener: AheadScreener | None = None
+        self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource], ahead: AskAhead | None = None
     ) -> None:
         self._spec = spec
-        self._screener = screener
+        self._ahead = ahead
         self._tool = tool
         self._videos = list(videos)
         self._handed_out: set[str] = set()
@@ -60,8 +61,8 @@ class MediaPrefetch:
 
     def start(self) -> MediaPrefetch:
         if self._videos:
-            if self._screener is not None:
-                self._screener.start()  # from this thread: its threads keep the normal priority
+            if self._ahead is not None:
+                self._ahead.start()  # from this thread: its threads keep the normal priority
             self._thread.start()
         return self
 
@@ -81,16 +82,17 @@ class MediaPrefetch:
         """Until every video not handed out has been tried (its questions too)."""
         if self._thread.is_alive():
             self._thread.join()
-        if self._screener is not None:
-            self._screener.wait()
+        if self._ahead is not None:
+            self._ahead.wait()
 
-    def stop(self) -> None:
-        """Finish the video in hand (its files land whole or not at all) and start no other."""
+    def stop(self, *, answers: bool = True) -> None:
+        """Finish the video in hand (its files land whole or not at all) and start no other; with `answers`,
+        wait for the questions in flight too (off when the run is being abandoned: they are lost, not paid twice)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self._screener is not None:
-            self._screener.stop()
+        if self._ahead is not None:
+            self._ahead.stop(wait=answers)
 
     def summary(self) -> str:
         text = (
@@ -100,8 +102,8 @@ class MediaPrefetch:
         )
         if self.failed:
             text += f", {len(self.failed)} left to the step after an error"
-        if self._screener is not None:
-            text += "; " + self._screener.summary()
+        if self._ahead is not None:
+            text += "; " + self._ahead.summary()
         return text
 
     def _taken(self, key: str) -> bool:
@@ -135,13 +137,13 @@ class MediaPrefetch:
             except Exception as e:  # the step redoes it and reports the cause with the run
                 self.failed[video.key] = f"{type(e).__name__}: {e}"
                 return
-            if self._screener is not None and not self._stop.is_set():
+            if self._ahead is not None and not self._stop.is_set():
                 # the lock goes with the questions: a worker taking the video waits for their answers
-                self._screener.submit(video, probe, kind, paths, held.pop_all())
+                self._ahead.submit(video, probe, kind, paths, held.pop_all())
 
 
-class AheadScreener:
-    """Threads asking step 0's questions for prepared videos, each holding that video's media lock.
+class AskAhead:
+    """Threads asking the whole-video questions of prepared videos, each holding that video's media lock.
 
     As many threads as provider slots; the provider limit holds anyway (host-wide slots).
     """
@@ -157,7 +159,7 @@ class AheadScreener:
         self._model_guard = threading.Lock()
         self._guard = threading.Lock()
         self._stopping = False
-        self.screened: list[str] = []
+        self.asked: list[str] = []
         self.calls = 0
         self.left: dict[str, str] = {}  # video -> why its questions were left to its step
 
@@ -176,8 +178,8 @@ class AheadScreener:
         """Until every video submitted so far has had its questions asked."""
         self._queue.join()
 
-    def stop(self) -> None:
-        """Finish the questions in flight; videos still queued are left to their steps."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Finish the questions in flight (unless not `wait`); videos still queued are left to their steps."""
         with self._guard:
             self._stopping = True
         while True:
@@ -190,13 +192,15 @@ class AheadScreener:
             self._queue.task_done()
         for _ in self._threads:
             self._queue.put(None)
+        if not wait:
+            return  # daemon threads: an answer still in flight is not stored
         for t in self._threads:
             t.join()
         if self._model is not None:
             self._model.model.close()
 
     def summary(self) -> str:
-        text = f"step 0 asked ahead for {len(self.screened)} video(s) ({self.calls} calls)"
+        text = f"asked ahead for {len(self.asked)} video(s) ({self.calls} calls)"
         if self.left:
             text += f", {len(self.left)} left to their step"
         return text
@@ -224,7 +228,7 @@ class AheadScreener:
 
     def _ask(self, video: VideoSource, probe: VideoProbe, kind: str, paths: list[Path]) -> None:
         from vr_assets.providers import ModelAnswer, ModelCall
-        from vr_assets.screening import asks_relevance, known_mode, screen, step0_ref
+        from vr_assets.whole_video import asks_relevance, caption_calls, known_mode, screen, whole_video_ref
 
         spec = self._spec
         if probe.duration_sec > spec.workflow.max_video_length_sec:
@@ -232,25 +236,28 @@ class AheadScreener:
         if JsonStore(spec.results_dir).exists("filter_result", video.key):
             return  # only videos whose step 0 is sure to run (a missing record is always re-made)
         mode, _ = known_mode(spec, video.mode)
-        if not asks_relevance(spec) and mode is not None:
-            return
         model, pack = self._teacher()
-        ref = step0_ref(kind, paths, video.key)
+        ref = whole_video_ref(kind, paths, video.key)
         if model.model.needs_upload(ref):
             self.left[video.key] = "its media goes through an upload, which belongs to the worker's process"
             return
 
         def run(calls: list[ModelCall], step: str) -> list[ModelAnswer]:
             answers = model.generate_many(calls, ahead=True)
-            with self._guard:
-                self.calls += len(calls)
             for a in answers:
                 if not isinstance(a, ModelAnswer):
                     raise a
+            with self._guard:
+                self.calls += sum(not a.usage.cached for a in answers)  # type: ignore[union-attr]
             return answers  # type: ignore[return-value]
 
-        screen(pack, run, video.key, ref, ask_relevance=asks_relevance(spec), mode=mode)
-        self.screened.append(video.key)
+        try:
+            screened = screen(pack, run, video.key, ref, ask_relevance=asks_relevance(spec), mode=mode)
+            if screened.is_valid is not False:  # step 0 lets it through: step 1a asks these next
+                run(caption_calls(pack, screened.label or mode or "normal", video.key, ref), "1a")
+        finally:
+            model.release(video.key)  # this process keeps no video's inline payload past its questions
+        self.asked.append(video.key)
 
 
 def _lower_own_priority() -> None:

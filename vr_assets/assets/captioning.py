@@ -37,8 +37,8 @@ from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
+from vr_assets.whole_video import CAPTION_KEYS, caption_calls
 
-CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dense_caption", "normal_dense_caption")
 CHUNK_KEYS = ("anomaly_chunk_caption", "normal_chunk_caption")
 
 
@@ -73,12 +73,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         video, probe, mode = filter_result.video, filter_result.probe, filter_result.mode
         model = vlm.client(spec)
         ref = full_video_media(pipe, video, probe, media.tool())
-        g, d = run_calls(
-            model,
-            [pipe.call("1a", f"{mode}_global_caption", key, ref), pipe.call("1a", f"{mode}_dense_caption", key, ref)],
-            key,
-            "1a",
-        )
+        g, d = run_calls(model, caption_calls(pipe.pack, mode, key, ref), key, "1a")
         # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now
         # (the downscaled copy stays for step 1b to cut its chunks from).
         model.release(key)

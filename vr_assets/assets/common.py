@@ -19,8 +19,8 @@ from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
-from vr_assets.screening import step0_ref
 from vr_assets.store import JsonStore
+from vr_assets.whole_video import whole_video_ref
 
 OFFLINE_NOTE = "offline demo teacher — not real annotations"
 
@@ -83,7 +83,7 @@ def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool
         kind, paths = step0_media(pipe.spec, tool, Path(video.path), probe, pipe.media_cache(video.key))
     except (MediaError, OSError) as e:
         raise media_failure(video, e) from e
-    return step0_ref(kind, paths, video.key)
+    return whole_video_ref(kind, paths, video.key)
 
 
 def prepared_copy(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> Path | None:

@@ -21,7 +21,7 @@ from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
-from vr_assets.screening import KEYS, ScreeningError, asks_relevance, known_mode, screen
+from vr_assets.whole_video import SCREENING_KEYS, ScreeningError, asks_relevance, known_mode, screen
 
 
 def build(pipe: Pipeline) -> AssetsDefinition:
@@ -29,7 +29,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
     wf = spec.workflow
     run_filter = asks_relevance(spec)
     version = code_version(
-        "filter_result/1", pipe.pack.fingerprint(KEYS), spec.vlm.backend, spec.vlm.model_name,
+        "filter_result/1", pipe.pack.fingerprint(SCREENING_KEYS), spec.vlm.backend, spec.vlm.model_name,
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps,

@@ -336,6 +336,10 @@ class TeacherModel(Protocol):
 
     def release(self, video_key: str) -> None: ...
 
+    def needs_upload(self, media: MediaRef) -> bool: ...
+
+    def close(self) -> None: ...
+
 
 # ---------------------------------------------------------------- shared loop
 

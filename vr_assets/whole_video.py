@@ -1,8 +1,9 @@
-"""Step 0's questions and how their answers decide, without Dagster.
+"""The questions asked of the whole video, without Dagster: step 0's screening and step 1a's captions.
 
-The `filter_result` asset asks them; so does vr-annotate's prefetch, for videos no worker has taken
-yet, while the workers are still loading Dagster (`vr_assets.prefetch`). Both build the same calls
-here, so the asset finds the prefetch's answers in the call cache instead of paying for them again.
+The `filter_result` and `captions` assets ask them; so does vr-annotate's prefetch, for videos no
+worker has taken yet, while the workers are still loading Dagster (`vr_assets.prefetch`). Both build
+the same calls here, so the assets find the prefetch's answers in the call cache instead of paying
+for them again.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from vr_assets.records import AnomalyVerdict, CallUsage, Mode, RelevanceVerdict
 
 FILTER_KEY = "video_filtering"
 CLASSIFY_KEY = "video_anomaly_classification"
-KEYS = (FILTER_KEY, CLASSIFY_KEY)
+SCREENING_KEYS = (FILTER_KEY, CLASSIFY_KEY)
+CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dense_caption", "normal_dense_caption")
 
 # Runs one step's calls and returns their answers, or raises naming the video and the step.
 RunCalls = Callable[[list[ModelCall], str], list[ModelAnswer]]
 
 
-def step0_ref(kind: str, paths: list[Path], video_key: str) -> MediaRef:
+def whole_video_ref(kind: str, paths: list[Path], video_key: str) -> MediaRef:
     """Step 0's media (`media_cache.step0_media`) as the model gets it, here and in step 1a."""
     mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
     return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key)  # type: ignore[arg-type]
@@ -91,3 +93,9 @@ def screen(
             )
         out.label = label  # type: ignore[assignment]
     return out
+
+
+def caption_calls(pack: PromptPack, mode: Mode, video_key: str, media: MediaRef) -> list[ModelCall]:
+    """Step 1a: a global narrative caption and a dense, timestamped one, in the wording of `mode`."""
+    return [pack.call("1a", f"{mode}_global_caption", video_key, media),
+            pack.call("1a", f"{mode}_dense_caption", video_key, media)]
