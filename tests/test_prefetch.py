@@ -17,7 +17,7 @@ from vr_assets.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_pri
 from vr_assets.prompts import load_pack
 from vr_assets.providers import ModelAnswer
 from vr_assets.records import VideoSource
-from vr_assets.resources import MediaResource
+from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.runner import Workers
 from vr_assets.store import JsonStore
 from vr_assets.whole_video import CAPTION_KEYS, SCREENING_KEYS
@@ -255,3 +255,16 @@ def test_cached_answers_asked_ahead_are_claimed_once(make_pipeline: Any) -> None
     assert env.calls() == 1
     assert not first.usage.cached and first.usage.cost_usd == ahead.usage.cost_usd > 0
     assert second.usage.cached and second.usage.cost_usd == 0.0
+
+
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+def test_the_teacher_built_without_dagster_keys_calls_like_the_resource(make_pipeline: Any, backend: str) -> None:
+    """Asked ahead and asked by the step, the same call must have the same cache key, or it is paid twice."""
+    env = make_pipeline(backend)
+    spec = env.spec(
+        vlm={"gemini": {"media_resolution": "MEDIA_RESOLUTION_LOW", "temperature": 0.7}, "openai": {"temperature": 0.7}},
+        llm={"gemini": {"media_resolution": "MEDIA_RESOLUTION_HIGH"}},
+    )
+    for role, ms in (("vlm", spec.vlm), ("llm", spec.llm)):
+        resource = TeacherResource.from_spec(role, ms, spec)
+        assert spec_teacher(spec, role).settings_fingerprint == resource.settings_fingerprint(), role  # type: ignore[arg-type]

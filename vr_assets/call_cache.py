@@ -162,7 +162,7 @@ def settings_fingerprint(
 
 def spec_teacher(spec: Spec, role: Literal["vlm", "llm"]) -> CachedModel:
     """The teacher a step gets from the spec's `TeacherResource` (same answers, same cache keys), built
-    without Dagster: vr-annotate's prefetch asks step 0's questions before the workers have loaded it."""
+    without Dagster: vr-annotate's prefetch asks the whole-video questions before the workers have loaded it."""
     ms = spec.vlm if role == "vlm" else spec.llm
     concurrency = ms.limits.max_concurrency or spec.workflow.max_workers
     ms = ms.model_copy(update={"limits": ms.limits.model_copy(update={"max_concurrency": concurrency})})

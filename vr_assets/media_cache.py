@@ -63,7 +63,7 @@ def media_cache_dir(spec: Spec, key: str) -> Path:
 @contextmanager
 def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
     """Held while one video's step-0 media is made, across processes (the runner's prefetch, the steps),
-    and by the prefetch while it asks step 0's questions ahead.
+    and by the prefetch while it asks the whole-video questions ahead.
 
     Yields False when `wait` is off and another process holds it. A worker that has to wait gives its
     start-up turn back first (`vr_assets.turns`): the wait is for the prefetch, not for the CPU.
