@@ -262,7 +262,8 @@ def test_the_teacher_built_without_dagster_keys_calls_like_the_resource(make_pip
     """Asked ahead and asked by the step, the same call must have the same cache key, or it is paid twice."""
     env = make_pipeline(backend)
     spec = env.spec(
-        vlm={"gemini": {"media_resolution": "MEDIA_RESOLUTION_LOW", "temperature": 0.7}, "openai": {"temperature": 0.7}},
+        vlm={"gemini": {"media_resolution": "MEDIA_RESOLUTION_LOW", "temperature": 0.7},
+             "openai": {"temperature": 0.7}},
         llm={"gemini": {"media_resolution": "MEDIA_RESOLUTION_HIGH"}},
     )
     for role, ms in (("vlm", spec.vlm), ("llm", spec.llm)):
