@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,16 @@ def test_the_teacher_built_without_dagster_keys_calls_like_the_resource(make_pip
     for role, ms in (("vlm", spec.vlm), ("llm", spec.llm)):
         resource = TeacherResource.from_spec(role, ms, spec)
         assert spec_teacher(spec, role).settings_fingerprint == resource.settings_fingerprint(), role  # type: ignore[arg-type]
+
+
+def test_threads_asking_the_same_call_at_once_pay_for_it_once(make_pipeline: Any) -> None:
+    """Two copies of one video asked ahead by two threads: one request, one paid answer, the rest cached."""
+    env = make_pipeline("gemini", latency_text_s=0.3)
+    spec = env.spec()
+    model = spec_teacher(spec, "vlm")
+    call = load_pack(spec.prompt_pack, spec.prompts_module).call("0", "video_filtering", "v")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: model.generate_many([call], ahead=True)[0], range(4)))
+    assert env.calls() == 1
+    assert all(isinstance(a, ModelAnswer) for a in answers)
+    assert sorted(a.usage.cached for a in answers if isinstance(a, ModelAnswer)) == [False, True, True, True]

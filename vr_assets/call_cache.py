@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +42,39 @@ def file_sha256(path: Path) -> str:
     with _sha_lock:
         _sha_memo[memo_key] = digest
     return digest
+
+
+class _InFlight:
+    """Per-key locks for the calls this process is making, so two threads never pay for the same call
+    (the prefetch's threads asking ahead for two copies of one video); dropped when the last holder leaves."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, keys: list[str]) -> Iterator[None]:
+        with self._guard:
+            held = [self._locks.setdefault(k, (threading.Lock(), [0])) for k in sorted(set(keys))]
+            for _, users in held:
+                users[0] += 1
+        acquired: list[threading.Lock] = []
+        try:
+            for lock, _ in held:  # in key order, so two batches sharing keys cannot deadlock
+                lock.acquire()
+                acquired.append(lock)
+            yield
+        finally:
+            for lock in acquired:
+                lock.release()
+            with self._guard:
+                for k, (_, users) in zip(sorted(set(keys)), held, strict=True):
+                    users[0] -= 1
+                    if users[0] == 0:
+                        del self._locks[k]
+
+
+_in_flight = _InFlight()
 
 
 class CachedModel:
@@ -134,11 +169,15 @@ class CachedModel:
         ]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            fresh = self.model.generate_many([calls[i] for i in todo])
-            for i, ans in zip(todo, fresh, strict=True):
-                if isinstance(ans, ModelAnswer):
-                    self._store(keys[i], ans, ahead=ahead)
-                out[i] = ans
+            with _in_flight.hold([keys[i] for i in todo]):
+                for i in todo:  # another thread may have answered it while this one waited
+                    out[i] = self._lookup(calls[i], keys[i], claim=not ahead)
+                todo = [i for i in todo if out[i] is None]
+                fresh = self.model.generate_many([calls[i] for i in todo]) if todo else []
+                for i, ans in zip(todo, fresh, strict=True):
+                    if isinstance(ans, ModelAnswer):
+                        self._store(keys[i], ans, ahead=ahead)
+                    out[i] = ans
         return [a for a in out if a is not None]
 
     def release(self, video_key: str) -> None:
