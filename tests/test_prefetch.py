@@ -283,3 +283,11 @@ def test_threads_asking_the_same_call_at_once_pay_for_it_once(make_pipeline: Any
     assert env.calls() == 1
     assert all(isinstance(a, ModelAnswer) for a in answers)
     assert sorted(a.usage.cached for a in answers if isinstance(a, ModelAnswer)) == [False, True, True, True]
+
+
+def test_a_prefetch_without_videos_stops_cleanly(make_pipeline: Any) -> None:
+    spec = make_pipeline("gemini").spec()
+    ahead = AskAhead(spec, threads=2)
+    prefetch = MediaPrefetch(spec, media_tool(spec), [], ahead).start()
+    prefetch.stop()
+    assert prefetch.summary().endswith("asked ahead for 0 video(s) (0 calls)")

@@ -41,7 +41,8 @@ NICENESS = 10
 
 
 class MediaPrefetch:
-    """One background thread walking the videos in hand-out order, skipping those already handed out."""
+    """One background thread walking the videos in the order given (the hand-out order, or smallest file first
+    when it asks ahead), skipping those already handed out."""
 
     def __init__(
         self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource], ahead: AskAhead | None = None
@@ -152,7 +153,7 @@ class AskAhead:
         self._spec = spec
         self._queue: queue.Queue[tuple[VideoSource, VideoProbe, str, list[Path], ExitStack] | None] = queue.Queue()
         self._threads = [
-            threading.Thread(target=self._work, name=f"vr-screen-{i}", daemon=True) for i in range(threads)
+            threading.Thread(target=self._work, name=f"vr-ask-ahead-{i}", daemon=True) for i in range(threads)
         ]
         self._model: CachedModel | None = None
         self._pack: PromptPack | None = None
@@ -195,7 +196,8 @@ class AskAhead:
         if not wait:
             return  # daemon threads: an answer still in flight is not stored
         for t in self._threads:
-            t.join()
+            if t.ident is not None:  # started (a prefetch without videos starts none)
+                t.join()
         if self._model is not None:
             self._model.model.close()
 
