@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import pickle
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from vr_assets.providers import (
     get_model,
     strip_think,
 )
-from vr_assets.providers.base import parse_retry_after, parse_retry_info, strip_fences
+from vr_assets.providers.base import KeyedLocks, parse_retry_after, parse_retry_info, strip_fences
 from vr_assets.providers.openai_compat import strict_json_schema
 from vr_assets.records import MultipleChoiceSet, RelevanceVerdict
 
@@ -396,3 +398,24 @@ def test_gemini_clients_share_one_verifying_tls_context(monkeypatch: pytest.Monk
         assert from_file.verify_mode == ssl.CERT_REQUIRED and from_file.cert_store_stats()["x509_ca"] > 0
     finally:
         gemini.tls_context.cache_clear()
+
+
+def test_keyed_locks_serialise_one_key_and_forget_it_when_done() -> None:
+    locks = KeyedLocks()
+    inside: list[str] = []
+    overlap: list[bool] = []
+
+    def work(tag: str) -> None:
+        with locks.hold_all(["b", "a"]):
+            overlap.append(bool(inside))
+            inside.append(tag)
+            time.sleep(0.05)
+            inside.remove(tag)
+
+    threads = [threading.Thread(target=work, args=(str(i),)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap == [False, False, False]  # never two holders of the same keys at once
+    assert locks._locks == {}  # no lock kept for keys no one holds or waits for

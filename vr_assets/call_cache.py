@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +19,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec
 from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel, UsageLedger, get_model
+from vr_assets.providers.base import KeyedLocks
 from vr_assets.store import atomic_write_text
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -44,37 +43,9 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
-class _InFlight:
-    """Per-key locks for the calls this process is making, so two threads never pay for the same call
-    (the prefetch's threads asking ahead for two copies of one video); dropped when the last holder leaves."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
-
-    @contextmanager
-    def hold(self, keys: list[str]) -> Iterator[None]:
-        with self._guard:
-            held = [self._locks.setdefault(k, (threading.Lock(), [0])) for k in sorted(set(keys))]
-            for _, users in held:
-                users[0] += 1
-        acquired: list[threading.Lock] = []
-        try:
-            for lock, _ in held:  # in key order, so two batches sharing keys cannot deadlock
-                lock.acquire()
-                acquired.append(lock)
-            yield
-        finally:
-            for lock in acquired:
-                lock.release()
-            with self._guard:
-                for k, (_, users) in zip(sorted(set(keys)), held, strict=True):
-                    users[0] -= 1
-                    if users[0] == 0:
-                        del self._locks[k]
-
-
-_in_flight = _InFlight()
+# Calls this process is making: two threads never pay for the same call (the prefetch's threads asking
+# ahead for two copies of one video).
+_in_flight = KeyedLocks()
 
 
 class CachedModel:
@@ -169,7 +140,7 @@ class CachedModel:
         ]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            with _in_flight.hold([keys[i] for i in todo]):
+            with _in_flight.hold_all(keys[i] for i in todo):
                 for i in todo:  # another thread may have answered it while this one waited
                     out[i] = self._lookup(calls[i], keys[i], claim=not ahead)
                 todo = [i for i in todo if out[i] is None]
