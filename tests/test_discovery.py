@@ -137,7 +137,7 @@ def test_default_spec_round_trips() -> None:
 
 
 def test_cli_hands_out_two_small_videos_then_a_big_one(tmp_path: Path) -> None:
-    from vr_assets.cli import hand_out_order
+    from vr_assets.cli import file_sizes, hand_out_order
     from vr_assets.records import VideoSource
 
     videos = {}
@@ -149,7 +149,7 @@ def test_cli_hands_out_two_small_videos_then_a_big_one(tmp_path: Path) -> None:
     videos["gone.mp4"] = VideoSource(key="gone.mp4", path=str(tmp_path / "gone.mp4"), source="video_root",
                                      rel_path="gone.mp4")
     work = {k: ["filter_result"] for k in videos}
-    ordered = hand_out_order(work, videos)
+    ordered = hand_out_order(work, file_sizes(videos.values()))
     # a missing file goes first so its error shows at once; then the two smallest left, the biggest left, ...
     assert list(ordered) == ["gone.mp4", "a.mp4", "f.mp4", "b.mp4", "d.mp4", "c.mp4", "e.mp4", "g.mp4"]
     assert ordered["b.mp4"] == ["filter_result"]

@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,23 +126,28 @@ def dataset_in_worker() -> tuple[int | None, str | None]:
 SMALL_PER_BIG = 2
 
 
-def hand_out_order(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[str, T]:
+def file_sizes(videos: Iterable[VideoSource]) -> dict[str, int | None]:
+    """Each video's file size (None: the file is missing). Size stands in for duration in the hand-out
+    and prefetch orders: probing every video up front would cost a probe each."""
+    sizes: dict[str, int | None] = {}
+    for v in videos:
+        try:
+            sizes[v.key] = Path(v.path).stat().st_size
+        except OSError:
+            sizes[v.key] = None
+    return sizes
+
+
+def hand_out_order(work: dict[str, T], sizes: dict[str, int | None]) -> dict[str, T]:
     """The order workers take videos in: the two smallest files left, then the biggest, and again.
 
     The biggest files still start early (one hand-out in three), so none runs alone at the end, but
     they are spread out: biggest-first gave the first wave nothing but long videos, whose step-0
     ffmpeg held back the first requests, and the waves that followed finished together, leaving a
-    tail of a few videos. File size stands in for duration (probing every video up front would cost
-    a probe each); a missing file goes first and fails fast with its own error.
+    tail of a few videos. A missing file goes first and fails fast with its own error.
     """
-    missing: list[str] = []
-    sizes: dict[str, int] = {}
-    for k in sorted(work):
-        try:
-            sizes[k] = Path(videos[k].path).stat().st_size
-        except (KeyError, OSError):
-            missing.append(k)
-    by_size = sorted(sizes, key=lambda k: (sizes[k], k))
+    missing = [k for k in sorted(work) if sizes.get(k) is None]
+    by_size = sorted((k for k in work if sizes.get(k) is not None), key=lambda k: (sizes[k], k))
     order = missing
     lo, hi = 0, len(by_size) - 1
     while lo <= hi:
@@ -156,7 +161,7 @@ def hand_out_order(work: dict[str, T], videos: dict[str, VideoSource]) -> dict[s
     return {k: work[k] for k in order}
 
 
-def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
+def start_prefetch(spec: Spec, videos: list[VideoSource], sizes: dict[str, int | None]) -> MediaPrefetch:
     """Step 0's media for `videos` (see `vr_assets.prefetch`), in hand-out order unless it asks ahead.
 
     It starts before the plan (so it has the CPU the workers' start-up leaves idle); `MediaPrefetch.drop`
@@ -169,16 +174,10 @@ def start_prefetch(spec: Spec, videos: list[VideoSource]) -> MediaPrefetch:
     ahead = None
     if spec.workflow.ask_ahead and not spec.offline_teacher:
         ahead = AskAhead(spec, spec.vlm.limits.max_concurrency or spec.workflow.max_workers)
-        # smallest file first: the cheapest media, so the most questions out before the workers are up
-        videos = sorted(videos, key=_file_size)
+        # smallest file first: the cheapest media, so the most questions out before the workers are up;
+        # a missing file first, like the hand-out: it fails fast with its own error
+        videos = sorted(videos, key=lambda v: -1 if (size := sizes.get(v.key)) is None else size)
     return MediaPrefetch(spec, media_tool(spec), videos, ahead).start()
-
-
-def _file_size(video: VideoSource) -> int:
-    try:
-        return Path(video.path).stat().st_size
-    except OSError:
-        return -1  # first, like the hand-out: it fails fast with its own error
 
 
 def run_pipeline(
@@ -211,10 +210,11 @@ def run_pipeline(
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
     width = min(len(keys), parallel or max(2, spec.workflow.max_workers))
-    order = hand_out_order({k: videos[k] for k in keys}, videos)  # for the prefetch too
+    sizes = file_sizes(videos[k] for k in keys)
+    order = hand_out_order({k: videos[k] for k in keys}, sizes)  # for the prefetch too
     prefetch = None
     if width > 1 and spec.media.prefetch:
-        prefetch = start_prefetch(spec, list(order.values()))
+        prefetch = start_prefetch(spec, list(order.values()), sizes)
     try:
         with Workers(spec, width) as workers:
             plan: Plan = workers.call(plan_in_worker, keys, all_keys, stale)
