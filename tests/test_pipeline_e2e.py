@@ -13,6 +13,7 @@ from dagster import AssetKey, DagsterInstance
 
 from tests.test_export import tao_daft_cli, tao_validate
 from vr_assets.export import TASKS
+from vr_assets.fakes import FakeGemini
 from vr_assets.prompts import PROMPT_KEYS
 from vr_assets.store import JsonStore
 
@@ -197,7 +198,7 @@ def test_long_video_frames_and_chunks_come_from_one_copy(make_pipeline: Any, syn
     env = make_pipeline("gemini")
     vid = env.add_video(synthetic_videos["clip16"], "cam/long.mp4")
     spec = env.spec(
-        media={"fps": 4.0, "max_side": 160},
+        media={"fps": 4.0, "max_side": 160, "transport": "inline"},
         workflow={"mode": "anomaly", "long_video_threshold_sec": 10, "long_video_sample_fps": 0.5},
     )
     summary = env.run(spec)
@@ -213,6 +214,38 @@ def test_long_video_frames_and_chunks_come_from_one_copy(make_pipeline: Any, syn
     assert not (env.results / "cache" / "media" / "cam__long.mp4").exists()
 
 
+def test_uploaded_copy_is_sampled_and_cut_by_the_model(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """media.transport upload: one upload per video; a long video's rate, each chunk and the clip are
+    videoMetadata on it, so nothing is cut or sent twice and no frames are made."""
+    env = make_pipeline("gemini")
+    vid = env.add_video(synthetic_videos["clip16"], "cam/long.mp4")
+    spec = env.spec(
+        media={"fps": 4.0, "max_side": 160},
+        workflow={"mode": "anomaly", "long_video_threshold_sec": 10, "long_video_sample_fps": 0.5},
+    )
+    summary = env.run(spec)
+    assert summary.failed == {} and summary.succeeded == ["cam__long.mp4"]
+    ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("chunk_captions"))
+    assert ev.asset_materialization.metadata["cut_from"].value == "time ranges of the uploaded copy"  # type: ignore[union-attr]
+    fake: FakeGemini = env.fake  # type: ignore[assignment]
+    (up,) = fake.uploaded.values()
+    assert up.sha256 != hashlib.sha256(vid.read_bytes()).hexdigest()  # the downscaled copy, not the source
+    assert fake.upload_bytes_by_sha() == {up.sha256: up.size} and fake.inline_bytes_by_sha() == {}
+    media_reqs = [r for r in env.model_requests() if r.media_sha256]
+    assert all(r.media_sha256 == [up.sha256] for r in media_reqs)
+    whole = [r.media_sampling[0] for r in media_reqs if "start_s" not in r.media_sampling[0]]
+    assert whole == [{"fps": 0.5}] * 3  # filter, global, dense; 16 s at 0.5 fps: the frame budget
+    ranges = sorted((m["start_s"], m["end_s"]) for r in media_reqs for m in r.media_sampling if "start_s" in m)
+    chunks = JsonStore(env.results).read("chunk_captions", "cam__long.mp4").chunks
+    hl = JsonStore(env.results).read("highlight", "cam__long.mp4").highlight_chunk
+    assert hl is not None
+    want = [(c.timestamp_start, c.timestamp_end) for c in chunks] + [(hl.timestamp_start, hl.timestamp_end)]
+    assert ranges == sorted((round(a, 3), round(b, 3)) for a, b in want)
+    assert fake.live_files() == 0 and fake.counts["upload.start"] == 1
+    assert not list((env.results / "cache" / "uploads").rglob("*.json"))
+    assert not (env.results / "cache" / "media" / "cam__long.mp4").exists()
+
+
 @pytest.mark.parametrize("mode", ["normal", "anomaly"])
 def test_chunks_come_from_step_0s_copy_by_stream_copy(
     make_pipeline: Any, synthetic_videos: dict[str, Path], mode: str
@@ -220,7 +253,7 @@ def test_chunks_come_from_step_0s_copy_by_stream_copy(
     """With downscaling on, steps 1b and 1c read step 0's copy, never the source; the last user frees it."""
     env = make_pipeline("gemini")
     vid = env.add_video(synthetic_videos["clip16"], "cam/clip.mp4")
-    spec = env.spec(media={"fps": 4.0, "max_side": 160}, workflow={"mode": mode})
+    spec = env.spec(media={"fps": 4.0, "max_side": 160, "transport": "inline"}, workflow={"mode": mode})
     summary = env.run(spec)
     assert summary.failed == {} and summary.succeeded == ["cam__clip.mp4"]
     ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("chunk_captions"))

@@ -321,17 +321,19 @@ def test_budget_stops_new_calls(make_pipeline: Any, clips: list[Path]) -> None:
 
 
 def test_files_api_upload_once_per_video(make_pipeline: Any, busy_clips: list[Path]) -> None:
+    """media.transport upload (the default): each video crosses the wire once, whatever the step."""
     env = make_pipeline("gemini")
     keys = []
     for i, src in enumerate(busy_clips):
         env.add_video(src, f"busy{i}.mp4")
         keys.append(f"busy{i}.mp4")
-    summary = env.run(env.spec(workflow=MCQ_ONLY, media={"inline_limit_mb": 0.01}))
+    summary = env.run(env.spec(workflow=MCQ_ONLY))
     assert summary.failed == {} and sorted(summary.succeeded) == keys
     fake: FakeGemini = env.fake  # type: ignore[assignment]
 
     assert fake.live_files() == 0, "every upload is deleted once its video no longer needs it"
-    assert fake.inline_bytes_by_sha() == {}, "nothing went inline under a 0.01 MB limit"
+    assert not list((env.results / "cache" / "uploads").rglob("*.json")), "and its registry entry with it"
+    assert fake.inline_bytes_by_sha() == {}, "no media went inline"
     uploaded_bytes = fake.upload_bytes_by_sha()
     store = JsonStore(env.results)
     log = list(fake.log)
@@ -340,29 +342,29 @@ def test_files_api_upload_once_per_video(make_pipeline: Any, busy_clips: list[Pa
         src = env.videos / key
         size = src.stat().st_size
         sha = sha256_file(src)  # media.fps is null in these specs: the source itself is the prepared video
-        ups = [f for f in fake.uploaded.values() if f.display_name == key]
-        full = [f for f in ups if f.sha256 == sha]
-        assert len(full) == 1, f"{key}: the whole video must be uploaded exactly once, got {len(full)}"
-        assert uploaded_bytes[sha] == full[0].size <= 1.1 * size
-        # filter, classify, global and dense caption all point at that one upload
-        full_uses = [i for i, r in enumerate(log) if r.route == "generateContent" and sha in r.media_sha256]
-        assert len(full_uses) == 4, [log[i].prompt_text[:60] for i in full_uses]
+        (up,) = [f for f in fake.uploaded.values() if f.display_name == key]
+        assert up.sha256 == sha and uploaded_bytes[sha] == up.size == size, f"{key}: one upload, its own bytes"
+        uses = [r for r in log if r.route == "generateContent" and r.media_sha256]
+        uses = [r for r in uses if r.media_sha256 == [sha]]
+        whole = [r for r in uses if not r.media_sampling[0]]
+        ranges = sorted((r.media_sampling[0]["start_s"], r.media_sampling[0]["end_s"]) for r in uses
+                        if r.media_sampling[0])
+        assert len(whole) == 4, [r.prompt_text[:60] for r in whole]  # filter, classify, global, dense
         chunks = store.read("chunk_captions", key).chunks
-        clip_shas = [f.sha256 for f in ups if f.sha256 != sha]
-        assert len(clip_shas) == len(set(clip_shas)) == len(chunks) >= 2, "one upload per chunk clip"
-        clip_uses = [i for i, r in enumerate(log) if set(clip_shas) & set(r.media_sha256)]
-        assert len(clip_uses) == len(chunks)
-        # the whole video's upload is deleted right after step 1a, before any chunk is captioned
-        (deleted_at,) = [i for i, r in enumerate(log) if r.route == "files.delete" and r.path.endswith(full[0].id)]
-        assert max(full_uses) < deleted_at < min(clip_uses)
-        assert all(f.deleted for f in ups)
-        vlm_calls = len(full_uses) + len(clip_uses)
-        rows.append((key, vlm_calls, len(ups), uploaded_bytes[sha], sum(uploaded_bytes[c] for c in clip_shas), size))
-    assert fake.counts["upload.start"] == fake.counts["files.delete"] == sum(r[2] for r in rows)
-    print("\n| video | VLM calls | uploads | bytes uploaded (whole video) | bytes uploaded (chunks) | video size |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for key, calls, n_up, full_b, clip_b, size in rows:
-        print(f"| {key} | {calls} | {n_up} | {full_b} | {clip_b} | {size} |")
+        hl = store.read("highlight", key).highlight_chunk
+        expected = [(c.timestamp_start, c.timestamp_end) for c in chunks]
+        expected += [(hl.timestamp_start, hl.timestamp_end)] if hl is not None else []
+        # every chunk and the highlight clip: a range of it (offsets travel in ms)
+        ms = sorted((round(a, 3), round(b, 3)) for a, b in expected)
+        assert [(round(a, 3), round(b, 3)) for a, b in ranges] == ms
+        (deleted_at,) = [i for i, r in enumerate(log) if r.route == "files.delete" and r.path.endswith(up.id)]
+        assert max(log.index(r) for r in uses) < deleted_at  # deleted after its last use
+        rows.append((key, len(uses), uploaded_bytes[sha], size))
+    assert fake.counts["upload.start"] == fake.counts["files.delete"] == len(keys)
+    print("\n| video | VLM calls | uploads | bytes uploaded | video size |")
+    print("|---|---:|---:|---:|---:|")
+    for key, calls, up_b, size in rows:
+        print(f"| {key} | {calls} | 1 | {up_b} | {size} |")
 
 
 # ---------------------------------------------------------------- 6. the call cache

@@ -13,7 +13,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from vr_assets.call_cache import spec_teacher
-from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_media
+from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_fps, step0_media
 from vr_assets.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_priority
 from vr_assets.prompts import load_pack
 from vr_assets.providers import ModelAnswer
@@ -36,23 +36,30 @@ def cache_files(spec: Any, key: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".lock")
 
 
-def test_prefetched_media_is_what_step_0_then_finds(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+@pytest.mark.parametrize("transport", ["inline", "upload"])
+def test_prefetched_media_is_what_step_0_then_finds(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], transport: str
+) -> None:
+    """Inline, a long video goes out as JPEG frames; uploaded, Gemini samples its copy itself."""
     env = make_pipeline("gemini")
-    spec = env.spec(**REENCODE)
+    spec = env.spec(media={**REENCODE["media"], "transport": transport})
     videos = [source(synthetic_videos["clip8"], "short"), source(synthetic_videos["long_mp4"], "long")]
     prefetch = MediaPrefetch(spec, MediaResource.from_spec(spec).tool(), videos).start()
     prefetch.wait()  # nothing was handed out, so it prepares both
     assert prefetch.prepared == ["short", "long"] and prefetch.failed == {}
     made = {v.key: cache_files(spec, v.key) for v in videos}
     assert any(f.endswith(".mp4") for f in made["short"])
-    assert sum(f.endswith(".jpg") for f in made["long"]) > 1, made["long"]  # a long video's frames
+    frames = sum(f.endswith(".jpg") for f in made["long"])
+    assert frames > 1 if transport == "inline" else frames == 0, made["long"]
 
     tool = MediaResource.from_spec(spec).tool()  # a worker's own tool
     probes = {v.key: tool.probe(Path(v.path)) for v in videos}
     probed = tool.invocations
     for v in videos:
         kind, paths = step0_media(spec, tool, Path(v.path), probes[v.key], media_cache_dir(spec, v.key))
-        assert kind == ("frames" if v.key == "long" else "video")
+        assert kind == ("frames" if v.key == "long" and transport == "inline" else "video")
+        fps = step0_fps(spec, probes[v.key], kind)  # the frame budget of long_video_sample_fps = 0.5
+        assert fps is None if kind == "frames" or v.key == "short" else 0.4 < fps <= 0.5
         assert all(p.is_file() for p in paths)
         assert cache_files(spec, v.key) == made[v.key]
     assert tool.invocations == probed  # no ffmpeg ran: everything step 0 needs was there

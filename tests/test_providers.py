@@ -181,7 +181,8 @@ def test_gemini_keeps_live_uploads_under_the_cap(gem_fast: FakeGemini, provider_
 
 def test_gemini_small_video_goes_inline_and_is_encoded_once(gem: FakeGemini, provider_media: ProviderMedia) -> None:
     clip = provider_media.small_video
-    model = get_model(gemini_spec(gem, media_resolution="MEDIA_RESOLUTION_LOW"), media=MediaSettings())
+    inline = MediaSettings(transport="inline")
+    model = get_model(gemini_spec(gem, media_resolution="MEDIA_RESOLUTION_LOW"), media=inline)
     got = answers(model.generate_many([call(f"Describe {i}.", video(clip)) for i in range(3)]))
     assert gem.counts["upload.start"] == 0
     assert all(a.usage.inline_bytes == clip.stat().st_size for a in got)
@@ -193,6 +194,122 @@ def test_gemini_small_video_goes_inline_and_is_encoded_once(gem: FakeGemini, pro
     assert model.payloads.builds == 1  # type: ignore[attr-defined]
     model.release("vid")
     assert len(model.payloads) == 0  # type: ignore[attr-defined]
+
+
+def ranged(path: Path, start: float, end: float, key: str = "vid") -> MediaRef:
+    return video(path, key).between(start, end)
+
+
+def test_gemini_upload_transport_sends_a_video_once_and_chunks_as_time_ranges(
+    gem: FakeGemini, provider_media: ProviderMedia, tmp_path: Path
+) -> None:
+    clip = provider_media.small_video
+    model = get_model(gemini_spec(gem), media=MediaSettings(), upload_registry=tmp_path / "uploads")
+    assert model.clips_in_place
+    whole = [call(f"Describe {i}.", video(clip)) for i in range(2)]
+    parts = [call("Describe this part.", ranged(clip, 0.0, 0.5)), call("Describe this part.", ranged(clip, 0.5, 1.0))]
+    got = answers(model.generate_many(whole))
+    got += answers(model.generate_many(parts))
+    assert gem.counts["upload.start"] == 1
+    assert gem.upload_bytes_by_sha() == {sha(clip): clip.stat().st_size}
+    assert gem.inline_bytes_by_sha() == {}
+    assert sorted(a.usage.uploaded_bytes for a in got) == [0, 0, 0, clip.stat().st_size]
+    reqs = gem.records("generateContent")
+    assert all(r.media_sha256 == [sha(clip)] for r in reqs)
+    assert sorted(r.media_sampling[0].get("start_s", -1.0) for r in reqs) == [-1.0, -1.0, 0.0, 0.5]
+    assert {r.media_sampling[0].get("end_s") for r in reqs if r.media_sampling[0]} == {0.5, 1.0}
+    assert find_parts(reqs[-1].json, "inlineData") == []
+    model.discard("vid")
+    assert gem.live_files() == 0
+    assert not list((tmp_path / "uploads").rglob("*.json"))
+
+
+def test_gemini_upload_outlives_its_process_for_the_video_s_next_step_and_goes_on_discard(
+    gem: FakeGemini, provider_media: ProviderMedia, tmp_path: Path
+) -> None:
+    """vr-annotate's prefetch uploads and asks steps 0 and 1a; the worker's chunks point at that upload."""
+    from vr_assets.providers import reset_registry
+
+    clip, twin = provider_media.small_video, tmp_path / "twin.mp4"
+    twin.write_bytes(clip.read_bytes())
+    registry = tmp_path / "uploads"
+    first = get_model(gemini_spec(gem), upload_registry=registry)
+    answers(first.generate_many([call("Whole.", video(clip, "a")), call("Whole.", video(twin, "b"))]))
+    first.release("a")
+    first.release("b")
+    reset_registry()  # the process ends: what it registered stays for the videos' later steps
+    assert gem.live_files() == 1
+    gets = gem.counts["files.get"]
+
+    second = get_model(gemini_spec(gem), upload_registry=registry)
+    assert second is not first
+    answers(second.generate_many([call("Part.", ranged(clip, 0.0, 0.5, "a"))]))
+    assert gem.counts["upload.start"] == 1  # pointed at, not sent again (one GET to see it is still there)
+    assert gem.counts["files.get"] == gets + 1
+    second.discard("a")
+    assert gem.live_files() == 1  # video b, same bytes, still needs it
+    reset_registry()
+
+    third = get_model(gemini_spec(gem), upload_registry=registry)
+    answers(third.generate_many([call("Part.", ranged(twin, 0.5, 1.0, "b"))]))
+    third.discard("b")
+    assert gem.live_files() == 0
+    assert gem.counts["upload.start"] == 1
+    assert not list(registry.rglob("*.json"))
+
+
+def test_gemini_registered_upload_gone_from_the_service_is_uploaded_again(
+    gem: FakeGemini, provider_media: ProviderMedia, tmp_path: Path
+) -> None:
+    from google import genai
+    from google.genai import types
+
+    from vr_assets.providers import reset_registry
+
+    clip, registry = provider_media.small_video, tmp_path / "uploads"
+    first = get_model(gemini_spec(gem), upload_registry=registry)
+    answers(first.generate_many([call("Whole.", video(clip))]))
+    reset_registry()
+    admin = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=gem.base_url, api_version="v1beta"))
+    for f in admin.files.list():
+        admin.files.delete(name=f.name)
+    second = get_model(gemini_spec(gem), upload_registry=registry)
+    answers(second.generate_many([call("Part.", ranged(clip, 0.0, 1.0))]))
+    assert gem.counts["upload.start"] == 2
+    second.discard("vid")
+    assert gem.live_files() == 0
+
+
+def test_gemini_time_range_past_the_video_is_refused_with_the_service_s_reason(
+    gem: FakeGemini, provider_media: ProviderMedia, tmp_path: Path
+) -> None:
+    model = get_model(gemini_spec(gem), upload_registry=tmp_path / "uploads")
+    with pytest.raises(ProviderError, match="start_offset"):
+        model.generate(call("Part.", ranged(provider_media.small_video, 500.0, 510.0)))
+    model.discard("vid")
+
+
+def test_media_ref_time_ranges_are_validated_and_change_the_call_cache_key(
+    provider_media: ProviderMedia, tmp_path: Path
+) -> None:
+    from vr_assets.call_cache import CachedModel
+
+    clip = provider_media.small_video
+    with pytest.raises(ValueError, match="both"):
+        MediaRef(kind="video", paths=[clip], video_key="v", start_s=1.0)
+    with pytest.raises(ValueError, match="empty time range"):
+        ranged(clip, 2.0, 2.0)
+    with pytest.raises(ValueError, match="frames"):
+        MediaRef(kind="frames", paths=[clip], video_key="v", fps=1.0)
+    cm = CachedModel(_NoModel(), tmp_path, "fp")  # type: ignore[arg-type]
+    keys = {cm.key_for(call("Part.", m)) for m in (video(clip), ranged(clip, 0, 5), ranged(clip, 5, 10),
+                                                   video(clip).model_copy(update={"fps": 0.5}))}
+    assert len(keys) == 4
+
+
+class _NoModel:
+    provider = "gemini"
+    model_name = "m"
 
 
 def test_gemini_frames_are_image_parts_and_text_calls_have_no_media_resolution(

@@ -77,6 +77,8 @@ class CachedModel:
             "media_kind": call.media.kind if call.media else None,
             "media": media,
         }
+        if call.media is not None and call.media.sampling:  # absent otherwise: older keys stay valid
+            payload["sampling"] = call.media.sampling
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -151,8 +153,15 @@ class CachedModel:
                     out[i] = ans
         return [a for a in out if a is not None]
 
+    @property
+    def clips_in_place(self) -> bool:
+        return self.model.clips_in_place
+
     def release(self, video_key: str) -> None:
         self.model.release(video_key)
+
+    def discard(self, video_key: str) -> None:
+        self.model.discard(video_key)
 
 
 def cache_dir_for(results_dir: str) -> Path:
@@ -187,5 +196,11 @@ def spec_teacher(spec: Spec, role: Literal["vlm", "llm"]) -> CachedModel:
     model = get_model(
         ms, role=role, max_workers=concurrency, prices=spec.prices, media=spec.media,
         ledger=UsageLedger(Path(spec.results_dir) / "usage"), budget_usd=spec.budget_usd,
+        upload_registry=upload_registry_for(spec.results_dir),
     )
     return CachedModel(model, cache_dir_for(spec.results_dir), fingerprint)
+
+
+def upload_registry_for(results_dir: str) -> Path:
+    """Where Gemini uploads are recorded, beside the answers they were asked for."""
+    return Path(results_dir) / "cache" / "uploads"

@@ -102,6 +102,14 @@ class MediaSettings(SpecModel):
         "video's frames) for the videos no worker has taken yet, at a lower CPU priority, so it is ready when "
         "their turn comes instead of all landing on the first wave",
     )
+    transport: Literal["upload", "inline"] = Field(
+        "upload", description="Gemini: how a video reaches the model. upload: its downscaled copy goes through "
+        "the Files API once and every call on it (steps 0 and 1a, each chunk of 1b, the clip of 1c) points at "
+        "it, chunks and clip as time ranges, long videos sampled by the model at the frame budget's rate; "
+        "bytes sent = the copy's size. inline: each request carries its media (the copy, cut chunks, a long "
+        "video's JPEG frames), no upload round trip, ~5x the bytes. OpenAI-compatible servers always get inline "
+        "media",
+    )
     inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
     max_live_uploads: int = Field(8, ge=1, description="Gemini Files API uploads alive at once")
 
@@ -117,8 +125,8 @@ class WorkflowSettings(SpecModel):
     )
     ask_ahead: bool = Field(
         True, description="vr-annotate with media.prefetch: ask a prefetched video's step 0 and step 1a questions "
-        "(inline media only) while the workers still load Dagster; the answers wait in the call cache and the "
-        "video's run records them as its own calls, paid once",
+        "while the workers still load Dagster; the answers wait in the call cache (an upload in the upload "
+        "registry) and the video's run records them as its own calls, paid once",
     )
     max_video_length_sec: float = Field(300.0, gt=0)
     chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])

@@ -95,14 +95,32 @@ def prepared_copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Pa
     return _copy_path(spec, tool, probe, cache)[0]
 
 
+def one_upload_per_video(spec: Spec) -> bool:
+    """Gemini with `media.transport: upload`: the copy is uploaded once and every call points at it, chunks
+    and clip as time ranges; a long video's copy is sampled by the model itself (`step0_fps`) instead
+    of JPEG frames inline in each request. What the model sees changes, so step versions include it."""
+    return spec.vlm.backend == "gemini" and spec.media.transport == "upload"
+
+
+def step0_fps(spec: Spec, probe: VideoProbe, kind: str) -> float | None:
+    """The rate the model samples a long video's copy at: the frame budget of the frames it would
+    otherwise get (`long_video_sample_fps`, at most `long_video_max_frames` in all). None: its own."""
+    wf = spec.workflow
+    if kind != "video" or probe.duration_sec <= wf.long_video_threshold_sec:
+        return None
+    n = len(frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames))
+    return round(n / probe.duration_sec, 4)
+
+
 def step0_media(
     spec: Spec, tool: MediaTool, src: Path, probe: VideoProbe, cache: Path, *, locked: bool = False
 ) -> tuple[str, list[Path]]:
     """("video" | "frames", files): the whole video as the model sees it, made once under `cache`.
 
     Every video gets a downscaled copy with keyframes at the chunk starts, so step 1b cuts its chunks
-    from it by stream copy and step 1c its clip from a small file. Long videos are sent as evenly
-    spaced JPEG frames taken from that copy: the source is decoded once, not once more for frames.
+    from it by stream copy and step 1c its clip from a small file (or, uploaded, points at time ranges
+    of it). Long videos are sent as evenly spaced JPEG frames taken from that copy (the source is
+    decoded once, not once more for frames), except to a model that samples the copy itself.
     Plain media work (the benchmark calls it to know what step 0 sends). Made under the video's
     `media_lock` unless the caller holds it (`locked`), so the runner's prefetch and a step never
     make the same files at once.
@@ -116,7 +134,7 @@ def step0_media(
     def copy() -> Path:
         return out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
 
-    if probe.duration_sec <= wf.long_video_threshold_sec:
+    if probe.duration_sec <= wf.long_video_threshold_sec or one_upload_per_video(spec):
         return "video", [copy()]
     times = frame_times(probe.duration_sec, wf.long_video_sample_fps, wf.long_video_max_frames)
     frames_dir = cache / f"frames-{code_version(times, out.name)}"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool
-from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_media
+from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_fps, step0_media
 from vr_assets.records import VideoProbe, VideoSource
 from vr_assets.store import JsonStore
 
@@ -239,10 +239,7 @@ class AskAhead:
             return  # only videos whose step 0 is sure to run (a missing record is always re-made)
         mode, _ = known_mode(spec, video.mode)
         model, pack = self._teacher()
-        ref = whole_video_ref(kind, paths, video.key)
-        if model.model.needs_upload(ref):
-            self.left[video.key] = "its media goes through an upload, which belongs to the worker's process"
-            return
+        ref = whole_video_ref(kind, paths, video.key, step0_fps(spec, probe, kind))
 
         def run(calls: list[ModelCall], step: str) -> list[ModelAnswer]:
             answers = model.generate_many(calls, ahead=True)
@@ -258,7 +255,7 @@ class AskAhead:
             if screened.is_valid is not False:  # step 0 lets it through: step 1a asks these next
                 run(caption_calls(pack, screened.label or mode or "normal", video.key, ref), "1a")
         finally:
-            model.release(video.key)  # this process keeps no video's inline payload past its questions
+            model.release(video.key)  # no payload kept here; an upload stays registered for the worker
         self.asked.append(video.key)
 
 

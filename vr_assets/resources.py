@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
 
-from vr_assets.call_cache import CachedModel, cache_dir_for, settings_fingerprint
+from vr_assets.call_cache import CachedModel, cache_dir_for, settings_fingerprint, upload_registry_for
 from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimits, RetrySettings, Spec
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
@@ -106,6 +106,7 @@ class TeacherResource(ConfigurableResource):
             media=spec.media,
             ledger=UsageLedger(Path(spec.results_dir) / "usage"),
             budget_usd=spec.budget_usd,
+            upload_registry=upload_registry_for(spec.results_dir),
         )
         return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint())
 

@@ -28,10 +28,11 @@ CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dens
 RunCalls = Callable[[list[ModelCall], str], list[ModelAnswer]]
 
 
-def whole_video_ref(kind: str, paths: list[Path], video_key: str) -> MediaRef:
-    """Step 0's media (`media_cache.step0_media`) as the model gets it, here and in step 1a."""
+def whole_video_ref(kind: str, paths: list[Path], video_key: str, fps: float | None = None) -> MediaRef:
+    """Step 0's media (`media_cache.step0_media`, at `media_cache.step0_fps`) as the model gets it,
+    here and in step 1a."""
     mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
-    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key)  # type: ignore[arg-type]
+    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps)  # type: ignore[arg-type]
 
 
 def asks_relevance(spec: Spec) -> bool:

@@ -30,11 +30,12 @@ from vr_assets.assets.common import (
     run_calls,
     usage_metadata,
 )
+from vr_assets.call_cache import CachedModel
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
-from vr_assets.media import MediaError, video_mime, video_workdir
-from vr_assets.media_cache import chunk_plan, code_version
+from vr_assets.media import MediaError, MediaTool, video_mime, video_workdir
+from vr_assets.media_cache import chunk_plan, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
-from vr_assets.providers import MediaRef
+from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.whole_video import CAPTION_KEYS, caption_calls
@@ -55,6 +56,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         code_version=code_version(
             "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
             wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
+            one_upload_per_video(spec),
         ),
         kinds={"python", spec.vlm.backend},
         owners=["team:video-data"],
@@ -74,9 +76,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         model = vlm.client(spec)
         ref = full_video_media(pipe, video, probe, media.tool())
         g, d = run_calls(model, caption_calls(pipe.pack, mode, key, ref), key, "1a")
-        # Steps 0 and 1a are the only users of the whole video: free its uploads and frames now
-        # (the downscaled copy stays for step 1b to cut its chunks from).
-        model.release(key)
+        # Steps 0 and 1a are the last users of the whole video, unless chunks are time ranges of its
+        # upload: free its payloads and frames now (the copy stays for step 1b to cut chunks from).
+        if not model.clips_in_place:
+            model.release(key)
         if ref.kind == "frames":
             drop_frames(pipe, ref)
         result = Captions(
@@ -101,15 +104,15 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         group_name="step_1_captions",
         code_version=code_version(
             "chunk_captions/1", pipe.pack.fingerprint(CHUNK_KEYS), vlm_id, wf.chunk_duration_options, wf.max_chunks,
-            spec.media.max_side, spec.media.fps,
+            spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
         ),
         kinds={"python", "ffmpeg", spec.vlm.backend},
         owners=["team:video-data"],
         pool="vlm",
         check_specs=CHUNK_SPECS,
-        description="Step 1b. The video cut into equal chunks (stream-copied from step 0's downscaled copy, else "
-        "one ffmpeg pass over the source) and each chunk "
-        "captioned by the VLM, all chunks at once.",
+        description="Step 1b. The video in equal chunks, each captioned by the VLM, all chunks at once. Gemini "
+        "with uploads gets each chunk as a time range of the copy step 0 uploaded; otherwise chunks are "
+        "stream-copied from step 0's downscaled copy (else one ffmpeg pass over the source).",
     )
     def chunk_captions(
         context: AssetExecutionContext, captions: Captions, vlm: TeacherResource, media: MediaResource
@@ -121,6 +124,56 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             raise Failure(description=f"video {key} ({video.path}): too short to chunk ({duration:.2f} s)")
         model = vlm.client(spec)
         tool = media.tool()
+        if model.clips_in_place:
+            answers, cut_from = _chunks_in_place(model, captions, plan, tool), "time ranges of the uploaded copy"
+        else:
+            answers, cut_from = _cut_chunks(context, model, captions, plan, tool)
+        chunks = [
+            ChunkCaption(chunk_index=i, timestamp_start=start, timestamp_end=end, caption=a.text)
+            for (i, start, end), a in zip(plan, answers, strict=True)
+        ]
+        result = ChunkCaptions(
+            video_key=key, chunk_duration=chunk_len, chunks=chunks, usage=[a.usage for a in answers]
+        )
+        table = "| # | start | end | caption |\n|---|---|---|---|\n" + "\n".join(
+            f"| {c.chunk_index} | {c.timestamp_start:.1f} | {c.timestamp_end:.1f} "
+            f"| {md_escape(excerpt(c.caption, 160))} |"
+            for c in chunks
+        )
+        yield Output(
+            result,
+            data_version=data_version_of(result),
+            metadata={"chunks": len(chunks), "chunk_duration_s": MetadataValue.float(chunk_len), "cut_from": cut_from,
+                      "preview": MetadataValue.md(table), **usage_metadata(result.usage)},
+        )
+        for outcome in check_chunks(result, duration):
+            yield outcome.result("chunk_captions")
+
+    def _chunks_in_place(
+        model: CachedModel, captions: Captions, plan: list[tuple[int, float, float]], tool: MediaTool
+    ) -> list[ModelAnswer]:
+        """Each chunk a time range of the whole video's upload: nothing cut, nothing more sent."""
+        key = captions.video.key
+        whole = full_video_media(pipe, captions.video, captions.probe, tool)
+        calls = [
+            pipe.call(
+                "1b", f"{captions.mode}_chunk_caption", key,
+                whole.between(start, end),
+                chunk_duration=f"{end - start:.1f}",
+            )
+            for _, start, end in plan
+        ]
+        answers = run_calls(model, calls, key, "1b")
+        if captions.mode != "anomaly":  # else step 1c points at a range of it too, then lets it go
+            model.discard(key)  # after a failure it stays registered: the retry sends nothing again
+            drop_media_cache(pipe, key)
+        return answers
+
+    def _cut_chunks(
+        context: AssetExecutionContext, model: CachedModel, captions: Captions, plan: list[tuple[int, float, float]],
+        tool: MediaTool,
+    ) -> tuple[list[ModelAnswer], str]:
+        key, video = captions.video.key, captions.video
         with video_workdir(Path(spec.results_dir) / "cache" / "work", key) as work:
             clips = None
             copy = prepared_copy(pipe, video, captions.probe, tool)
@@ -148,26 +201,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             ]
             answers = run_calls(model, calls, key, "1b")
             model.release(key)
-        chunks = [
-            ChunkCaption(chunk_index=i, timestamp_start=start, timestamp_end=end, caption=a.text)
-            for (i, start, end), a in zip(plan, answers, strict=True)
-        ]
-        result = ChunkCaptions(
-            video_key=key, chunk_duration=chunk_len, chunks=chunks, usage=[a.usage for a in answers]
-        )
-        table = "| # | start | end | caption |\n|---|---|---|---|\n" + "\n".join(
-            f"| {c.chunk_index} | {c.timestamp_start:.1f} | {c.timestamp_end:.1f} "
-            f"| {md_escape(excerpt(c.caption, 160))} |"
-            for c in chunks
-        )
-        yield Output(
-            result,
-            data_version=data_version_of(result),
-            metadata={"chunks": len(chunks), "chunk_duration_s": MetadataValue.float(chunk_len), "cut_from": cut_from,
-                      "preview": MetadataValue.md(table), **usage_metadata(result.usage)},
-        )
-        for outcome in check_chunks(result, duration):
-            yield outcome.result("chunk_captions")
+        return answers, cut_from
 
     # A separate check step (not check_specs): captions is optional output, and a video that
     # stops at step 0 has nothing to check; this step is then skipped with it.

@@ -17,7 +17,7 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.media import MediaError
-from vr_assets.media_cache import code_version
+from vr_assets.media_cache import code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
@@ -32,7 +32,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         "filter_result/1", pipe.pack.fingerprint(SCREENING_KEYS), spec.vlm.backend, spec.vlm.model_name,
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
-        wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
+        wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
     )
 
     @asset(
@@ -74,6 +74,8 @@ def build(pipe: Pipeline) -> AssetsDefinition:
                 )
             except ScreeningError as e:
                 raise Failure(description=str(e)) from None
+            if asked.is_valid is False:
+                model.discard(key)  # no later step looks at it: its upload goes now
             result = FilterResult(
                 video=video, probe=probe, proceed=asked.is_valid is not False, is_valid=asked.is_valid,
                 stop_reason="" if asked.is_valid is not False

@@ -11,6 +11,7 @@ from vr_assets.assets.common import (
     data_version_of,
     drop_media_cache,
     excerpt,
+    full_video_media,
     media_failure,
     prepared_copy,
     run_calls,
@@ -18,7 +19,7 @@ from vr_assets.assets.common import (
 )
 from vr_assets.checks import HIGHLIGHT_SPECS, check_highlight
 from vr_assets.media import MediaError, highlight_window, video_mime, video_workdir
-from vr_assets.media_cache import code_version
+from vr_assets.media_cache import code_version, one_upload_per_video
 from vr_assets.parsing import parse_timestamp
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import chunk_captions_str, fmt_seconds
@@ -41,7 +42,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         code_version=code_version(
             "highlight/1", pipe.pack.fingerprint(KEYS), enabled, spec.llm.backend, spec.llm.model_name,
             spec.vlm.backend, spec.vlm.model_name, wf.highlight_before_sec, wf.highlight_after_sec,
-            spec.media.max_side, spec.media.fps,
+            spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
         ),
         kinds={"python", "ffmpeg", spec.llm.backend},
         owners=["team:video-data"],
@@ -62,6 +63,8 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             out = _highlight(context, captions, chunk_captions, llm, vlm, media)
         finally:
             drop_media_cache(pipe, context.partition_key)  # an anomaly video's copy was kept for the clip
+        if captions.mode == "anomaly":  # the video's last look: its upload goes (kept after a failure)
+            vlm.client(spec).discard(context.partition_key)
         yield out
         for outcome in check_highlight(out.value, captions.probe.duration_sec):
             yield outcome.result("highlight")
@@ -102,16 +105,20 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             context.log.warning(f"video {key}: anomaly time {t:.1f}s outside 0-{duration:.1f}s; clamped")
             t = min(max(t, 0.0), duration)
         start, end = highlight_window(t, duration, wf.highlight_before_sec, wf.highlight_after_sec)
+        vision = vlm.client(spec)
         with video_workdir(Path(spec.results_dir) / "cache" / "work", f"{key}-highlight") as work:
-            try:
-                tool = media.tool()
-                # step 0's small 2 fps copy when it is still there: far less to decode than the source
-                src = prepared_copy(pipe, video, captions.probe, tool) or Path(video.path)
-                clip = tool.cut_clip(src, start, end, work / "highlight.mp4")
-            except (MediaError, OSError) as e:
-                raise media_failure(video, e) from e
-            ref = MediaRef(kind="video", paths=[clip], mime_type=video_mime(clip), video_key=key)
-            vision = vlm.client(spec)
+            tool = media.tool()
+            if vision.clips_in_place:  # a time range of the copy step 0 uploaded: nothing cut or sent
+                whole = full_video_media(pipe, video, captions.probe, tool)
+                ref = whole.between(start, end)
+            else:
+                try:
+                    # step 0's small 2 fps copy when it is still there: far less to decode than the source
+                    src = prepared_copy(pipe, video, captions.probe, tool) or Path(video.path)
+                    clip = tool.cut_clip(src, start, end, work / "highlight.mp4")
+                except (MediaError, OSError) as e:
+                    raise media_failure(video, e) from e
+                ref = MediaRef(kind="video", paths=[clip], mime_type=video_mime(clip), video_key=key)
             (c_ans,) = run_calls(
                 vision,
                 [pipe.call("1c", "highlight_chunk_caption", key, ref, anomaly_time=fmt_seconds(t),

@@ -144,6 +144,7 @@ class _GenInfo:
     prompt: str
     text_chars: int
     media: list[tuple[str, str]]  # (sha256, mime)
+    sampling: list[dict[str, float]]  # per media part: videoMetadata start/end/fps
     schema: dict[str, Any] | None
     mime: str
     include_thoughts: bool
@@ -274,6 +275,7 @@ class FakeGemini(FakeServer):
         rec.model = info.model
         rec.prompt_text = info.prompt
         rec.media_sha256 = [sha for sha, _ in info.media]
+        rec.media_sampling = info.sampling
         rec.schema_title = str(info.schema.get("title")) if info.schema and info.schema.get("title") else None
 
     # ------------------------------------------------------------ generate
@@ -284,6 +286,7 @@ class FakeGemini(FakeServer):
             raise http_error(self.error_reply(400, "* GenerateContentRequest.contents: contents is not specified"))
         texts: list[str] = []
         media: list[tuple[str, str]] = []
+        sampling: list[dict[str, float]] = []
         system = _get(body, "systemInstruction")
         blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
         for block in blocks:
@@ -295,9 +298,11 @@ class FakeGemini(FakeServer):
                 inline = _get(part, "inlineData")
                 if isinstance(inline, dict):
                     media.append(self._inline_media(inline))
+                    sampling.append(self._sampling(part, None))
                 file_data = _get(part, "fileData")
                 if isinstance(file_data, dict):
                     media.append(self._file_media(file_data))
+                    sampling.append(self._sampling(part, self._file_duration(file_data)))
         config = _get(body, "generationConfig") or {}
         mime = str(_get(config, "responseMimeType") or "text/plain")
         schema = (
@@ -313,6 +318,7 @@ class FakeGemini(FakeServer):
             prompt=prompt,
             text_chars=len(prompt),
             media=media,
+            sampling=sampling,
             schema=schema if mime in ("application/json", "text/x.enum") else None,
             mime=mime,
             include_thoughts=bool(_get(thinking, "includeThoughts")),
@@ -330,6 +336,43 @@ class FakeGemini(FakeServer):
         sha = hashlib.sha256(raw).hexdigest()
         self.note_inline(sha, len(raw))
         return sha, mime
+
+    def _sampling(self, part: dict[str, Any], duration_s: float | None) -> dict[str, float]:
+        """A part's videoMetadata in seconds; a range that is empty or starts past the video's end is
+        refused the way the service refuses a malformed request (400 INVALID_ARGUMENT)."""
+        meta = _get(part, "videoMetadata")
+        if not isinstance(meta, dict):
+            return {}
+        out: dict[str, float] = {}
+        for field_name, key in (("startOffset", "start_s"), ("endOffset", "end_s")):
+            raw = _get(meta, field_name)
+            if raw is None:
+                continue
+            hit = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(raw))
+            if hit is None:
+                raise http_error(self.error_reply(400, f"Invalid value at 'video_metadata.{field_name}' ({raw!r})"))
+            out[key] = float(hit.group(1))
+        fps = _get(meta, "fps")
+        if fps is not None:
+            if not isinstance(fps, (int, float)) or not 0 < float(fps) <= 24:
+                raise http_error(self.error_reply(400, f"video_metadata.fps must be in (0, 24], got {fps!r}"))
+            out["fps"] = float(fps)
+        start, end = out.get("start_s", 0.0), out.get("end_s")
+        if end is not None and end <= start:
+            raise http_error(self.error_reply(400, f"video_metadata: end_offset {end}s is not after {start}s"))
+        if duration_s and start >= duration_s:
+            raise http_error(
+                self.error_reply(400, f"video_metadata: start_offset {start}s is past the video's end ({duration_s}s)")
+            )
+        return out
+
+    def _file_duration(self, file_data: dict[str, Any]) -> float | None:
+        hit = _FILE_ID.search(str(_get(file_data, "fileUri") or ""))
+        if hit is None:
+            return None
+        with self._files_lock:
+            f = self.uploaded.get(hit.group(1))
+            return f.duration_s if f is not None else None
 
     def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str]:
         uri = str(_get(file_data, "fileUri") or "")

@@ -51,6 +51,8 @@ class RequestRecord:
     status: int = 0  # 0 while in flight, and for a connection dropped without a response
     fault: str | None = None
     media_sha256: list[str] = field(default_factory=list)
+    # per media part: its videoMetadata time range and rate in seconds ({} when none)
+    media_sampling: list[dict[str, float]] = field(default_factory=list)
     model: str | None = None
     schema_title: str | None = None
     prompt_text: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from pathlib import Path
 from typing import Literal
 
 from vr_assets.config import MediaSettings, ModelSpec, Pricing
@@ -79,8 +80,12 @@ def get_model(
     media: MediaSettings | None = None,
     ledger: UsageLedger | None = None,
     budget_usd: float | None = None,
+    upload_registry: Path | None = None,
 ) -> TeacherModel:
-    """The process-wide teacher for `spec`; same arguments, same instance."""
+    """The process-wide teacher for `spec`; same arguments, same instance.
+
+    `upload_registry`: a folder where Gemini uploads are recorded so later steps and other processes
+    reuse them (None: each process uploads for itself and deletes on `release`)."""
     media = media or MediaSettings()
     api_key = resolve_api_key(spec)
     fp = key_fingerprint(api_key)
@@ -100,6 +105,7 @@ def get_model(
         _prices_key(prices),
         str(ledger.path.resolve()) if ledger is not None else "",
         budget_usd,
+        str(upload_registry or ""),
     )
     with _INSTANCES_LOCK:
         hit = _INSTANCES.get(key)
@@ -117,7 +123,8 @@ def get_model(
         if spec.backend == "gemini":
             from vr_assets.providers import gemini
 
-            shared = gemini.shared_for(api_key, base_url, spec.gemini.api_version, fp, media.max_live_uploads)
+            shared = gemini.shared_for(api_key, base_url, spec.gemini.api_version, fp, media.max_live_uploads,
+                                       upload_registry)
             teacher = gemini.GeminiTeacher(spec, role=role, api_key=api_key, shared=shared, limiter=limiter,
                                            media=media, accounting=accounting)
         else:

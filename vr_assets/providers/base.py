@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vr_assets.config import MediaSettings, ModelSpec, Pricing, RetrySettings
 from vr_assets.providers.limits import RateLimiter
@@ -45,6 +45,29 @@ class MediaRef(BaseModel):
     paths: list[Path] = Field(min_length=1)
     mime_type: str = "video/mp4"
     video_key: str
+    start_s: float | None = Field(None, ge=0, description="a time range of the video instead of all of it")
+    end_s: float | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0, description="frames per second the model samples (Gemini)")
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaRef:
+        if (self.start_s is None) != (self.end_s is None):
+            raise ValueError("a time range needs both start_s and end_s")
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"empty time range {self.start_s}-{self.end_s} s")
+        if self.kind == "frames" and (self.start_s is not None or self.fps is not None):
+            raise ValueError("frames take no time range or sampling rate")
+        return self
+
+    def between(self, start_s: float, end_s: float) -> MediaRef:
+        """The same video, a time range of it (at the model's own sampling rate)."""
+        return MediaRef.model_validate({**self.model_dump(), "start_s": start_s, "end_s": end_s, "fps": None})
+
+    @property
+    def sampling(self) -> dict[str, float]:
+        """The range and rate, when set: they change what the model sees, so the call cache keys on them."""
+        out = {"start_s": self.start_s, "end_s": self.end_s, "fps": self.fps}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 class ModelCall(BaseModel):
@@ -334,9 +357,12 @@ class TeacherModel(Protocol):
 
     def generate_many(self, calls: Sequence[ModelCall]) -> list[ModelAnswer | ProviderError]: ...
 
+    @property
+    def clips_in_place(self) -> bool: ...
+
     def release(self, video_key: str) -> None: ...
 
-    def needs_upload(self, media: MediaRef) -> bool: ...
+    def discard(self, video_key: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -421,12 +447,18 @@ class BaseTeacher:
     def _estimate_tokens(self, call: ModelCall) -> int:
         return estimate_tokens(call)
 
+    @property
+    def clips_in_place(self) -> bool:
+        """Whether a chunk goes out as a time range of the whole video's upload (no cutting, no bytes)."""
+        return False
+
     def release(self, video_key: str) -> None:
+        """This process is done with the video for now; uploads later steps reuse may stay alive."""
         raise NotImplementedError
 
-    def needs_upload(self, media: MediaRef) -> bool:
-        """Whether sending `media` would upload a file (kept by this process until `release`)."""
-        return False
+    def discard(self, video_key: str) -> None:
+        """The video's last model step is done: delete its uploads wherever they were made."""
+        self.release(video_key)
 
     # -------------------------------------------------- public API
 

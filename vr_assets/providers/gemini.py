@@ -7,6 +7,7 @@ retries with knowledge of Retry-After, RetryInfo and bad answers, and the limite
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import ssl
@@ -43,6 +44,7 @@ from vr_assets.providers.base import (
     strip_think,
 )
 from vr_assets.providers.limits import RateLimiter
+from vr_assets.providers.upload_registry import UploadEntry, UploadRegistry
 
 log = logging.getLogger(__name__)
 
@@ -86,25 +88,32 @@ class _Upload:
     owners: set[str] = field(default_factory=set)
     in_use: int = 0
     last_used: float = 0.0
+    registered: bool = False  # in the on-disk registry: other steps and processes reuse it
 
 
 class UploadManager:
-    """Files API uploads keyed by content hash: one upload per video, bounded number alive.
+    """Files API uploads keyed by content hash: one upload per video, bounded number alive here.
 
     A call holds its upload "in use" while its request runs; only idle uploads are evicted
-    (least recently used first) when a new one needs a slot, and `release` deletes a video's
-    uploads once no other video shares the same bytes.
+    (least recently used first) when a new one needs a slot. With a `registry`, uploads are
+    recorded on disk: `release` only forgets a video here (a later step, maybe in another process,
+    points at the same file) and `discard`, after the video's last model step, deletes the file once
+    no video needs it. Without one, `release` deletes what no other video here shares.
     """
 
-    def __init__(self, client: genai.Client, scrub: Scrubber, max_live: int) -> None:
+    def __init__(
+        self, client: genai.Client, scrub: Scrubber, max_live: int, registry: UploadRegistry | None = None
+    ) -> None:
         self._client = client
         self._scrub = scrub
         self.max_live = max_live
+        self.registry = registry
         self._live: dict[str, _Upload] = {}
         self._reserved = 0
         self._cond = threading.Condition()
         self._locks = KeyedLocks()
         self.uploads = 0
+        self.adopted = 0
         self.deletes = 0
 
     def live_count(self) -> int:
@@ -123,14 +132,24 @@ class UploadManager:
                     up = None
                 if up is not None:
                     up.in_use += 1
-                    up.owners.add(owner)
                     up.last_used = time.monotonic()
-                    return up, 0
+                    new_owner = owner not in up.owners
+                    up.owners.add(owner)
+            if up is not None:
+                if new_owner and up.registered and self.registry is not None:
+                    self.registry.claim(sha, owner)
+                return up, 0
             if stale is not None:
-                self._delete(stale)
+                self._drop(stale)
             self._reserve_slot()
             try:
-                up = self._upload(path, mime, sha, owner, timeout_ms)
+                up = self._adopt(sha, owner, timeout_ms)
+                sent = 0
+                if up is None:
+                    up = self._upload(path, mime, sha, owner, timeout_ms)
+                    sent = up.size
+                    if self.registry is not None:
+                        up.registered = self.registry.record(sha, _entry(up, mime, owner))
             except BaseException:
                 with self._cond:
                     self._reserved -= 1
@@ -142,8 +161,11 @@ class UploadManager:
                 up.owners.add(owner)
                 up.last_used = time.monotonic()
                 self._live[sha] = up
-                self.uploads += 1
-            return up, up.size
+                if sent:
+                    self.uploads += 1
+                else:
+                    self.adopted += 1
+            return up, sent
 
     def unuse(self, up: _Upload) -> None:
         doomed = False
@@ -155,10 +177,10 @@ class UploadManager:
                 doomed = True
             self._cond.notify_all()
         if doomed:
-            self._delete(up)
+            self._drop(up)
 
     def release(self, owner: str) -> int:
-        """Forget `owner`; uploads no video owns any more are deleted now (or when their last call ends)."""
+        """Forget `owner` here; uploads no video here owns are deleted, unless registered for later steps."""
         doomed: list[_Upload] = []
         with self._cond:
             for sha, up in list(self._live.items()):
@@ -168,15 +190,64 @@ class UploadManager:
                     doomed.append(up)
             self._cond.notify_all()
         for up in doomed:
-            self._delete(up)
+            self._drop(up)
         return len(doomed)
 
+    def discard(self, owner: str) -> int:
+        """`owner`'s last model step is done: give up its claims, delete files no video needs any more."""
+        deleted = 0
+        if self.registry is not None:
+            for sha in self.registry.owned_by(owner):
+                entry = self.registry.unclaim(sha, owner)
+                if entry is None:
+                    continue
+                with self._cond:
+                    up = self._live.get(sha)
+                    here = up is not None and up.name == entry.name
+                    if here and up is not None:
+                        up.registered = False  # nobody else needs it: this process deletes it when idle
+                if not here:
+                    self._delete_name(entry.name)
+                    deleted += 1
+        return deleted + self.release(owner)
+
     def close(self) -> None:
+        """End of a process: delete what only this process knew about; registered uploads stay."""
         with self._cond:
-            doomed = list(self._live.values())
+            gone = list(self._live.values())
             self._live.clear()
-        for up in doomed:
-            self._delete(up)
+        for up in gone:
+            self._drop(up)
+
+    def _drop(self, up: _Upload) -> None:
+        """An upload leaves this process: deleted unless the registry says other steps still need it."""
+        if up.registered and self.registry is not None and self.registry.holders(up.sha):
+            return
+        if up.registered and self.registry is not None:
+            self.registry.forget(up.sha, up.name)
+        self._delete(up)
+
+    def _adopt(self, sha: str, owner: str, timeout_ms: int) -> _Upload | None:
+        """The upload another step or process registered for these bytes, if the service still has it."""
+        if self.registry is None:
+            return None
+        entry = self.registry.claim(sha, owner)
+        if entry is None:
+            return None
+        try:
+            f = self._client.files.get(name=entry.name, config=types.GetFileConfig(
+                http_options=types.HttpOptions(timeout=timeout_ms)))
+            ok = _enum_name(f.state) == "ACTIVE"
+        except Exception as err:  # noqa: BLE001 - gone or unreachable: upload again, as if never recorded
+            log.info("registered upload %s unusable (%s): uploading again", entry.name, self._scrub(err))
+            ok = False
+        if not ok:
+            self.registry.forget(sha, entry.name)
+            return None
+        part = types.Part(file_data=types.FileData(file_uri=entry.uri, mime_type=entry.mime_type))
+        age = max(0.0, time.time() - entry.created_unix)
+        return _Upload(sha=sha, name=entry.name, part=part, size=entry.size, created=time.monotonic() - age,
+                       registered=True)
 
     def _reserve_slot(self) -> None:
         """Wait for room under `max_live`, evicting the least recently used idle upload.
@@ -203,7 +274,7 @@ class UploadManager:
                 else:
                     self._cond.wait(timeout=1.0)
                     continue
-            self._delete(victim)
+            self._drop(victim)
             return
 
     def _upload(self, path: Path, mime: str, sha: str, owner: str, timeout_ms: int) -> _Upload:
@@ -256,6 +327,12 @@ class UploadManager:
             log.warning("could not delete upload %s: %s", name, self._scrub(err))
 
 
+def _entry(up: _Upload, mime: str, owner: str) -> UploadEntry:
+    fd = up.part.file_data
+    return UploadEntry(name=up.name, uri=(fd.file_uri if fd else "") or "", mime_type=(fd.mime_type if fd else "")
+                       or mime, size=up.size, created_unix=time.time(), owners=[owner])
+
+
 # ---------------------------------------------------------------- shared per endpoint
 
 
@@ -282,7 +359,9 @@ def tls_context() -> ssl.SSLContext:
 class GeminiShared:
     """What every Gemini teacher on one endpoint + key shares: the client, the uploads, the payloads."""
 
-    def __init__(self, api_key: str, base_url: str | None, api_version: str, max_live: int) -> None:
+    def __init__(
+        self, api_key: str, base_url: str | None, api_version: str, max_live: int, registry: UploadRegistry | None
+    ) -> None:
         self.scrub = Scrubber([api_key])
         tls = {"verify": tls_context()}
         opts = types.HttpOptions(
@@ -290,7 +369,7 @@ class GeminiShared:
             client_args=tls, async_client_args={**tls, "ssl": tls["verify"]},
         )
         self.client = genai.Client(api_key=api_key, http_options=opts)
-        self.uploads = UploadManager(self.client, self.scrub, max_live)
+        self.uploads = UploadManager(self.client, self.scrub, max_live, registry)
         self.payloads: PayloadCache[list[types.Part]] = PayloadCache()
 
     def __repr__(self) -> str:
@@ -301,12 +380,21 @@ _SHARED: dict[tuple[str, ...], GeminiShared] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_for(api_key: str, base_url: str | None, api_version: str, fingerprint: str, max_live: int) -> GeminiShared:
-    key = (base_url or "", api_version, fingerprint)
+def shared_for(
+    api_key: str, base_url: str | None, api_version: str, fingerprint: str, max_live: int,
+    registry_dir: Path | None = None,
+) -> GeminiShared:
+    """`registry_dir`: where this endpoint's uploads are recorded for other steps and processes
+    (one folder per endpoint and key, under the results' cache)."""
+    key = (base_url or "", api_version, fingerprint, str(registry_dir or ""))
     with _SHARED_LOCK:
         sh = _SHARED.get(key)
         if sh is None:
-            sh = _SHARED[key] = GeminiShared(api_key, base_url, api_version, max_live)
+            registry = None
+            if registry_dir is not None:
+                endpoint = hashlib.sha256(f"{base_url or ''}|{api_version}|{fingerprint}".encode()).hexdigest()[:16]
+                registry = UploadRegistry(registry_dir / endpoint)
+            sh = _SHARED[key] = GeminiShared(api_key, base_url, api_version, max_live, registry)
         else:
             sh.uploads.max_live = max_live
         return sh
@@ -342,9 +430,17 @@ class GeminiTeacher(BaseTeacher):
     def payloads(self) -> PayloadCache[list[types.Part]]:
         return self._shared.payloads
 
+    @property
+    def clips_in_place(self) -> bool:
+        return self._media.transport == "upload"
+
     def release(self, video_key: str) -> None:
         self._shared.payloads.release(video_key)
         self._shared.uploads.release(video_key)
+
+    def discard(self, video_key: str) -> None:
+        self._shared.payloads.release(video_key)
+        self._shared.uploads.discard(video_key)
 
     def close(self) -> None:
         """Delete every upload this endpoint still holds (end of a run)."""
@@ -355,8 +451,8 @@ class GeminiTeacher(BaseTeacher):
     def _over_inline_limit(self, path: Path) -> bool:
         return inline_payload_bytes(path.stat().st_size) > int(self._media.inline_limit_mb * 1_000_000)
 
-    def needs_upload(self, media: MediaRef) -> bool:
-        return media.kind != "frames" and any(self._over_inline_limit(p) for p in media.paths)
+    def _uploads(self, path: Path) -> bool:
+        return self._media.transport == "upload" or self._over_inline_limit(path)
 
     def _prepare(self, call: ModelCall) -> Prepared:
         media = call.media
@@ -372,16 +468,16 @@ class GeminiTeacher(BaseTeacher):
         uploaded = inline = 0
         try:
             for path in media.paths:
-                if self._over_inline_limit(path):
+                if self._uploads(path):
                     up, sent = self._shared.uploads.acquire(path, media.mime_type, owner, self._timeout_ms)
                     held.append(up)
-                    parts.append(up.part)
+                    parts.append(_with_sampling(up.part, media))
                     uploaded += sent
                 else:
                     got, n = self._shared.payloads.get(
                         "inline:" + file_sha256(path), owner, lambda p=path: _inline_parts([p], media.mime_type)
                     )
-                    parts.extend(got)
+                    parts.extend(_with_sampling(g, media) for g in got)
                     inline += n
         except BaseException:
             for up in held:
@@ -430,6 +526,18 @@ class GeminiTeacher(BaseTeacher):
         if got is not None:
             return got
         return Failure("unexpected", False, f"{type(exc).__name__}: {scrub(exc)}")
+
+
+def _with_sampling(part: types.Part, media: MediaRef) -> types.Part:
+    """The shared part, or a copy naming a time range and/or sampling rate (videoMetadata)."""
+    if not media.sampling:
+        return part
+    meta = types.VideoMetadata(
+        start_offset=f"{media.start_s:.3f}s" if media.start_s is not None else None,
+        end_offset=f"{media.end_s:.3f}s" if media.end_s is not None else None,
+        fps=media.fps,
+    )
+    return types.Part(file_data=part.file_data, inline_data=part.inline_data, video_metadata=meta)
 
 
 def _frame_parts(paths: list[Path]) -> tuple[list[types.Part], int]:
