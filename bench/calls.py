@@ -28,6 +28,7 @@ class CallStats(BaseModel):
     by_route: dict[str, int] = {}
     busy_s: float = 0.0
     peak_in_flight: int = 0
+    files_left: int = 0  # uploads still on the service when the run ended (should be 0)
     first_start: float = 0.0
     last_end: float = 0.0
 
@@ -72,6 +73,7 @@ def call_stats(fake: Any) -> CallStats:
             s.peak_in_flight = max(s.peak_in_flight, now)
     s.upload_bytes = sum(fake.upload_bytes_by_sha().values()) if hasattr(fake, "upload_bytes_by_sha") else 0
     s.inline_media_bytes = sum(fake.inline_bytes_by_sha().values())
+    s.files_left = fake.live_files() if hasattr(fake, "live_files") else 0
     return s
 
 

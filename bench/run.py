@@ -194,7 +194,9 @@ def write_spec(
 # ---------------------------------------------------------------- teacher verdicts
 
 
-def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str]]:
+def our_media_shas(
+    videos: list[BenchVideo], scratch: Path, sizes: dict[str, int] | None = None
+) -> dict[str, set[str]]:
     """Fingerprints of what our pipeline sends at step 0: a downscaled copy, or the first sampled frame.
 
     The teacher keys verdicts on the first media part it receives, so it needs these, not only
@@ -211,7 +213,18 @@ def our_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
         src = Path(v.path)
         _, paths = step0_media(spec, tool, src, tool.probe(src), fresh(scratch / f"ours_{v.index:03d}"))
         out[v.name] = {sha256_file(Path(paths[0]))}
+        if sizes is not None:  # what the model is to see of the video: the downscaled copy (or frames)
+            sizes[v.name] = sum(Path(x).stat().st_size for x in paths)
     return out
+
+
+def add_media_ratio(run: dict[str, Any], media_bytes: int, n: int) -> None:
+    """Media bytes sent per video over the size of the video as the pipeline sends it (ours: the
+    downscaled copy step 0 makes; the reference: the file itself), the issue's bytes target."""
+    pv = run["per_video"]
+    pv["video_mb"] = round(media_bytes / max(n, 1) / 1e6, 3)
+    sent = run["calls"]["upload_bytes"] + run["calls"]["inline_media_bytes"]
+    pv["sent_over_video"] = round(sent / media_bytes, 2) if media_bytes else 0.0
 
 
 def ref_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str]]:
@@ -473,7 +486,8 @@ def render(res: dict[str, Any]) -> str:
         f"## vr-assets benchmark — {res['machine']['cores']} cores; {res['machine']['ffmpeg']} "
         f"(both pipelines, both methods), {res['machine'].get('ffprobe', 'ffprobe')}",
         "",
-        f"Workload: {w['videos']} videos ({w['short']} short 8–20 s, {w['long']} long >60 s sent as frames; "
+        f"Workload: {w['videos']} videos ({w['short']} short 8–20 s, {w['long']} long >60 s, which the reference "
+        f"sends as JPEG frames and ours as its uploaded copy sampled at the same frame budget; "
         f"{w['anomaly']} anomaly, {w['normal']} normal, {w['filtered_out']} off-domain), "
         f"{w['video_minutes']:.1f} min of {w['resolution']} video. Fake Gemini latency: media "
         f"{p['latency_media_s']} s, text {p['latency_text_s']} s; concurrency C = {p['concurrency']}.",
@@ -509,6 +523,9 @@ def render(res: dict[str, Any]) -> str:
     row("request MB sent / video", "request_mb", 3, src="per_video")
     row("… inline media MB / video", "inline_media_mb", 3, src="per_video")
     row("… uploaded MB / video", "upload_mb", 3, src="per_video")
+    row("uploads left on the service after the run", "files_left", 0, src="calls")
+    row("video MB / video as sent (ours: the downscaled copy; reference: the file)", "video_mb", 3, src="per_video")
+    row("media bytes sent ÷ that video size", "sent_over_video", 2, src="per_video")
     lines.append("")
     if ref_ok and ref is not None:
         lines.append(
@@ -615,8 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-shas-"))
     try:
         if not args.skip_ours:
-            keys = our_media_shas(videos, scratch)
+            sizes: dict[str, int] = {}
+            keys = our_media_shas(videos, scratch, sizes)
             res["ours"] = run_ours(videos, args, keys).model_dump()
+            add_media_ratio(res["ours"], sum(sizes.values()), len(videos))
             save()
         if args.skip_reference:
             res["reference"] = {"skipped": "--skip-reference"}
@@ -627,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             keys = ref_media_shas(videos, scratch)
             res["reference"] = run_reference(videos, args, keys).model_dump()
+            add_media_ratio(res["reference"], sum(v.size_bytes for v in videos), len(videos))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ours, ref = res.get("ours"), res.get("reference")
