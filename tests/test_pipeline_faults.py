@@ -367,6 +367,73 @@ def test_files_api_upload_once_per_video(make_pipeline: Any, busy_clips: list[Pa
         print(f"| {key} | {calls} | 1 | {up_b} | {size} |")
 
 
+def test_step_processes_of_a_ui_run_share_one_upload(make_pipeline: Any, busy_clips: list[Path]) -> None:
+    """A UI run (Dagster's multiprocess executor: every step in its own process) uploads a video once: each
+    later step finds the upload in the registry, checks it is still there, and points at it."""
+    import sys
+
+    import yaml
+
+    from vr_assets.sensors import sync_partitions
+
+    env = make_pipeline("gemini")
+    env.add_video(busy_clips[0], "busy.mp4")
+    raw = env.raw_spec(workflow={**MCQ_ONLY, "mode": "anomaly"})
+    spec_file = env.root / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    (key,), _ = sync_partitions(env.spec(workflow={**MCQ_ONLY, "mode": "anomaly"}), set())
+    home = env.root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    DagsterInstance.get().add_dynamic_partitions("videos", [key])
+    steps = "filter_result,captions,chunk_captions,highlight"
+    dagster = Path(sys.executable).parent / "dagster"
+    env_vars = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST_")}
+    got = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "vr_assets.definitions", "--select", steps, "--partition", key],
+        env={**env_vars, "VR_CONFIG": str(spec_file), "DAGSTER_HOME": str(home)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr[-3000:]
+    run = DagsterInstance.get().get_runs(limit=1)[0]
+    assert run.status == DagsterRunStatus.SUCCESS
+    fake: FakeGemini = env.fake  # type: ignore[assignment]
+    assert fake.counts["upload.start"] == 1
+    media = [r for r in env.model_requests() if r.media_sha256]
+    assert len({tuple(r.media_sha256) for r in media}) == 1 and len(media) >= 5  # 0, 1a x2, chunks, the clip
+    # the uploader polled until ACTIVE; captions, chunk_captions and highlight each checked the upload once
+    assert fake.counts["files.get"] == (fake.processing_polls + 1) + 3
+    assert fake.live_files() == 0  # step 1c, the video's last model step, deleted it
+    assert not list((env.results / "cache" / "uploads").rglob("*.json"))
+
+
+def test_failed_video_keeps_its_upload_for_the_retry(make_pipeline: Any, busy_clips: list[Path]) -> None:
+    """A video that fails after its upload keeps it (registered) so the retry sends no byte again."""
+    env = make_pipeline("gemini")
+    env.add_video(busy_clips[0], "busy.mp4")
+    fake: FakeGemini = env.fake  # type: ignore[assignment]
+    original: Callable[[Exchange], None] = fake.prepare
+    broken = [True]
+
+    def prepare(ex: Exchange) -> None:
+        original(ex)
+        if broken[0] and any("start_s" in m for m in ex.record.media_sampling):
+            raise http_error(fake.error_reply(400, "Request contains an invalid argument: chunk rejected"))
+
+    fake.prepare = prepare  # type: ignore[method-assign]
+    spec = env.spec(workflow=MCQ_ONLY)
+    first = env.run(spec)
+    assert list(first.failed) == ["busy.mp4"] and "chunk rejected" in first.failed["busy.mp4"]
+    assert fake.counts["upload.start"] == 1 and fake.live_files() == 1
+    assert len(list((env.results / "cache" / "uploads").rglob("*.json"))) == 1
+
+    broken[0] = False
+    second = env.run(spec)
+    assert second.succeeded == ["busy.mp4"]
+    assert fake.counts["upload.start"] == 1  # the retry pointed at the same file
+    assert fake.live_files() == 0
+    assert not list((env.results / "cache" / "uploads").rglob("*.json"))
+
+
 # ---------------------------------------------------------------- 6. the call cache
 
 
