@@ -111,7 +111,11 @@ class MediaSettings(SpecModel):
         "media",
     )
     inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
-    max_live_uploads: int = Field(8, ge=1, description="Gemini Files API uploads alive at once")
+    max_live_uploads: int = Field(
+        8, ge=1, description="Gemini Files API uploads one process keeps alive at once, at least the VLM's "
+        "concurrency (a call in flight needs its upload); uploads registered for a video's later steps are "
+        "only forgotten, not deleted, when evicted",
+    )
 
 
 class WorkflowSettings(SpecModel):

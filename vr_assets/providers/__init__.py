@@ -123,8 +123,9 @@ def get_model(
         if spec.backend == "gemini":
             from vr_assets.providers import gemini
 
-            shared = gemini.shared_for(api_key, base_url, spec.gemini.api_version, fp, media.max_live_uploads,
-                                       upload_registry)
+            # a call in flight needs its upload alive: never fewer than the calls this teacher runs at once
+            max_live = max(media.max_live_uploads, lim.max_concurrency or max_workers)
+            shared = gemini.shared_for(api_key, base_url, spec.gemini.api_version, fp, max_live, upload_registry)
             teacher = gemini.GeminiTeacher(spec, role=role, api_key=api_key, shared=shared, limiter=limiter,
                                            media=media, accounting=accounting)
         else:

@@ -44,7 +44,7 @@ from vr_assets.providers.base import (
     strip_think,
 )
 from vr_assets.providers.limits import RateLimiter
-from vr_assets.providers.upload_registry import UploadEntry, UploadRegistry
+from vr_assets.providers.upload_registry import MAX_AGE_S, UploadEntry, UploadRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ UPLOAD_POLL_MAX_S = 5.0
 UPLOAD_MAX_WAIT_S = 600.0
 UPLOAD_SLOT_WAIT_S = 120.0
 # Gemini deletes uploads after 48 h; re-upload before a long run trips over an expired file.
-UPLOAD_MAX_AGE_S = 46 * 3600.0
+UPLOAD_MAX_AGE_S = MAX_AGE_S
 
 
 class FileProcessingFailed(Exception):
@@ -395,8 +395,8 @@ def shared_for(
                 endpoint = hashlib.sha256(f"{base_url or ''}|{api_version}|{fingerprint}".encode()).hexdigest()[:16]
                 registry = UploadRegistry(registry_dir / endpoint)
             sh = _SHARED[key] = GeminiShared(api_key, base_url, api_version, max_live, registry)
-        else:
-            sh.uploads.max_live = max_live
+        else:  # teachers sharing the endpoint share the uploads: room for the busiest of them
+            sh.uploads.max_live = max(sh.uploads.max_live, max_live)
         return sh
 
 
@@ -443,7 +443,7 @@ class GeminiTeacher(BaseTeacher):
         self._shared.uploads.discard(video_key)
 
     def close(self) -> None:
-        """Delete every upload this endpoint still holds (end of a run)."""
+        """End of a run: delete the uploads this endpoint holds, except those registered for later steps."""
         self._shared.uploads.close()
 
     # -------------------------------------------------- media
