@@ -45,6 +45,10 @@ def check_run(tmp_path: Path, spec: Any, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_live_gemini(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = os.environ.get("VR_LIVE_GEMINI_MODEL", "gemini-2.5-flash-lite")
     check_run(tmp_path, live_spec(tmp_path, {"backend": "gemini", "gemini": {"model": model}}), monkeypatch)
+    # one upload, chunks as videoMetadata time ranges of it (the service accepted them), deleted at the end
+    chunks = json.loads((tmp_path / "results" / "assets" / "chunk_captions" / "bikes.mp4.json").read_text())
+    assert len(chunks["chunks"]) >= 2 and all(c["caption"].strip() for c in chunks["chunks"])
+    assert not list((tmp_path / "results" / "cache" / "uploads").rglob("*.json"))
 
 
 @pytest.mark.live
