@@ -539,3 +539,44 @@ def test_keyed_locks_serialise_one_key_and_forget_it_when_done() -> None:
         t.join()
     assert overlap == [False, False, False]  # never two holders of the same keys at once
     assert locks._locks == {}  # no lock kept for keys no one holds or waits for
+
+
+_ASK_ONCE = """
+import json, sys, time
+from pathlib import Path
+from vr_assets.call_cache import CachedModel
+from vr_assets.config import GeminiSettings, ModelSpec
+from vr_assets.providers import ModelCall, get_model
+
+base_url, cache, start = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+spec = ModelSpec(backend="gemini", gemini=GeminiSettings(api_key="k-once", base_url=base_url, model="gemini-test"))
+model = CachedModel(get_model(spec, role="llm"), cache, "fp")
+while not start.exists():  # both processes are up and past their imports: ask at the same moment
+    time.sleep(0.002)
+call = ModelCall(step="2", prompt_key="p", video_key="dup", prompt="Describe the scene in one line.")
+answer = model.generate(call)
+print(json.dumps({"text": answer.text, "cached": answer.usage.cached}))
+"""
+
+
+def test_two_processes_asking_one_call_at_once_pay_for_it_once(tmp_path: Path) -> None:
+    """Two workers on two copies of one video: the second waits for the first's answer on disk."""
+    import json
+    import subprocess
+    import sys
+
+    start = tmp_path / "go"
+    with FakeGemini(teacher=Teacher(), latency_text_s=1.0) as fake:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _ASK_ONCE, fake.base_url, str(tmp_path / "cache"), str(start)],
+                             stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        time.sleep(3.0)  # both import and build their clients, then spin on the start file
+        start.touch()
+        outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+        assert fake.counts["generateContent"] == 1
+    assert outs[0]["text"] == outs[1]["text"]
+    assert sorted(o["cached"] for o in outs) == [False, True]
+    assert not list((tmp_path / "cache").rglob("*.lock"))  # each holder removed its lock file

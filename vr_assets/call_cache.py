@@ -8,10 +8,13 @@ with unchanged inputs is answered from disk.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,8 +47,35 @@ def file_sha256(path: Path) -> str:
 
 
 # Calls this process is making: two threads never pay for the same call (the prefetch's threads asking
-# ahead for two copies of one video).
+# ahead for two copies of one video). `_key_file_lock` does the same across processes.
 _in_flight = KeyedLocks()
+
+
+@contextmanager
+def _key_file_lock(path: Path) -> Iterator[None]:
+    """One holder per call key across processes (two workers on two copies of one video): an flock on
+    a file beside the answer, removed by its holder. A waiter that wakes on a removed file takes the
+    new one, so the folder keeps no lock files and two holders never overlap."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class CachedModel:
@@ -142,8 +172,10 @@ class CachedModel:
         ]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            with _in_flight.hold_all(keys[i] for i in todo):
-                for i in todo:  # another thread may have answered it while this one waited
+            with _in_flight.hold_all(keys[i] for i in todo), ExitStack() as held:
+                for k in sorted({keys[i] for i in todo}):  # in key order, as every holder: no deadlock
+                    held.enter_context(_key_file_lock(self._path(k).with_suffix(".lock")))
+                for i in todo:  # another thread or process may have answered it while this one waited
                     out[i] = self._lookup(calls[i], keys[i], claim=not ahead)
                 todo = [i for i in todo if out[i] is None]
                 fresh = self.model.generate_many([calls[i] for i in todo]) if todo else []
