@@ -302,8 +302,9 @@ class FakeGemini(FakeServer):
                     sampling.append(self._sampling(part, None))
                 file_data = _get(part, "fileData")
                 if isinstance(file_data, dict):
-                    media.append(self._file_media(file_data))
-                    sampling.append(self._sampling(part, self._file_duration(file_data)))
+                    sha, file_mime, duration_s = self._file_media(file_data)
+                    media.append((sha, file_mime))
+                    sampling.append(self._sampling(part, duration_s))
         config = _get(body, "generationConfig") or {}
         mime = str(_get(config, "responseMimeType") or "text/plain")
         schema = (
@@ -367,20 +368,13 @@ class FakeGemini(FakeServer):
             )
         return out
 
-    def _file_duration(self, file_data: dict[str, Any]) -> float | None:
-        hit = _FILE_ID.search(str(_get(file_data, "fileUri") or ""))
-        if hit is None:
-            return None
-        with self._files_lock:
-            f = self.uploaded.get(hit.group(1))
-            return f.duration_s if f is not None else None
-
-    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str]:
+    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str, float | None]:
+        """(sha256, mime, duration in seconds when known) of a fileData part."""
         uri = str(_get(file_data, "fileUri") or "")
         mime = str(_get(file_data, "mimeType") or "")
         hit = _FILE_ID.search(uri)
         if hit is None:
-            return hashlib.sha256(uri.encode()).hexdigest(), mime  # e.g. a YouTube URL: fingerprint the URI
+            return hashlib.sha256(uri.encode()).hexdigest(), mime, None  # e.g. a YouTube URL: fingerprint the URI
         fid = hit.group(1)
         with self._files_lock:
             f = self.uploaded.get(fid)
@@ -396,7 +390,7 @@ class FakeGemini(FakeServer):
                         status_name="FAILED_PRECONDITION",
                     )
                 )
-            return f.sha256, mime or f.mime_type
+            return f.sha256, mime or f.mime_type, f.duration_s
 
     def _usage(self, info: _GenInfo, answer_chars: int, think_chars: int) -> dict[str, Any]:
         text_tokens = info.text_chars // 4
@@ -650,9 +644,7 @@ def _probe_duration(data: bytes) -> float:
         with av.open(io.BytesIO(data)) as container:
             if container.duration is not None:
                 return round(container.duration / 1_000_000, 3)
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - unreadable bytes: try ffprobe, which may know better
+    except Exception:  # noqa: BLE001 - no PyAV, or bytes it cannot read: try ffprobe, which may know better
         pass
     ffprobe = shutil.which("ffprobe")
     if not ffprobe or not data:

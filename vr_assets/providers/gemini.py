@@ -56,8 +56,6 @@ UPLOAD_POLL_INITIAL_S = 0.1
 UPLOAD_POLL_MAX_S = 5.0
 UPLOAD_MAX_WAIT_S = 600.0
 UPLOAD_SLOT_WAIT_S = 120.0
-# Gemini deletes uploads after 48 h; re-upload before a long run trips over an expired file.
-UPLOAD_MAX_AGE_S = MAX_AGE_S
 
 
 class FileProcessingFailed(Exception):
@@ -113,7 +111,6 @@ class UploadManager:
         self._cond = threading.Condition()
         self._locks = KeyedLocks()
         self.uploads = 0
-        self.adopted = 0
         self.deletes = 0
 
     def live_count(self) -> int:
@@ -127,7 +124,7 @@ class UploadManager:
             stale: _Upload | None = None
             with self._cond:
                 up = self._live.get(sha)
-                if up is not None and time.monotonic() - up.created > UPLOAD_MAX_AGE_S and up.in_use == 0:
+                if up is not None and time.monotonic() - up.created > MAX_AGE_S and up.in_use == 0:
                     stale = self._live.pop(sha)
                     up = None
                 if up is not None:
@@ -163,8 +160,6 @@ class UploadManager:
                 self._live[sha] = up
                 if sent:
                     self.uploads += 1
-                else:
-                    self.adopted += 1
             return up, sent
 
     def unuse(self, up: _Upload) -> None:
@@ -203,12 +198,11 @@ class UploadManager:
                     continue
                 with self._cond:
                     up = self._live.get(sha)
-                    here = up is not None and up.name == entry.name
-                    if here and up is not None:
+                    if up is not None and up.name == entry.name:
                         up.registered = False  # nobody else needs it: this process deletes it when idle
-                if not here:
-                    self._delete_name(entry.name)
-                    deleted += 1
+                        continue
+                self._delete_name(entry.name)
+                deleted += 1
         return deleted + self.release(owner)
 
     def close(self) -> None:
@@ -451,7 +445,7 @@ class GeminiTeacher(BaseTeacher):
     def _over_inline_limit(self, path: Path) -> bool:
         return inline_payload_bytes(path.stat().st_size) > int(self._media.inline_limit_mb * 1_000_000)
 
-    def _uploads(self, path: Path) -> bool:
+    def _goes_by_upload(self, path: Path) -> bool:
         return self._media.transport == "upload" or self._over_inline_limit(path)
 
     def _prepare(self, call: ModelCall) -> Prepared:
@@ -468,7 +462,7 @@ class GeminiTeacher(BaseTeacher):
         uploaded = inline = 0
         try:
             for path in media.paths:
-                if self._uploads(path):
+                if self._goes_by_upload(path):
                     up, sent = self._shared.uploads.acquire(path, media.mime_type, owner, self._timeout_ms)
                     held.append(up)
                     parts.append(_with_sampling(up.part, media))
