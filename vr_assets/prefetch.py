@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool
-from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_fps, step0_media
+from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_media
 from vr_assets.records import VideoProbe, VideoSource
 from vr_assets.store import JsonStore
 
@@ -239,7 +239,7 @@ class AskAhead:
             return  # only videos whose step 0 is sure to run (a missing record is always re-made)
         mode, _ = known_mode(spec, video.mode)
         model, pack = self._teacher()
-        ref = whole_video_ref(kind, paths, video.key, step0_fps(spec, probe, kind))
+        ref = whole_video_ref(spec, probe, kind, paths, video.key)
 
         def run(calls: list[ModelCall], step: str) -> list[ModelAnswer]:
             answers = model.generate_many(calls, ahead=True)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from vr_assets.config import Spec
 from vr_assets.media import video_mime
+from vr_assets.media_cache import step0_fps
 from vr_assets.parsing import excerpt, parse_classification, parse_relevance
 from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
-from vr_assets.records import AnomalyVerdict, CallUsage, Mode, RelevanceVerdict
+from vr_assets.records import AnomalyVerdict, CallUsage, Mode, RelevanceVerdict, VideoProbe
 
 FILTER_KEY = "video_filtering"
 CLASSIFY_KEY = "video_anomaly_classification"
@@ -28,10 +29,11 @@ CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dens
 RunCalls = Callable[[list[ModelCall], str], list[ModelAnswer]]
 
 
-def whole_video_ref(kind: str, paths: list[Path], video_key: str, fps: float | None = None) -> MediaRef:
-    """Step 0's media (`media_cache.step0_media`, at `media_cache.step0_fps`) as the model gets it,
-    here and in step 1a."""
+def whole_video_ref(spec: Spec, probe: VideoProbe, kind: str, paths: list[Path], video_key: str) -> MediaRef:
+    """Step 0's media (`media_cache.step0_media`, sampled at `media_cache.step0_fps`) as the model gets it,
+    in steps 0 and 1a and in the prefetch's questions: one place, so their cache keys cannot drift apart."""
     mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
+    fps = step0_fps(spec, probe, kind)
     return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps)  # type: ignore[arg-type]
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from vr_assets.call_cache import CachedModel
 from vr_assets.config import Spec
 from vr_assets.media import MediaError, MediaTool
-from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_path, step0_fps, step0_media
+from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_path, step0_media
 from vr_assets.parsing import excerpt as excerpt  # re-exported for the steps
 from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
@@ -83,7 +83,7 @@ def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool
         kind, paths = step0_media(pipe.spec, tool, Path(video.path), probe, pipe.media_cache(video.key))
     except (MediaError, OSError) as e:
         raise media_failure(video, e) from e
-    return whole_video_ref(kind, paths, video.key, step0_fps(pipe.spec, probe, kind))
+    return whole_video_ref(pipe.spec, probe, kind, paths, video.key)
 
 
 def prepared_copy(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> Path | None:
