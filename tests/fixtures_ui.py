@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vr_assets.instance_home import instance_yaml
+from vr_assets.execution.instance import instance_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"

@@ -24,9 +24,9 @@ from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 from dagster._core.storage.sql import check_alembic_revision, get_alembic_config
 from sqlalchemy import create_engine, text
 
-from vr_assets import instance_storage
-from vr_assets.instance_home import instance_yaml
-from vr_assets.instance_storage import (
+from vr_assets.execution import storage as instance_storage
+from vr_assets.execution.instance import instance_yaml
+from vr_assets.execution.storage import (
     FastOpenSqliteScheduleStorage,
     PooledSqliteEventLogStorage,
     PooledSqliteRunStorage,

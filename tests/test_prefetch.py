@@ -14,7 +14,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from vr_assets.call_cache import spec_teacher
 from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_fps, step0_media
-from vr_assets.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_priority
+from vr_assets.execution.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_priority
 from vr_assets.prompts import load_pack
 from vr_assets.providers import ModelAnswer
 from vr_assets.records import VideoSource

@@ -16,7 +16,7 @@ from dagster import AssetKey, DagsterInstance
 
 from vr_assets import runner
 from vr_assets.graph import PER_VIDEO_ASSETS
-from vr_assets.instance_home import ensure_dagster_home
+from vr_assets.execution.instance import ensure_dagster_home
 from vr_assets.partitions import videos_partitions
 from vr_assets.sensors import sync_partitions
 
@@ -27,7 +27,7 @@ PRELOADED = {"dagster", "dagster_shared", "alembic", "sqlalchemy", "google", "op
 
 WORKER = """
 import json, os, sys
-import vr_assets.worker_preload
+import vr_assets.execution.preload
 from vr_assets import runner
 before = set(sys.modules)
 runner._pool_worker_init(sys.argv[1], dict(os.environ))
@@ -65,7 +65,7 @@ def test_a_worker_imports_nothing_third_party_for_its_first_video(
 
 def test_the_forkserver_preloads_only_the_sdks_of_the_specs_backends(make_pipeline: Any) -> None:
     """google-genai and openai each cost most of a CPU-second to import, in the start-up's critical path."""
-    probe = "import json, sys, vr_assets.worker_preload; print(json.dumps([m for m in SDKS if m in sys.modules]))"
+    probe = "import json, sys, vr_assets.execution.preload; print(json.dumps([m for m in SDKS if m in sys.modules]))"
     probe = probe.replace("SDKS", repr(("google.genai", "openai")))
     cases = (("gemini", ["google.genai"]), ("openai", ["openai"]), (None, ["google.genai", "openai"]))
     for backends, expected in cases:

@@ -1,9 +1,9 @@
-"""`vr-annotate`: the same asset graph without the UI, on the same Dagster instance.
+"""`vr-annotate`: run the asset graph from a terminal, open its UI, or print a spec.
 
-Each video partition runs as its own Dagster run, several at once in worker processes
-(`vr_assets.runner`), so one video can be in QA while others are still captioning; the
-provider limit holds across the workers. The plan and the dataset run in a worker too: this
-process loads Dagster only when it runs everything itself (`--parallel 1`).
+`run` puts one Dagster run per video partition in the instance's queue, like the sensor and the UI
+do, and follows them; Dagster's daemon launches them through the instance's run launcher
+(`vr_assets.execution`), so every road executes the same way. `ui` prepares the same Dagster home
+and starts `dagster dev` on it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,16 +24,16 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.discovery import discover
-from vr_assets.instance_home import ensure_dagster_home
+from vr_assets.execution.instance import ensure_dagster_home
+from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
-from vr_assets.runner import QUIET_CONSOLE, Workers, failure_text, host_slots_dir, prestart_workers, worker_context
 from vr_assets.store import JsonStore
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from vr_assets.prefetch import MediaPrefetch
+    from vr_assets.execution.prefetch import MediaPrefetch
 
 Progress = Callable[[str], None]
 
@@ -86,42 +86,6 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
     return work
 
 
-class Plan(BaseModel):
-    new_partitions: int
-    work: dict[str, list[str]]
-    from_step0: list[str]  # videos whose work starts at the first step (the prefetch's videos)
-
-
-def plan_in_worker(keys: list[str], all_keys: list[str], stale: bool) -> Plan:
-    """In a worker (`Workers.call`): give Dagster the partitions it lacks, then plan `keys`."""
-    from vr_assets.graph import PER_VIDEO_ASSETS
-    from vr_assets.partitions import videos_partitions
-
-    spec, instance, defs = worker_context()
-    existing = set(instance.get_dynamic_partitions(videos_partitions.name))
-    new = [k for k in all_keys if k not in existing]
-    if new:
-        instance.add_dynamic_partitions(videos_partitions.name, new)
-    work = plan_work(spec, defs, instance, keys, stale)
-    step0 = [k for k, assets in work.items() if assets[0] == PER_VIDEO_ASSETS[0]]
-    return Plan(new_partitions=len(new), work=work, from_step0=step0)
-
-
-def dataset_in_worker() -> tuple[int | None, str | None]:
-    """In a worker: materialize the dataset; (items, None) or (None, why it failed)."""
-    from vr_assets.graph import DATASET_JOB
-
-    _spec, instance, defs = worker_context()
-    res = defs.resolve_job_def(DATASET_JOB).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
-    )
-    if not res.success:
-        return None, failure_text(res)
-    mats = res.asset_materializations_for_node("dataset")
-    items = mats[0].metadata.get("items") if mats else None
-    return (int(items.value) if items is not None else None), None  # type: ignore[union-attr]
-
-
 # Hand-out pattern: this many of the smallest files, then one of the biggest.
 SMALL_PER_BIG = 2
 
@@ -162,14 +126,14 @@ def hand_out_order(work: dict[str, T], sizes: dict[str, int | None]) -> dict[str
 
 
 def start_prefetch(spec: Spec, videos: list[VideoSource], sizes: dict[str, int | None]) -> MediaPrefetch:
-    """Step 0's media for `videos` (see `vr_assets.prefetch`), in hand-out order unless it asks ahead.
+    """Step 0's media for `videos` (see `vr_assets.execution.prefetch`), in hand-out order unless it asks ahead.
 
     It starts before the plan (so it has the CPU the workers' start-up leaves idle); `MediaPrefetch.drop`
     then takes out the videos the plan does not start from step 0. With `workflow.ask_ahead` it asks
     steps 0 and 1a's questions too, only for videos without a `filter_result` record (the plan runs those).
     """
+    from vr_assets.execution.prefetch import AskAhead, MediaPrefetch
     from vr_assets.media_cache import media_tool
-    from vr_assets.prefetch import AskAhead, MediaPrefetch
 
     ahead = None
     if spec.workflow.ask_ahead and not spec.offline_teacher:
@@ -178,6 +142,27 @@ def start_prefetch(spec: Spec, videos: list[VideoSource], sizes: dict[str, int |
         # a missing file first, like the hand-out: it fails fast with its own error
         videos = sorted(videos, key=lambda v: -1 if (size := sizes.get(v.key)) is None else size)
     return MediaPrefetch(spec, media_tool(spec), videos, ahead).start()
+
+
+def _with_workers(spec: Spec, parallel: int | None) -> Spec:
+    if not parallel:
+        return spec
+    return spec.model_copy(update={"workflow": spec.workflow.model_copy(update={"max_workers": parallel})})
+
+
+@contextmanager
+def _location_env(env: dict[str, str]) -> Iterator[None]:
+    """This process loads the code location (to plan and create runs) from the same spec file as the daemon."""
+    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "VR_CONFIG")}
+    os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"], VR_CONFIG=env["VR_CONFIG"])
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_pipeline(
@@ -189,17 +174,19 @@ def run_pipeline(
     build_dataset: bool = True,
     progress: Progress = print,
 ) -> RunSummary:
-    """Discover, plan, run what is missing, write the dataset.
+    """Discover, plan, queue a run per video that needs work, follow the runs, then queue the dataset.
 
-    Dagster work (the plan, each video's run, the dataset) happens in the worker processes, whose
-    forkserver loads Dagster once: this process does not load it at all, and the media prefetch gets
-    the CPU meanwhile. With one worker, everything runs here.
+    Nothing executes here: runs go to the instance's queue and the daemon launches them through the
+    instance's run launcher, exactly as the sensor's and the UI's runs (see `vr_assets.execution`).
+    This process starts that daemon for the run's duration unless a `vr-annotate ui` serves the home.
+    Meanwhile it makes step 0's media, and asks the whole-video questions, ahead of the runs.
     """
     t0 = time.perf_counter()
-    if (parallel or spec.workflow.max_workers) > 1:
-        prestart_workers(spec)
+    spec = _with_workers(spec, parallel)
     home = ensure_dagster_home(spec)
-    os.environ["VR_HOST_SLOTS_DIR"] = host_slots_dir(spec)
+    env = services_env(home, write_effective_spec(spec, home), spec)
+    os.environ["VR_HOST_SLOTS_DIR"] = env["VR_HOST_SLOTS_DIR"]  # the questions asked ahead hold the same slots
+    (home / "logs").mkdir(exist_ok=True)
     videos, _ = VideoRegistry(spec.results_dir).sync(discover(spec))
     all_keys = sorted(videos)
     keys = all_keys
@@ -209,53 +196,93 @@ def run_pipeline(
             raise SpecError(f"unknown video partition(s): {unknown}")
         keys = [k for k in keys if k in only]
     summary = RunSummary(videos=len(keys))
-    width = min(len(keys), parallel or max(2, spec.workflow.max_workers))
     sizes = file_sizes(videos[k] for k in keys)
-    order = hand_out_order({k: videos[k] for k in keys}, sizes)  # for the prefetch too
+    order = hand_out_order({k: videos[k] for k in keys}, sizes)
     prefetch = None
-    if width > 1 and spec.media.prefetch:
-        prefetch = start_prefetch(spec, list(order.values()), sizes)
-    try:
-        with Workers(spec, width) as workers:
-            plan: Plan = workers.call(plan_in_worker, keys, all_keys, stale)
-            work = {k: plan.work[k] for k in order if k in plan.work}
+    with (home / "logs" / "daemon.log").open("ab") as daemon_log, run_daemon(home, env, daemon_log) as daemon:
+        if spec.media.prefetch and len(keys) > 1:
+            prefetch = start_prefetch(spec, list(order.values()), sizes)
+        try:
+            with _location_env(env):
+                summary = _queue_and_follow(spec, home, keys, all_keys, list(order), stale, build_dataset,
+                                            summary, prefetch, daemon is None, progress)
+        finally:
             if prefetch is not None:
-                prefetch.drop(set(keys) - set(plan.from_step0))
-            progress(f"{len(videos)} videos discovered ({plan.new_partitions} new); Dagster home {home}")
-            summary.skipped_up_to_date = len(keys) - len(work)
-            progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
-            if work:
-                progress(f"running {len(work)} video(s), {min(width, len(work))} at a time")
-            for n, (k, ok, why) in enumerate(workers.run(work, prefetch.handed_out if prefetch else None), start=1):
-                summary.ran += 1
-                if ok:
-                    summary.succeeded.append(k)
-                else:
-                    summary.failed[k] = why
-                progress(f"[{n}/{len(work)}] {k}: {'ok' if ok else 'FAILED: ' + why}")
-            if prefetch is not None:
-                prefetch.stop()
-                progress(prefetch.summary())
-                prefetch = None
-            if build_dataset:
-                try:
-                    summary.dataset_items, why = workers.call(dataset_in_worker)
-                except BrokenProcessPool as e:  # a worker died during the videos: the pool takes no more work
-                    why = f"worker process failed: {e!r}"
-                if why is not None:
-                    summary.failed["dataset"] = why
-                    progress(f"dataset FAILED: {why}")
-                else:
-                    progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
-    finally:
-        if prefetch is not None:  # the run stopped early (an error, ^C)
-            prefetch.stop(answers=False)
+                prefetch.stop(answers=False)
     summary.seconds = time.perf_counter() - t0
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped_up_to_date} up to date"
     )
     return summary
+
+
+def _queue_and_follow(
+    spec: Spec, home: Path, keys: list[str], all_keys: list[str], order: list[str], stale: bool,
+    build_dataset: bool, summary: RunSummary, prefetch: MediaPrefetch | None, shared_daemon: bool,
+    progress: Progress,
+) -> RunSummary:
+    from dagster import AssetKey, DagsterInstance
+
+    from vr_assets.execution.launcher import forget_stale_location
+    from vr_assets.execution.submit import RunSubmitter, follow
+    from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
+    from vr_assets.partitions import videos_partitions
+
+    forget_stale_location()
+    import vr_assets.definitions as location
+
+    with DagsterInstance.get() as instance:
+        existing = set(instance.get_dynamic_partitions(videos_partitions.name))
+        new = [k for k in all_keys if k not in existing]
+        if new:
+            instance.add_dynamic_partitions(videos_partitions.name, new)
+        plan = plan_work(spec, location.defs, instance, keys, stale)
+        work = {k: plan[k] for k in order if k in plan}
+        if prefetch is not None:
+            prefetch.drop(k for k in keys if k not in work or work[k][0] != PER_VIDEO_ASSETS[0])
+        progress(f"{len(all_keys)} videos discovered ({len(new)} new); Dagster home {home}")
+        summary.skipped_up_to_date = len(keys) - len(work)
+        progress(f"{len(work)} to run, {summary.skipped_up_to_date} already up to date")
+        if shared_daemon:
+            progress(f"a vr-annotate daemon already serves {home}: its queue runs these videos")
+        if work:
+            progress(f"queued {len(work)} video run(s), at most {spec.workflow.max_workers} at a time")
+        submitter = RunSubmitter(instance, ANNOTATE_JOB)
+        runs = {k: submitter.submit(k, assets) for k, assets in work.items()}
+        on_start = prefetch.handed_out if prefetch is not None else None
+        for n, outcome in enumerate(follow(instance, runs, on_start), start=1):
+            summary.ran += 1
+            if outcome.ok:
+                summary.succeeded.append(outcome.key)
+            else:
+                summary.failed[outcome.key] = outcome.why
+            progress(f"[{n}/{len(work)}] {outcome.key}: {'ok' if outcome.ok else 'FAILED: ' + outcome.why}")
+        if prefetch is not None:
+            prefetch.stop()
+            progress(prefetch.summary())
+        if build_dataset:
+            run_id = RunSubmitter(instance, DATASET_JOB).submit(None)
+            outcome = next(follow(instance, {"dataset": run_id}))
+            if outcome.ok:
+                mats = instance.fetch_materializations(AssetKey("dataset"), limit=1).records
+                meta = mats[0].asset_materialization.metadata if mats and mats[0].asset_materialization else {}
+                items = meta.get("items")
+                summary.dataset_items = int(items.value) if items is not None else None  # type: ignore[arg-type]
+                progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
+            else:
+                summary.failed["dataset"] = outcome.why
+                progress(f"dataset FAILED: {outcome.why}")
+    return summary
+
+
+def open_ui(spec: Spec, host: str, port: int) -> int:
+    """The README's way to the UI: the tuned home, the effective spec, `dagster dev` with the sensors on."""
+    home = ensure_dagster_home(spec)
+    env = services_env(home, write_effective_spec(spec, home), spec)
+    workspace = write_workspace(home)
+    print(f"vr-annotate ui: Dagster home {home}; http://{host}:{port}", flush=True)
+    return serve_ui(home, env, workspace, host, port)
 
 
 # ---------------------------------------------------------------- default spec
@@ -301,8 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. workflow.max_workers=16")
     run_p.add_argument("--stale", action="store_true", help="also re-run partitions whose inputs/prompts changed")
     run_p.add_argument("--video", action="append", dest="videos", help="only this partition key (repeatable)")
-    run_p.add_argument("--parallel", type=int, help="videos in flight (worker processes; default workflow.max_workers)")
+    run_p.add_argument("--parallel", type=int, help="video runs in flight (default workflow.max_workers)")
     run_p.add_argument("--no-dataset", action="store_true", help="skip writing the merged dataset")
+    ui_p = sub.add_parser("ui", help="prepare the Dagster home and start the webserver and daemon (dagster dev)")
+    ui_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
+    ui_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    ui_p.add_argument("--port", type=int, default=3000)
+    ui_p.add_argument("--host", default="127.0.0.1")
     sub.add_parser("default-spec", help="print a commented spec with every field and its default")
     demo_p = sub.add_parser("demo", help="annotate the bundled sample videos (offline teacher without a key)")
     demo_p.add_argument("--results", default="results/demo", help="results folder")
@@ -321,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2
+    if args.cmd == "ui":
+        return open_ui(spec, args.host, args.port)
     summary = run_pipeline(
         spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
         progress=lambda m: print(m, flush=True),

@@ -121,12 +121,8 @@ class MediaSettings(SpecModel):
 class WorkflowSettings(SpecModel):
     steps: list[str] = Field(default_factory=lambda: ["0", "1a", "1b", "1c", "2", "3", "4"])
     mode: Literal["auto", "anomaly", "normal"] = "auto"
-    max_workers: int = Field(4, ge=1, description="provider concurrency (per backend override: <model>.limits)")
-    startup_turns: int | None = Field(
-        None, ge=0, description="vr-annotate with several workers: how many workers prepare their first video "
-        "at once; the others wait until one of them sends its first request. Workers all starting together "
-        "share the CPU and reach the provider together, late. null: one per CPU core; 0: no turns",
-    )
+    max_workers: int = Field(4, ge=1, description="videos in flight (the run queue's limit, whichever road started "
+                             "them) and provider concurrency (per backend override: <model>.limits)")
     ask_ahead: bool = Field(
         True, description="vr-annotate with media.prefetch: ask a prefetched video's step 0 and step 1a questions "
         "while the workers still load Dagster; the answers wait in the call cache (an upload in the upload "

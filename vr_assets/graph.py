@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetChecksDefinition, AssetSelection, Definitions, define_asset_job
+from dagster import AssetChecksDefinition, AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from vr_assets.assets import captioning, description, export, filtering, highlight, qa
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline
@@ -15,7 +15,7 @@ from vr_assets.config import Spec, load_spec
 from vr_assets.io_manager import PartitionedJsonIOManager
 from vr_assets.prompts import load_pack
 from vr_assets.resources import MediaResource, TeacherResource
-from vr_assets.sensors import build_sensor
+from vr_assets.sensors import build_dataset_sensor, build_sensor
 
 PER_VIDEO_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
 ANNOTATE_JOB = "annotate_videos"
@@ -50,7 +50,10 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=[annotate, build_dataset],
-        sensors=[build_sensor(spec, annotate)],
+        sensors=[build_sensor(spec, annotate), build_dataset_sensor(build_dataset)],
+        # a video's steps run one after another in its run's process (forked warm by the run launcher,
+        # see vr_assets.execution): a process per step would cost a Python start per step
+        executor=in_process_executor,
         resources={
             "vlm": TeacherResource.from_spec("vlm", spec.vlm, spec),
             "llm": TeacherResource.from_spec("llm", spec.llm, spec),

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vr_assets import turns
 from vr_assets.config import Spec
 from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
 from vr_assets.records import VideoProbe
@@ -76,7 +75,6 @@ def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
             if not wait:
                 yield False
                 return
-            turns.end()
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield True

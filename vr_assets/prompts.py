@@ -305,7 +305,7 @@ def list_packs() -> list[str]:
     return sorted(p.name for p in prompts_root().iterdir() if p.is_dir() and any(p.glob("*.txt")))
 
 
-def _pack_dir(pack: str) -> Path:
+def pack_dir(pack: str) -> Path:
     as_path = Path(pack).expanduser()
     if os.sep in pack or "/" in pack or pack.startswith("."):
         if as_path.is_dir():
@@ -320,7 +320,7 @@ def _pack_dir(pack: str) -> Path:
 
 
 def _load_folder(pack: str) -> PromptPack:
-    folder = _pack_dir(pack)
+    folder = pack_dir(pack)
     meta: dict[str, object] = {}
     meta_file = folder / PACK_FILE
     if meta_file.exists():

@@ -114,11 +114,17 @@ class TeacherResource(ConfigurableResource):
 def _key_env(role: str, ms: ModelSpec) -> str:
     """A literal key in the spec is moved into a private env var so it never shows in the UI."""
     literal = ms.gemini.api_key if ms.backend == "gemini" else ms.openai.api_key
+    name = private_key_env(role)
     if literal:
-        name = f"VR_ASSETS_{role.upper()}_API_KEY"
         os.environ[name] = literal
         return name
+    if os.environ.get(name):  # moved there by the process that started this one (`execution.services`)
+        return name
     return KEY_ENV[ms.backend]
+
+
+def private_key_env(role: str) -> str:
+    return f"VR_ASSETS_{role.upper()}_API_KEY"
 
 
 class MediaResource(ConfigurableResource):

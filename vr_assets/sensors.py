@@ -1,8 +1,11 @@
-"""New videos become new partitions, and a run is requested for each of them alone."""
+"""New videos become new partitions, and a run is requested for each of them alone; the dataset
+refreshes itself once a batch of video runs has finished."""
 
 from __future__ import annotations
 
 from dagster import (
+    AssetKey,
+    DagsterRunStatus,
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
@@ -11,6 +14,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
 
 from vr_assets.config import Spec
 from vr_assets.discovery import discover
@@ -48,3 +52,31 @@ def build_sensor(spec: Spec, job: JobDefinition):  # noqa: ANN201 (dagster's dec
         )
 
     return new_videos
+
+
+_NOT_FINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, *IN_PROGRESS_RUN_STATUSES]
+
+
+def build_dataset_sensor(job: JobDefinition):  # noqa: ANN201 (dagster's decorated type)
+    @sensor(
+        name="dataset_refresh",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Rebuilds the dataset once the video runs in flight have all finished and some video's "
+        "task_exports changed since the last build: once per batch of finished videos, never while a run writes.",
+    )
+    def dataset_refresh(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+        latest = context.instance.fetch_materializations(AssetKey("task_exports"), limit=1).records
+        if not latest:
+            return SkipReason("no video has task exports yet")
+        mark = str(latest[0].storage_id)
+        if mark == context.cursor:
+            return SkipReason("no video finished since the last dataset build")
+        busy = context.instance.get_runs_count(RunsFilter(statuses=_NOT_FINISHED))
+        if busy:
+            return SkipReason(f"{busy} run(s) queued or in progress: the dataset waits for the batch to finish")
+        context.update_cursor(mark)
+        return RunRequest(run_key=f"dataset-after:{mark}")
+
+    return dataset_refresh

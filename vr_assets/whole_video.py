@@ -1,7 +1,7 @@
 """The questions asked of the whole video, without Dagster: step 0's screening and step 1a's captions.
 
 The `filter_result` and `captions` assets ask them; so does vr-annotate's prefetch, for videos no
-worker has taken yet, while the workers are still loading Dagster (`vr_assets.prefetch`). Both build
+worker has taken yet, while the workers are still loading Dagster (`vr_assets.execution.prefetch`). Both build
 the same calls here, so the assets find the prefetch's answers in the call cache instead of paying
 for them again.
 """

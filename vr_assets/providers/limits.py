@@ -6,11 +6,10 @@ sliding-window requests-per-minute and tokens-per-minute budget (tokens are esti
 the request and settled with the real usage after), and a shared cool-down after a 429 so
 all threads back off together instead of each one hammering the endpoint.
 
-Across processes: with `VR_HOST_SLOTS_DIR` set (the CLI sets it for its worker processes),
-each request also holds one of `max_concurrency` host-wide slots, file locks that every
-process on the machine shares and that a crashed process gives back. Runs launched by the
-Dagster daemon are bounded per step by the concurrency pools `vlm` / `llm` instead
-(`concurrency.pools` in dagster.yaml).
+Across processes: with `VR_HOST_SLOTS_DIR` set (the daemon `vr-annotate run` and `vr-annotate ui`
+start has it, and so every run it launches), each request also holds one of `max_concurrency`
+host-wide slots, file locks that every process on the machine shares and that a crashed process
+gives back.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-from vr_assets import turns
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +145,6 @@ class RateLimiter:
 
     @contextmanager
     def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
-        turns.end()  # the request is ready: the next worker may prepare its first video
         permit = self._acquire(max(0, est_tokens))
         host = host_slots(self.name, self.max_concurrency)
         held = host.acquire() if host is not None else None

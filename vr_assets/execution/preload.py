@@ -1,13 +1,15 @@
-"""Imported once by the forkserver, so each video worker forks with everything a run touches loaded.
+"""Imported once by the run launcher's forkserver, so each run forks with everything it touches loaded.
 
-Without it every worker paid 3–6 CPU-seconds of imports (google-genai, openai, Dagster's storage
-and daemon modules, alembic's migration scripts) before its first video — on a 2-core machine
-with 16 workers that was more CPU than the bookkeeping of 40 videos.
+Without it every run paid 3–6 CPU-seconds of imports (google-genai, openai, Dagster's storage
+and daemon modules, alembic's migration scripts, the code location) before its first step — on a
+2-core machine with 16 runs in flight that was more CPU than the bookkeeping of 40 videos.
+The code location (`vr_assets.definitions`, the spec of $VR_CONFIG) is loaded here too, so a
+run's `recon_job_from_origin` finds it imported and its repository already built.
 """
 
 import gc
 import importlib
-import os
+import logging
 import sys
 
 # Modules Dagster and the HTTP stack import on first use, i.e. in every worker's first run
@@ -31,26 +33,38 @@ import dagster._core.system_config.composite_descent  # noqa: F401
 import dagster._core.types.primitive_mapping  # noqa: F401
 import dagster._core.types.transform_typing  # noqa: F401
 import dagster._daemon  # noqa: F401  (loaded lazily by DagsterInstance)
+import dagster._grpc.impl  # noqa: F401  (core_execute_run)
+import dagster._utils.hosted_user_process  # noqa: F401
 import h11  # noqa: F401
 import httpcore2  # noqa: F401
 import truststore  # noqa: F401
 import upath.implementations.local  # noqa: F401  (the instance's state storage, loaded lazily)
 
 import vr_assets.graph  # noqa: F401
-import vr_assets.runner  # noqa: F401
-from vr_assets import instance_storage, media
+from vr_assets import media
+from vr_assets.execution import storage as instance_storage
 
 instance_storage.preload_migrations()
 
 # The default ffmpeg, found once here instead of once per worker (the lookup runs `ffmpeg -version`).
 media.find_ffmpeg()
 
-# Only the SDKs the spec's backends use (`runner.prestart_workers`): google-genai and openai
-# cost ~0.9 and ~0.7 CPU-s to import, and the forkserver's imports are what the first videos
-# wait for. A backend not preloaded still works; its workers import it themselves.
+# The code location, built once: the forkserver must come up even when it cannot be built (a
+# bad spec); each run then reports the error itself when it loads the location.
+_backends = ["gemini", "openai"]
+try:
+    import vr_assets.definitions as _location
+
+    _location.defs.get_repository_def().get_all_jobs()
+    _backends = sorted({_location.spec.vlm.backend, _location.spec.llm.backend})
+except Exception as _e:  # noqa: BLE001
+    logging.getLogger(__name__).warning("vr-assets: the code location did not preload: %s", _e)
+
+# Only the SDKs the spec's backends use: google-genai and openai cost ~0.9 and ~0.7 CPU-s to
+# import. A backend not preloaded still works; its runs import it themselves.
 _BACKENDS = {"gemini": ["google.auth.aio.credentials", "vr_assets.providers.gemini"],
              "openai": ["vr_assets.providers.openai_compat"]}
-for _backend in os.environ.get(vr_assets.runner.PRELOAD_BACKENDS, ",".join(_BACKENDS)).split(","):
+for _backend in _backends:
     for _module in _BACKENDS.get(_backend, []):
         importlib.import_module(_module)
 if "vr_assets.providers.gemini" in sys.modules:

@@ -1,0 +1,125 @@
+"""The Dagster home every road uses, and the tuned `dagster.yaml` it gets.
+
+The file names the instance's run queue (Dagster's `QueuedRunCoordinator`: at most
+`workflow.max_workers` runs at once, whichever road submitted them), the run launcher
+(`vr_assets.execution.launcher.WarmRunLauncher`: each run forked from a warm process), run
+monitoring and run retries (a run whose process died is marked failed and retried once; a video
+that failed for its own reason is not), and the storages. `vr-annotate run` and `vr-annotate ui`
+both write it; a file we wrote is rewritten when the spec's limits change, a file of the user's
+is left alone and checked (`untuned_reasons`).
+
+Dagster-free: the CLI sets the home up before it loads Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from vr_assets.config import Spec
+
+# The first line of every dagster.yaml we write: only such a file is ever rewritten.
+MANAGED_MARK = "# written by vr-annotate (vr_assets.execution.instance); edit freely, then delete this line"
+
+
+def ensure_dagster_home(spec: Spec) -> Path:
+    """Use $DAGSTER_HOME, or a folder beside the results so runs are never lost in a temp instance.
+
+    Writes the tuned `dagster.yaml` into a new home, and rewrites one we wrote before (the spec's
+    `workflow.max_workers` may have changed); a user's own file is left as it is.
+    """
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(Path(spec.results_dir) / "dagster_home")
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    cfg = Path(home) / "dagster.yaml"
+    text = instance_yaml(str(Path(home).resolve()), max_workers=spec.workflow.max_workers)
+    if not cfg.exists() or (cfg.read_text().startswith(MANAGED_MARK) and cfg.read_text() != text):
+        tmp = cfg.with_suffix(".yaml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, cfg)
+    return Path(home)
+
+
+# Dagster's default compute-log manager mirrors each run's stdout/stderr through a `tail -F` per
+# stream and a Python watchdog process: three processes per video run for files that stay empty
+# here (our steps log through `context.log`, which the event log keeps). Off, the bookkeeping
+# benchmark took ~12 % less CPU. `capture_stdio=True` writes Dagster's default block instead.
+_NO_STDIO_CAPTURE = (
+    "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
+)
+
+
+def execution_yaml(max_workers: int) -> str:
+    """The run queue, launcher, monitoring and retries: how every run of every road executes."""
+    return (
+        "concurrency:\n"
+        "  runs:\n"
+        f"    max_concurrent_runs: {max_workers}\n"
+        "run_coordinator:\n"
+        "  module: dagster._core.run_coordinator\n"
+        "  class: QueuedRunCoordinator\n"
+        "  config:\n"
+        "    dequeue_interval_seconds: 1\n"
+        "    dequeue_use_threads: true\n"
+        "    dequeue_num_workers: 4\n"
+        "run_launcher:\n"
+        "  module: vr_assets.execution.launcher\n"
+        "  class: WarmRunLauncher\n"
+        "run_monitoring:\n"
+        "  enabled: true\n"
+        "  poll_interval_seconds: 5\n"
+        "  start_timeout_seconds: 180\n"
+        "run_retries:\n"
+        "  enabled: true\n"
+        "  max_retries: 1\n"
+        "  retry_on_asset_or_op_failure: false\n"
+    )
+
+
+def instance_yaml(home: str, *, max_workers: int = 4, capture_stdio: bool = False) -> str:
+    """The `dagster.yaml` for a new instance: the execution block, Dagster's file layout, our SQLite storages."""
+    return (
+        MANAGED_MARK + "\n"
+        "telemetry:\n  enabled: false\n"
+        "nux:\n  enabled: false\n"
+        + execution_yaml(max_workers)
+        + ("" if capture_stdio else _NO_STDIO_CAPTURE)
+        + "run_storage:\n"
+        "  module: vr_assets.execution.storage\n"
+        "  class: PooledSqliteRunStorage\n"
+        f"  config:\n    base_dir: {json.dumps(home + '/history')}\n"
+        "event_log_storage:\n"
+        "  module: vr_assets.execution.storage\n"
+        "  class: PooledSqliteEventLogStorage\n"
+        f"  config:\n    base_dir: {json.dumps(home + '/history/runs')}\n"
+        "schedule_storage:\n"
+        "  module: vr_assets.execution.storage\n"
+        "  class: FastOpenSqliteScheduleStorage\n"
+        f"  config:\n    base_dir: {json.dumps(home + '/schedules')}\n"
+    )
+
+
+def untuned_reasons(home: str | os.PathLike[str] | None) -> list[str]:
+    """What a Dagster home lacks for this package's runs to be fast and bounded (empty: tuned)."""
+    if not home:
+        return ["DAGSTER_HOME is not set (Dagster uses a temporary instance: runs are lost on exit)"]
+    cfg = Path(home) / "dagster.yaml"
+    if not cfg.exists():
+        return [f"{cfg} does not exist"]
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+    except yaml.YAMLError as e:
+        return [f"{cfg} is not valid YAML: {e}"]
+    why = []
+    if (data.get("run_launcher") or {}).get("class") != "WarmRunLauncher":
+        why.append("run_launcher is not vr_assets.execution.launcher.WarmRunLauncher (each run starts Python anew)")
+    if (data.get("run_coordinator") or {}).get("class") != "QueuedRunCoordinator":
+        why.append("run_coordinator is not the QueuedRunCoordinator (runs are not bounded by workflow.max_workers)")
+    if not (data.get("run_monitoring") or {}).get("enabled"):
+        why.append("run_monitoring is off (a killed run stays STARTED forever)")
+    return why

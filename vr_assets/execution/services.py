@@ -1,0 +1,140 @@
+"""Dagster's own processes, started for a home: the daemon `vr-annotate run` needs, and `vr-annotate ui`.
+
+Both roads use Dagster's processes as they are: the daemon dequeues runs and launches them through
+the instance's run launcher; `dagster dev` is the webserver plus that daemon (with the sensors).
+A flock in the home marks that a vr-annotate process serves it with a daemon, so a `vr-annotate run`
+beside an open `vr-annotate ui` submits to the UI's daemon instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import yaml
+
+from vr_assets.config import Spec
+
+DAEMON_LOCK = ".vr-daemon.lock"
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's, not whatever is first on PATH)."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def write_workspace(home: Path, working_directory: str | None = None) -> Path:
+    """`<home>/workspace.yaml`: the one code location, loaded from the installed package."""
+    path = home / "workspace.yaml"
+    text = yaml.safe_dump({"load_from": [{"python_module": {
+        "module_name": "vr_assets.definitions", "location_name": "vr_assets",
+        "working_directory": working_directory or os.getcwd()}}]})
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def write_effective_spec(spec: Spec, home: Path) -> Path:
+    """The spec with the command line's overrides applied, for the processes that load the location.
+
+    Every path in it is absolute already (`Spec.resolved`); a key given in the file is not in it (the
+    spec holds only the name of the private variable it was moved to, which the children inherit).
+    """
+    from vr_assets.resources import private_key_env
+
+    data = json.loads(spec.model_dump_json())
+    for role in ("vlm", "llm"):
+        for backend in ("gemini", "openai"):
+            literal = data[role][backend].get("api_key")
+            if literal:  # never on disk: the children read it from the private variable
+                os.environ[private_key_env(role)] = literal
+                data[role][backend]["api_key"] = ""
+    path = home / "vr-annotate-spec.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def services_env(home: Path, spec_path: Path, spec: Spec) -> dict[str, str]:
+    """The environment of the daemon and the webserver (and so of every run they launch)."""
+    env = dict(os.environ)
+    env.update(DAGSTER_HOME=str(home), VR_CONFIG=str(spec_path))
+    env.setdefault("VR_HOST_SLOTS_DIR", os.path.join(spec.results_dir, "cache", "slots"))
+    return env
+
+
+@contextmanager
+def daemon_lock(home: Path) -> Iterator[bool]:
+    """Hold the home's daemon lock while the block runs; yields False if another process holds it."""
+    with open(home / DAEMON_LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM the process group, then SIGKILL it after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def run_daemon(home: Path, env: dict[str, str], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes] | None]:
+    """A `dagster-daemon` on this home for the block, unless a vr-annotate daemon serves it already (None).
+
+    Its workspace is empty: it only dequeues and launches the runs `vr-annotate run` submits (and
+    monitors them), so it loads no code location and runs no sensor of its own.
+    """
+    with daemon_lock(home) as ours:
+        if not ours:
+            yield None
+            return
+        proc = subprocess.Popen(
+            [_bin("dagster-daemon"), "run", "--empty-workspace", "--log-level", "warning"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            stop_group(proc)
+
+
+def serve_ui(home: Path, env: dict[str, str], workspace: Path, host: str, port: int) -> int:
+    """`dagster dev` (webserver + daemon with the sensors) on the tuned home, until it exits or ^C."""
+    with daemon_lock(home) as ours:
+        if not ours:
+            print(f"another vr-annotate process serves {home} with a daemon; stop it first", file=sys.stderr)
+            return 2
+        cmd = [_bin("dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            stop_group(proc)
+            return 130
