@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from vr_assets.call_cache import spec_teacher
-from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_fps, step0_media
 from vr_assets.execution.prefetch import NICENESS, AskAhead, MediaPrefetch, _lower_own_priority
+from vr_assets.media_cache import media_cache_dir, media_lock, media_tool, step0_fps, step0_media
 from vr_assets.prompts import load_pack
 from vr_assets.providers import ModelAnswer
 from vr_assets.records import VideoSource
 from vr_assets.resources import MediaResource, TeacherResource
-from vr_assets.runner import Workers
 from vr_assets.store import JsonStore
 from vr_assets.whole_video import CAPTION_KEYS, SCREENING_KEYS
 
@@ -135,33 +133,6 @@ def test_the_prefetch_thread_alone_runs_at_a_lower_priority() -> None:
 
 
 MCQ_ONLY = {"workflow": {"qa_types": ["mcq"], "max_workers": 4}}
-
-
-def test_videos_are_handed_out_in_order_never_more_than_width_at_once(
-    make_pipeline: Any, synthetic_videos: dict[str, Path]
-) -> None:
-    env = make_pipeline("gemini")
-    for i in range(4):
-        env.add_video(synthetic_videos["short_mp4"], f"cam{i}/clip.mp4")
-    spec = env.spec(**MCQ_ONLY)
-    env.run(spec, parallel=2, build_dataset=False)  # registers the partitions and runs them once
-    keys = sorted(f"cam{i}__clip.mp4" for i in range(4))
-    instance = DagsterInstance.get()
-    finished = RunsFilter(statuses=[DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE])
-    before = instance.get_runs_count(finished)
-    handouts: list[tuple[str, int]] = []  # (video, runs finished by then)
-
-    def record(key: str) -> None:
-        handouts.append((key, instance.get_runs_count(finished) - before))
-
-    with Workers(spec, 2) as workers:
-        results = list(workers.run({k: ["filter_result"] for k in keys}, on_handout=record))
-    assert all(ok for _, ok, _ in results), results
-    assert [k for k, _ in handouts] == keys  # in the given order
-    assert sorted(k for k, _, _ in results) == keys
-    # the n-th video (from 0) goes out only once n - 1 earlier runs have finished: never 3 at once
-    for n, (_, done) in enumerate(handouts):
-        assert done >= n - 1, handouts
 
 
 def test_the_cli_prefetches_with_several_workers(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:

@@ -199,8 +199,16 @@ def run_pipeline(
     sizes = file_sizes(videos[k] for k in keys)
     order = hand_out_order({k: videos[k] for k in keys}, sizes)
     prefetch = None
+    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text())
+    if new_sqlite and not (home / "history" / "runs.db").exists():
+        # a new SQLite home: create its databases here first, not in two processes (this one and the
+        # daemon) at the same moment
+        with _location_env(env):
+            from dagster import DagsterInstance
+
+            DagsterInstance.get().dispose()
     with (home / "logs" / "daemon.log").open("ab") as daemon_log, run_daemon(home, env, daemon_log) as daemon:
-        if spec.media.prefetch and len(keys) > 1:
+        if spec.media.prefetch and spec.workflow.max_workers > 1 and len(keys) > 1:
             prefetch = start_prefetch(spec, list(order.values()), sizes)
         try:
             with _location_env(env):
@@ -215,6 +223,15 @@ def run_pipeline(
         f"{summary.skipped_up_to_date} up to date"
     )
     return summary
+
+
+def _dataset_up_to_date(instance: Any) -> bool:
+    """The dataset was built after the last video's task exports changed (and its files are there)."""
+    from dagster import AssetKey
+
+    last = {a: instance.fetch_materializations(AssetKey(a), limit=1).records for a in ("dataset", "task_exports")}
+    return bool(last["dataset"]) and (not last["task_exports"]
+                                      or last["dataset"][0].storage_id > last["task_exports"][0].storage_id)
 
 
 def _queue_and_follow(
@@ -261,7 +278,9 @@ def _queue_and_follow(
         if prefetch is not None:
             prefetch.stop()
             progress(prefetch.summary())
-        if build_dataset:
+        if build_dataset and summary.ran == 0 and _dataset_up_to_date(instance):
+            progress(f"dataset: up to date in {Path(spec.results_dir) / 'step_4_output'}")
+        elif build_dataset:
             run_id = RunSubmitter(instance, DATASET_JOB).submit(None)
             outcome = next(follow(instance, {"dataset": run_id}))
             if outcome.ok:

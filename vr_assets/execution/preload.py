@@ -29,14 +29,20 @@ import dagster._core.storage.legacy_storage  # noqa: F401
 import dagster._core.storage.noop_compute_log_manager  # noqa: F401
 import dagster._core.storage.root  # noqa: F401
 import dagster._core.storage.runs  # noqa: F401
+import dagster._core.storage.sqlite_storage  # noqa: F401
 import dagster._core.system_config.composite_descent  # noqa: F401
 import dagster._core.types.primitive_mapping  # noqa: F401
 import dagster._core.types.transform_typing  # noqa: F401
+import dagster._core.utility_ops  # noqa: F401
+import dagster._core.workspace.autodiscovery  # noqa: F401  (recon_job_from_origin loads the location)
 import dagster._daemon  # noqa: F401  (loaded lazily by DagsterInstance)
 import dagster._grpc.impl  # noqa: F401  (core_execute_run)
 import dagster._utils.hosted_user_process  # noqa: F401
+import dagster._utils.temp_file  # noqa: F401
+import dagster._utils.test.definitions  # noqa: F401
 import h11  # noqa: F401
 import httpcore2  # noqa: F401
+import pydantic._internal._dataclasses  # noqa: F401
 import truststore  # noqa: F401
 import upath.implementations.local  # noqa: F401  (the instance's state storage, loaded lazily)
 

@@ -94,6 +94,15 @@ class RunSubmitter:
     def submit(
         self, partition: str | None, assets: Iterable[str] | None = None, tags: dict[str, str] | None = None
     ) -> str:
+        """Create the run and put it in the queue; its id."""
+        run_id = self.create(partition, assets, tags)
+        self.instance.submit_run(run_id, workspace=None)
+        return run_id
+
+    def create(
+        self, partition: str | None, assets: Iterable[str] | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        """Create the run (NOT_STARTED) without queueing it; its id."""
         from dagster import AssetKey
         from dagster._core.execution.api import create_execution_plan
         from dagster._core.storage.tags import PARTITION_NAME_TAG
@@ -112,7 +121,6 @@ class RunSubmitter:
             job_def=job.get_definition(), execution_plan=plan, run_config={}, tags=run_tags,
             asset_selection=selection, job_code_origin=job.get_python_origin(), remote_job_origin=self.remote_origin,
         )
-        self.instance.submit_run(run.run_id, workspace=None)
         return run.run_id
 
 

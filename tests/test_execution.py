@@ -1,0 +1,253 @@
+"""One road for every run: the tuned instance, the queue, the warm run launcher, monitoring and retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
+
+from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, untuned_reasons
+from vr_assets.execution.launcher import PID_TAG, WarmRunLauncher
+from vr_assets.execution.services import run_daemon, services_env, write_effective_spec, write_workspace
+from vr_assets.execution.submit import RunSubmitter
+from vr_assets.graph import ANNOTATE_JOB, PER_VIDEO_ASSETS, build_definitions
+from vr_assets.partitions import videos_partitions
+from vr_assets.sensors import sync_partitions
+
+MCQ_ONLY = {"workflow": {"qa_types": ["mcq"]}}
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = now = 0
+    for _, d in edges:
+        now += d
+        best = max(best, now)
+    return best
+
+
+def test_the_home_is_tuned_from_the_spec_and_a_users_file_is_left_alone(
+    make_pipeline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_pipeline("gemini")
+    home = tmp_path / "tuned"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    ensure_dagster_home(env.spec(workflow={"max_workers": 3}))
+    assert untuned_reasons(home) == []
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.run_launcher, WarmRunLauncher)
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
+    ensure_dagster_home(env.spec(workflow={"max_workers": 5}))  # the spec changed: our file follows it
+    assert yaml.safe_load((home / "dagster.yaml").read_text())["concurrency"]["runs"]["max_concurrent_runs"] == 5
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(own))
+    ensure_dagster_home(env.spec())
+    assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    why = untuned_reasons(own)
+    assert any("run_launcher" in w for w in why) and any("QueuedRunCoordinator" in w for w in why)
+    assert not (own / "dagster.yaml").read_text().startswith(MANAGED_MARK)
+
+
+def test_every_video_run_is_queued_forked_warm_in_process_and_bounded(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    """`vr-annotate run` executes nothing itself: the daemon launches its runs, at most max_workers at once."""
+    env = make_pipeline("gemini", latency_media_s=0.3, latency_text_s=0.1)
+    for i in range(5):
+        env.add_video(synthetic_videos["short_mp4"], f"cam{i}/clip.mp4")
+    summary = env.run(env.spec(workflow={"qa_types": ["mcq"], "max_workers": 2}), parallel=None)
+    assert summary.failed == {} and len(summary.succeeded) == 5
+    assert summary.dataset_items and summary.dataset_items > 0
+
+    instance = DagsterInstance.get()
+    runs = instance.get_run_records(RunsFilter(job_name=ANNOTATE_JOB))
+    assert len(runs) == 5
+    spans = []
+    for rec in runs:
+        run = rec.dagster_run
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert run.remote_job_origin is not None and run.remote_job_origin.location_name == "vr_assets"
+        pid = int(run.tags[PID_TAG])
+        messages = [e.message for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)]
+        assert any(f"pid: {pid}, forked warm" in m for m in messages), messages
+        # the steps ran in the run's own process (in-process executor), not a process per step
+        assert any(m.startswith(f"Executing steps in process (pid: {pid})") for m in messages), messages
+        spans.append((rec.start_time, rec.end_time))
+    assert _max_overlap(spans) == 2  # never more than workflow.max_workers, and the queue used both
+    (dataset_run,) = instance.get_run_records(RunsFilter(job_name="build_dataset"))
+    assert dataset_run.start_time >= max(e for _, e in spans)  # the dataset ran after every video
+
+
+RUN_IN_WORKER = """
+import gc, json, sys
+import vr_assets.execution.preload
+from vr_assets.execution.launcher import execute_run_in_worker
+before = set(sys.modules)
+frozen = gc.get_freeze_count()
+execute_run_in_worker(sys.argv[1], sys.argv[2])
+print(json.dumps({"new": sorted(set(sys.modules) - before), "frozen": frozen, "tracked": len(gc.get_objects())}))
+"""
+
+# Third-party packages a run must find already imported by the forkserver's preload: each run
+# importing them itself cost ~0.3 CPU-s, sixteen times over, right when the CPU is busiest.
+PRELOADED = {"dagster", "dagster_shared", "alembic", "sqlalchemy", "google", "openai", "httpcore2", "httpx2", "h11",
+             "anyio", "truststore", "upath", "dotenv", "pydantic", "yaml"}
+
+
+def test_a_run_process_imports_nothing_third_party_for_its_video(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["clip8"], "cam/a.mp4")
+    spec = env.spec(**MCQ_ONLY)
+    home = ensure_dagster_home(spec)
+    child_env = services_env(home, write_effective_spec(spec, home), spec)
+    new, _ = sync_partitions(spec, set())
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(videos_partitions.name, new)
+    os.environ["VR_CONFIG"] = child_env["VR_CONFIG"]  # this process plans from the same location
+    try:
+        run_id = RunSubmitter(instance, ANNOTATE_JOB).create(new[0], PER_VIDEO_ASSETS)
+    finally:
+        os.environ.pop("VR_CONFIG")
+    from dagster._serdes import serialize_value
+
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_IN_WORKER, run_id, serialize_value(instance.get_ref())],
+        capture_output=True, text=True, env=child_env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == DagsterRunStatus.SUCCESS
+    late = [m for m in got["new"] if m.split(".")[0] in PRELOADED]
+    assert late == [], f"imported by the run, not the preload: {late}"
+    assert got["frozen"] > 5 * got["tracked"], got  # the preloaded heap is out of the collector's sight
+    assert env.calls() > 0  # the video really ran: its model calls reached the fake
+
+
+def test_the_preload_imports_only_the_sdks_of_the_specs_backends(make_pipeline: Any, tmp_path: Path) -> None:
+    """google-genai and openai each cost most of a CPU-second to import, in every run's start."""
+    env = make_pipeline("gemini")
+    probe = "import json, sys, vr_assets.execution.preload; print(json.dumps([m for m in SDKS if m in sys.modules]))"
+    probe = probe.replace("SDKS", repr(("google.genai", "openai")))
+    cases = (("gemini", "gemini", ["google.genai"]), ("openai", "openai", ["openai"]),
+             ("gemini", "openai", ["google.genai", "openai"]))
+    for vlm, llm, expected in cases:
+        spec_path = tmp_path / f"{vlm}-{llm}.yaml"
+        raw = env.raw_spec(vlm={"backend": vlm}, llm={"backend": llm})
+        spec_path.write_text(yaml.safe_dump(raw))
+        child = {**os.environ, "VR_CONFIG": str(spec_path)}
+        out = subprocess.run([sys.executable, "-c", probe], env=child, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, (vlm, llm)
+
+
+def test_the_dataset_refreshes_once_a_batch_has_finished(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["short_mp4"], "cam/a.mp4")
+    spec = env.spec(**MCQ_ONLY)
+    assert not env.run(spec, build_dataset=False).failed
+    sensor = build_definitions(spec).resolve_sensor_def("dataset_refresh")
+    assert sensor.job_name == "build_dataset"
+    instance = DagsterInstance.get()
+    first = sensor.evaluate_tick(build_sensor_context(instance=instance))
+    assert len(first.run_requests) == 1 and first.cursor
+    assert first.run_requests[0].run_key == f"dataset-after:{first.cursor}"
+    again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=first.cursor))
+    assert again.run_requests == [] and "no video finished" in (again.skip_message or "")
+    # a video run still queued: the dataset waits for the whole batch
+    os.environ["VR_CONFIG"] = str(write_effective_spec(spec, Path(os.environ["DAGSTER_HOME"])))
+    try:
+        RunSubmitter(instance, ANNOTATE_JOB).submit("cam__a.mp4", ["task_exports"])
+    finally:
+        os.environ.pop("VR_CONFIG")
+    waiting = sensor.evaluate_tick(build_sensor_context(instance=instance))
+    assert waiting.run_requests == [] and "queued or in progress" in (waiting.skip_message or "")
+
+
+def _wait(what: str, check: Any, timeout_s: float, poll_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_a_run_killed_mid_video_is_marked_failed_and_retried_without_paying_twice(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """kill -9 of a run's process on the UI road: run monitoring fails it, run retries start it again."""
+    env = make_pipeline("gemini", latency_media_s=1.5, latency_text_s=0.2)
+    env.add_video(synthetic_videos["clip16"], "cam/a.mp4")
+    spec = env.spec(workflow={"qa_types": ["mcq", "bcq"], "max_workers": 2})
+    home = ensure_dagster_home(spec)
+    yaml_text = (home / "dagster.yaml").read_text().replace("poll_interval_seconds: 5", "poll_interval_seconds: 1")
+    (home / "dagster.yaml").write_text(yaml_text)
+    child_env = services_env(home, write_effective_spec(spec, home), spec)
+    workspace = write_workspace(home)
+    new, _ = sync_partitions(spec, set())
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(videos_partitions.name, new)
+    # the daemon of `vr-annotate ui` (`dagster dev`): with the code location, so it can retry runs
+    with (tmp_path / "daemon.log").open("wb") as log:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        os.environ["VR_CONFIG"] = child_env["VR_CONFIG"]
+        try:
+            run_id = RunSubmitter(instance, ANNOTATE_JOB).submit(new[0], PER_VIDEO_ASSETS)
+        finally:
+            os.environ.pop("VR_CONFIG")
+        # mid-video: step 1b's chunk captions are going out
+        _wait("the run's chunk captions", lambda: env.calls() >= 5, 120)
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == DagsterRunStatus.STARTED
+        os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
+        killed_at = time.monotonic()
+        failed = _wait("run monitoring to fail the run", lambda: (
+            (r := instance.get_run_by_id(run_id)) is not None and r.status == DagsterRunStatus.FAILURE), 60)
+        assert failed and time.monotonic() - killed_at < 60
+        retries = RunsFilter(tags={"dagster/parent_run_id": run_id})
+        retry = _wait("the retry run", lambda: instance.get_runs(retries), 60)
+        done = _wait("the retry to finish", lambda: (
+            (r := instance.get_run_by_id(retry[0].run_id)) is not None and r.is_finished and r), 180)
+        assert done.status == DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert instance.get_materialized_partitions(AssetKey("task_exports")) == {new[0]}
+    bodies = Counter(json.dumps(r.json, sort_keys=True) for r in env.model_requests())
+    paid_twice = sum(n - 1 for n in bodies.values() if n > 1)
+    # only the calls in flight at the kill (at most the two roles' concurrency) were asked again
+    assert paid_twice <= 4, paid_twice
+
+
+def test_a_second_cli_run_beside_a_serving_daemon_submits_to_it(make_pipeline: Any) -> None:
+    """The home's daemon lock: one vr-annotate daemon per home; a second run uses the first one's queue."""
+    env = make_pipeline("gemini")
+    spec = env.spec()
+    home = ensure_dagster_home(spec)
+    with open(os.devnull, "wb") as log, run_daemon(home, dict(os.environ), log) as first:
+        assert first is not None and first.poll() is None
+        with run_daemon(home, dict(os.environ), log) as second:
+            assert second is None
