@@ -37,6 +37,7 @@ lint: setup-test
 ## The benchmark against the reference (nvidia-tao-ds from PyPI, in its own venv: bench/.ref-venv).
 bench: setup-test bench/.ref-venv/.ready
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/roads.py --n 24 --concurrency 8 --memory 32 128
 
 bench/.ref-venv/.ready: bench/setup_reference.sh
 	./bench/setup_reference.sh
@@ -47,9 +48,7 @@ bench-smoke: setup-test
 
 ## Dagster UI on the demo results (run `make demo` first).
 ui: setup
-	mkdir -p results/demo/dagster_home
-	DAGSTER_HOME=$(abspath results/demo/dagster_home) VR_CONFIG=samples/demo_spec.yaml \
-		$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/vr-annotate ui --config samples/demo_spec.yaml results_dir=$(abspath results/demo)
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -124,3 +124,58 @@ class TreeCpu:
                 continue
             extra += mine
         return root_rusage_s + extra
+
+
+class TreeMemory:
+    """Peak memory of a process tree, sampled from /proc: PSS (pages shared by forked processes count
+    once, split among them), the RSS sum (shared pages counted in every process), and processes alive."""
+
+    def __init__(self, root_pid: int, interval_s: float = 0.5) -> None:
+        self.root = root_pid
+        self.interval_s = interval_s
+        self.peak_pss_mb = 0.0
+        self.peak_rss_mb = 0.0
+        self.peak_procs = 0
+        self.samples: list[tuple[float, int, float]] = []  # (time, processes, PSS MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+
+    def start(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def tree(self) -> list[int]:
+        seen, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            seen.append(pid)
+            todo += _children(pid)
+        return seen
+
+    def sample(self) -> None:
+        pss = rss = 0.0
+        n = 0
+        for pid in self.tree():
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            n += 1
+            for line in text.splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1]) / 1024
+        self.samples.append((time.time(), n, round(pss, 1)))
+        self.peak_pss_mb = max(self.peak_pss_mb, pss)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        self.peak_procs = max(self.peak_procs, n)

@@ -1,8 +1,12 @@
-"""A real `dagster-webserver` over a finished demo run, and a headless Debian Chromium to look at it.
+"""The real Dagster UI, and a headless Debian Chromium to look at it.
 
-The run comes from the CLI demo (offline teacher) in a subprocess, so the UI shows exactly what a
-user sees after `vr-annotate demo`; the webserver gets the same Dagster home and a spec pointing at
-the same results folder. No daemon runs, so the default-on `new_videos` sensor launches nothing.
+`dagster_ui`: a `dagster-webserver` over a finished demo run. The run comes from the CLI demo
+(offline teacher) in a subprocess, so the UI shows exactly what a user sees after `vr-annotate
+demo`; the webserver gets the same Dagster home and a spec pointing at the same results folder. No
+daemon runs, so the default-on sensors launch nothing.
+
+`vr_annotate_ui`: `vr-annotate ui` itself (webserver and daemon), with a live offline teacher, for
+the runs a user launches from the UI.
 """
 
 from __future__ import annotations
@@ -229,3 +233,60 @@ def screenshot(tmp_path: Path) -> Any:
         return path
 
     return take
+
+
+@dataclass
+class LiveUI:
+    """`vr-annotate ui` (webserver + daemon, sensors on) over the demo videos, one of them annotated."""
+
+    base_url: str
+    results: Path
+    home: Path
+    done: str  # the partition the CLI annotated before the UI started
+    missing: list[str]  # the partitions registered but not annotated
+    log_path: Path
+
+    def url(self, route: str) -> str:
+        return self.base_url + route
+
+
+@pytest.fixture
+def vr_annotate_ui(tmp_path: Path) -> Iterator[LiveUI]:
+    """The README's road to the UI, with a live offline teacher for the runs the UI launches."""
+    from vr_assets.fakes import FakeGemini, Teacher
+
+    fake = FakeGemini(teacher=Teacher()).start()
+    results, home = tmp_path / "results", tmp_path / "dagster_home"
+    spec_path = tmp_path / "live_spec.yaml"
+    _write_ui_spec(spec_path, results)
+    raw = yaml.safe_load(spec_path.read_text())
+    for role in ("vlm", "llm"):
+        raw[role] = {"backend": "gemini", "gemini": {"base_url": fake.base_url, "api_key": "live-ui-key"},
+                     "retry": {"initial_delay_s": 0.1}}
+    raw.setdefault("workflow", {})["qa_types"] = ["mcq", "bcq"]
+    spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_ENV}
+    env.update(DAGSTER_HOME=str(home), VR_HOST_SLOTS_DIR=str(tmp_path / "slots"))
+    cli = [sys.executable, "-m", "vr_assets.cli"]
+    log_path = tmp_path / "ui.log"
+    proc = None
+    try:
+        one = ["--video", "pedestrians__vtest_crossing_14s.mp4"]
+        first = subprocess.run([*cli, "run", "--config", str(spec_path), *one],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+        if first.returncode != 0:
+            pytest.fail(f"vr-annotate run failed:\n{first.stdout[-2000:]}\n{first.stderr[-2000:]}")
+        port = _free_port()
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([*cli, "ui", "--config", str(spec_path), "--port", str(port)], cwd=REPO, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_until_ready(proc, base_url, log_path)
+        all_keys = sorted(json.loads((results / "registry" / "videos.json").read_text()))
+        done = "pedestrians__vtest_crossing_14s.mp4"
+        yield LiveUI(base_url=base_url, results=results, home=home, done=done,
+                     missing=[k for k in all_keys if k != done], log_path=log_path)
+    finally:
+        if proc is not None:
+            _stop(proc)
+        fake.stop()

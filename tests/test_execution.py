@@ -251,3 +251,24 @@ def test_a_second_cli_run_beside_a_serving_daemon_submits_to_it(make_pipeline: A
         assert first is not None and first.poll() is None
         with run_daemon(home, dict(os.environ), log) as second:
             assert second is None
+
+
+def test_dagster_dev_by_hand_on_an_untuned_home_says_what_is_missing_in_one_line(
+    make_pipeline: Any, tmp_path: Path
+) -> None:
+    env = make_pipeline("gemini")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(env.raw_spec()))
+    plain = tmp_path / "plain_home"
+    plain.mkdir()
+    (plain / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    load = [sys.executable, "-c", "import vr_assets.definitions"]
+    child = {**os.environ, "VR_CONFIG": str(spec_path), "DAGSTER_HOME": str(plain)}
+    out = subprocess.run(load, env=child, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "not tuned" in line]
+    assert len(lines) == 1 and "vr-annotate ui --config" in lines[0] and "run_launcher" in lines[0], out.stderr
+    ensure_dagster_home(env.spec())  # the tuned home of make_pipeline: no such line
+    child["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
+    out = subprocess.run(load, env=child, capture_output=True, text=True, timeout=120)
+    assert "not tuned" not in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ def test_tao_prompt_templates_module(
     mod_dir.mkdir()
     (mod_dir / "my_tao_prompts.py").write_text(tao_module_source())
     monkeypatch.syspath_prepend(str(mod_dir))
+    # the runs' processes import it too: as for Dagster's own code servers, it must be on their path
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(mod_dir), os.environ.get("PYTHONPATH")])))
     env = make_pipeline("gemini")
     vid = env.add_video(synthetic_videos["clip8"], "x.mp4")
     env.teacher.set_verdict_for_file(vid, relevant=True, label="anomaly")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -111,3 +112,48 @@ def test_dataset_shows_report(dagster_ui: DagsterUI, ui_page: Any, screenshot: A
     expect(dialog.get_by_text(re.compile(r"Videos:\s*\d+ registered")).first).to_be_visible()
     screenshot(page, "dataset_report")
 
+
+
+def _dataset_videos(results: Any) -> set[str]:
+    out = results / "step_4_output"
+    return {i["video_id"] for f in out.glob("*.json") if f.name != "dataset_report.json"
+            for i in json.loads(f.read_text()).get("items", [])}
+
+
+def test_a_user_launches_the_missing_videos_and_the_dataset_picks_them_up(
+    vr_annotate_ui: Any, ui_page: Any, screenshot: Any
+) -> None:
+    """From the job page: Materialize all → Missing → Launch; the daemon runs them warm, the dataset refreshes."""
+    ui = vr_annotate_ui
+    assert ui.missing, "the fixture left no video to launch"
+    before = _dataset_videos(ui.results)
+    assert before and len(before) == 1, before
+    page = ui_page
+    page.goto(ui.url("/locations/vr_assets/jobs/annotate_videos"))
+    materialize = page.get_by_role("button", name="Materialize all").first
+    expect(materialize).to_be_visible(timeout=WAIT_MS)
+    materialize.click()
+    page.get_by_role("button", name="Missing", exact=True).click()
+    for key in ui.missing:
+        expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=WAIT_MS)
+    screenshot(page, "launch_missing")
+    page.get_by_role("button", name=re.compile(r"^Launch (\d+ runs?|backfill)$")).click()
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if len(_dataset_videos(ui.results)) == 1 + len(ui.missing):
+            break
+        time.sleep(2)
+    after = _dataset_videos(ui.results)
+    assert len(after) == 1 + len(ui.missing), f"dataset holds {after}; ui log:\n{ui.log_path.read_text()[-3000:]}"
+    assert before < after
+    from dagster import DagsterInstance, RunsFilter
+
+    with DagsterInstance.from_config(str(ui.home)) as instance:
+        runs = [r for r in instance.get_runs(RunsFilter(job_name="annotate_videos"))
+                if r.tags.get("dagster/partition") in ui.missing]
+        assert runs and all(r.is_success for r in runs)
+        assert all("vr_assets/pid" in r.tags for r in runs)  # launched warm, like every other road
+    page.goto(ui.url("/runs"))
+    expect(page.get_by_text("build_dataset").first).to_be_visible(timeout=WAIT_MS)
+    screenshot(page, "runs_after_launch")

@@ -73,6 +73,10 @@ def build_dataset_sensor(job: JobDefinition):  # noqa: ANN201 (dagster's decorat
         mark = str(latest[0].storage_id)
         if mark == context.cursor:
             return SkipReason("no video finished since the last dataset build")
+        built = context.instance.fetch_materializations(AssetKey("dataset"), limit=1).records
+        if built and built[0].storage_id > latest[0].storage_id:  # built since (by vr-annotate run, or by hand)
+            context.update_cursor(mark)
+            return SkipReason("the dataset is newer than every video's task exports")
         busy = context.instance.get_runs_count(RunsFilter(statuses=_NOT_FINISHED))
         if busy:
             return SkipReason(f"{busy} run(s) queued or in progress: the dataset waits for the batch to finish")

@@ -29,27 +29,37 @@ class RunOutcome(BaseModel):
     why: str = ""
 
 
+def _root_cause(err: Any) -> str:
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    return str(err.message).strip()
+
+
 def failure_text(instance: Any, run_id: str) -> str:
-    """The first failed step's own message (a `Failure` description, else the root exception), or the run's."""
+    """Why a run failed, in one line: the first failed step's own message (a `Failure` description, else the
+    root exception), else an engine error (the code location did not load, the run process died), else the
+    run's failure message."""
     from dagster import DagsterEventType
 
-    for record in instance.all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
+    kinds = {DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT, DagsterEventType.RUN_FAILURE}
+    engine_error = run_failure = None
+    for record in instance.all_logs(run_id, of_type=kinds):
         ev = record.dagster_event
         if ev is None:
             continue
         data = ev.event_specific_data
-        ufd = getattr(data, "user_failure_data", None)
-        if ufd is not None and ufd.description:
-            return str(ufd.description)
-        err = getattr(data, "error", None)
-        if err is not None:
-            cause = err
-            while getattr(cause, "cause", None) is not None:
-                cause = cause.cause
-            return cause.message.strip()
-        if ev.event_type == DagsterEventType.RUN_FAILURE and ev.message:
-            return ev.message
-    return "run failed"
+        if ev.event_type == DagsterEventType.STEP_FAILURE:
+            ufd = getattr(data, "user_failure_data", None)
+            if ufd is not None and ufd.description:
+                return str(ufd.description)
+            if getattr(data, "error", None) is not None:
+                return _root_cause(data.error)
+        elif ev.event_type == DagsterEventType.ENGINE_EVENT and engine_error is None:
+            if getattr(data, "error", None) is not None:
+                engine_error = f"{record.message.strip()} {_root_cause(data.error)}".strip()
+        elif ev.event_type == DagsterEventType.RUN_FAILURE and run_failure is None:
+            run_failure = record.message or ev.message
+    return engine_error or run_failure or "run failed"
 
 
 def _remote_origin(job_name: str) -> Any:
