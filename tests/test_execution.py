@@ -272,3 +272,34 @@ def test_dagster_dev_by_hand_on_an_untuned_home_says_what_is_missing_in_one_line
     child["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
     out = subprocess.run(load, env=child, capture_output=True, text=True, timeout=120)
     assert "not tuned" not in out.stderr
+
+
+def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_without_paying_twice(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
+    for i, clip in enumerate(("short_mp4", "clip8", "clip16")):  # different bytes: no answer shared between them
+        env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": 2},
+                       media={"prefetch": False})
+    spec_path = env.root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait("the first video's first call", lambda: env.calls() >= 1, 120)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: 2 queued video(s) canceled" in out, out[-3000:]
+    assert "run again to resume" in out
+    paid_before = env.calls()
+    instance = DagsterInstance.get()
+    canceled = instance.get_runs(RunsFilter(job_name=ANNOTATE_JOB, statuses=[DagsterRunStatus.CANCELED]))
+    assert len(canceled) == 2
+
+    again = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert instance.get_materialized_partitions(AssetKey("task_exports")) == {f"cam{i}__clip.mp4" for i in range(3)}
+    bodies = Counter(json.dumps(r.json, sort_keys=True) for r in env.model_requests())
+    assert sum(n - 1 for n in bodies.values() if n > 1) <= 2, "only calls in flight at the stop are asked again"
+    assert env.calls() > paid_before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,7 @@ from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.discovery import discover
 from vr_assets.execution.instance import ensure_dagster_home
 from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
+from vr_assets.execution.submit import RunOutcome
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.store import JsonStore
@@ -225,6 +227,43 @@ def run_pipeline(
     return summary
 
 
+def _wind_down(
+    instance: Any, runs: dict[str, str], summary: RunSummary, record: Callable[[RunOutcome], None],
+    grace_s: float, progress: Progress,
+) -> None:
+    """^C or SIGTERM: start no other video, give the videos in flight `grace_s` to finish, then stop them.
+
+    Queued runs are canceled (they would otherwise run the next time a daemon serves this home); what
+    finished is recorded by Dagster as usual, so the next run resumes from there and pays nothing twice.
+    A second ^C stops the runs in flight at once.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from vr_assets.execution.submit import follow
+
+    waiting = {rid for k, rid in runs.items() if k not in summary.succeeded and k not in summary.failed}
+    records = instance.get_run_records(RunsFilter(run_ids=sorted(waiting))) if waiting else []
+    queued = [r.dagster_run.run_id for r in records if r.dagster_run.status == DagsterRunStatus.QUEUED]
+    for rid in queued:
+        instance.run_coordinator.cancel_run(rid)
+    live = {k: rid for k, rid in runs.items() if rid in waiting and rid not in queued}
+    progress(f"interrupted: {len(queued)} queued video(s) canceled; up to {grace_s:.0f} s for the {len(live)} in "
+             "flight to finish (^C again stops them now)")
+    deadline = time.monotonic() + grace_s
+    try:
+        for outcome in follow(instance, live):
+            record(outcome)
+            live.pop(outcome.key, None)
+            if time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:
+        pass
+    for rid in live.values():
+        instance.run_launcher.terminate(rid)
+    progress(f"stopped: {len(summary.succeeded)} ok, {len(summary.failed)} failed, {len(live)} stopped in flight, "
+             f"{len(queued)} not started; run again to resume")
+
+
 def _dataset_up_to_date(instance: Any) -> bool:
     """The dataset was built after the last video's task exports changed (and its files are there)."""
     from dagster import AssetKey
@@ -268,13 +307,24 @@ def _queue_and_follow(
         submitter = RunSubmitter(instance, ANNOTATE_JOB)
         runs = {k: submitter.submit(k, assets) for k, assets in work.items()}
         on_start = prefetch.handed_out if prefetch is not None else None
-        for n, outcome in enumerate(follow(instance, runs, on_start), start=1):
+        n = 0
+
+        def record(outcome: RunOutcome) -> None:
+            nonlocal n
+            n += 1
             summary.ran += 1
             if outcome.ok:
                 summary.succeeded.append(outcome.key)
             else:
                 summary.failed[outcome.key] = outcome.why
             progress(f"[{n}/{len(work)}] {outcome.key}: {'ok' if outcome.ok else 'FAILED: ' + outcome.why}")
+
+        try:
+            for outcome in follow(instance, runs, on_start):
+                record(outcome)
+        except KeyboardInterrupt:
+            _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
+            raise
         if prefetch is not None:
             prefetch.stop()
             progress(prefetch.summary())
@@ -339,6 +389,10 @@ def default_spec_text() -> str:
 # ---------------------------------------------------------------- entry point
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vr-annotate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -374,10 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "ui":
         return open_ui(spec, args.host, args.port)
-    summary = run_pipeline(
-        spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
-        progress=lambda m: print(m, flush=True),
-    )
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM winds down like ^C
+    try:
+        summary = run_pipeline(
+            spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
+            progress=lambda m: print(m, flush=True),
+        )
+    except KeyboardInterrupt:
+        return 130
     # The interpreter's final garbage collection walks every object Dagster loaded (~1 s of wall
     # after the work is done); nothing needs collecting on the way out.
     gc.freeze()

@@ -123,6 +123,10 @@ class WorkflowSettings(SpecModel):
     mode: Literal["auto", "anomaly", "normal"] = "auto"
     max_workers: int = Field(4, ge=1, description="videos in flight (the run queue's limit, whichever road started "
                              "them) and provider concurrency (per backend override: <model>.limits)")
+    interrupt_grace_s: float = Field(
+        30.0, ge=0, description="vr-annotate run after ^C / SIGTERM: how long the videos in flight may take to "
+        "finish before they are stopped (queued videos are canceled at once)",
+    )
     ask_ahead: bool = Field(
         True, description="vr-annotate with media.prefetch: ask a prefetched video's step 0 and step 1a questions "
         "while the workers still load Dagster; the answers wait in the call cache (an upload in the upload "
