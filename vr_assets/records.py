@@ -294,9 +294,27 @@ class TaskItem(Record):
     reasoning: str
 
 
+class McqSource(Record):
+    """One MCQ as the teacher wrote it (options cleaned, in the teacher's order), for the dataset pass to place."""
+
+    question: str
+    options: list[str]
+    correct: int = Field(description="index of the correct option in `options`")
+    reasoning: str
+    keep_order: str = Field(
+        default="", description="why the options must stay in the teacher's order (ambiguous letters); '' = may move"
+    )
+
+
 class TaskExports(Record):
-    """Step 4 for one video: its items per TAO task name."""
+    """Step 4 for one video: its items per TAO task name.
+
+    MCQ items are in the teacher's option order here; ``mcq_sources[i]`` is ``tasks["mcq"][i]`` (and
+    ``tasks["mcq_openended"][i]``) before the dataset pass moves its options, which it does over all
+    videos at once so the answer letters come out balanced.
+    """
 
     video_key: str
     mode: Mode
     tasks: dict[str, list[TaskItem]] = Field(default_factory=dict)
+    mcq_sources: list[McqSource] = Field(default_factory=list)

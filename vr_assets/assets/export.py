@@ -8,7 +8,13 @@ from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Outp
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
 from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
-from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
+from vr_assets.export import (
+    dataset_report_markdown,
+    task_exports_for_video,
+    video_id_for,
+    without_items,
+    write_dataset,
+)
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
@@ -25,17 +31,17 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         name="task_exports",
         partitions_def=videos_partitions,
         group_name="step_4_export",
-        code_version=code_version("task_exports/1", spec.export.mcq_seed, spec.data.video_root),
+        code_version=code_version("task_exports/2", spec.data.video_root),
         kinds={"python", "json"},
         owners=["team:video-data"],
         check_specs=EXPORT_SPECS,
-        description="Step 4 for one video: its QA items turned into tao-vl-reason-v1.0 task items (MCQ options "
-        "shuffled deterministically, Yes/No answers, time spans as JSON), with quality checks.",
+        description="Step 4 for one video: its QA items turned into tao-vl-reason-v1.0 task items (MCQ options in "
+        "the teacher's order, placed by the dataset asset; Yes/No answers, time spans as JSON), with quality checks.",
     )
     def task_exports(context: AssetExecutionContext, captions: Captions, qa: QAResult) -> Iterator[object]:
         key = context.partition_key
         video_id = video_id_for(captions.video.path, spec.data.video_root)
-        result, skipped = task_exports_for_video(key, captions.mode, qa.items, video_id, spec.export.mcq_seed)
+        result, skipped = task_exports_for_video(key, captions.mode, qa.items, video_id)
         for s in skipped:
             context.log.warning(f"video {key}: item skipped: {s}")
         counts = {t: len(v) for t, v in result.tasks.items()}
@@ -52,12 +58,13 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         name="dataset",
         deps=[task_exports],
         group_name="dataset",
-        code_version=code_version("dataset/1", spec.export.model_dump(), spec.license, spec.description_extra,
+        code_version=code_version("dataset/2", spec.export.model_dump(), spec.license, spec.description_extra,
                                   spec.data.video_root),
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
         description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
-        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report.",
+        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report. MCQ options are "
+        "placed here so the answer letters are balanced over the dataset; the reasoning's letters move with them.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
@@ -79,13 +86,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 continue
             if spec.export.exclude_failed_checks:
                 cap: Captions = store.read("captions", k)
-                kept = {}
-                for task, items in te.tasks.items():
-                    good = [i for i in items if not item_errors(task, i, cap.probe.duration_sec)]
-                    excluded += len(items) - len(good)
-                    if good:
-                        kept[task] = good
-                te = te.model_copy(update={"tasks": kept})
+                bad = {task: {n for n, i in enumerate(items) if item_errors(task, i, cap.probe.duration_sec)}
+                       for task, items in te.tasks.items()}
+                te, removed = without_items(te, bad)
+                excluded += removed
             per_video.append(te)
         out_dir = Path(spec.results_dir) / "step_4_output"
         extra = spec.description_extra
@@ -93,7 +97,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
-            license=spec.license, description_extra=extra, excluded_items=excluded,
+            license=spec.license, description_extra=extra, excluded_items=excluded, mcq_seed=spec.export.mcq_seed,
         )
         mirrors = write_mirror_files(spec.results_dir, mirror)
         usage_md, totals = usage_report(usages)
@@ -116,6 +120,9 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
                 "excluded_items": excluded,
+                "mcq_shuffled": report.mcq_placement.shuffled,
+                "mcq_kept_order": report.mcq_placement.kept_order,
+                "mcq_letter_balance": MetadataValue.json(report.mcq_letter_balance),
                 "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
