@@ -136,7 +136,7 @@ def scan(text: str, n_options: int, names_from: str = "") -> LetterScan:
     prev_ref_end = -1  # end of the previous letter when it was a reference: lists continue from it
     for m in _TOKEN.finditer(text):
         ch, start, end = m.group(1), m.start(1), m.end(1)
-        kind = _classify(text, start, end, prev_ref_end, names_from)
+        kind = _classify(text, start, end, prev_ref_end, names_from, n_options)
         in_range = ord(ch.upper()) - ord("A") < n_options
         where = _context(text, start, end)
         if kind == "ref" and in_range:
@@ -151,7 +151,7 @@ def scan(text: str, n_options: int, names_from: str = "") -> LetterScan:
     return out
 
 
-def _classify(text: str, start: int, end: int, prev_ref_end: int, names_from: str) -> str:
+def _classify(text: str, start: int, end: int, prev_ref_end: int, names_from: str, n_options: int) -> str:
     """Classify as "ref", "skip" (not a reference) or "ambiguous" for the letter at ``text[start:end]``."""
     ch = text[start]
     up, lower = ch.upper(), ch.islower()
@@ -176,8 +176,8 @@ def _classify(text: str, start: int, end: int, prev_ref_end: int, names_from: st
             return "skip"  # the article: "A person walks", "a truck"
     if continues_list:
         return "ref"
-    if lower:
-        return "skip"
+    if lower or ord(up) - ord("A") >= n_options:
+        return "skip"  # beyond the options only an explicit "option E" counts; "I would say…" is the pronoun
     if _POSSESSIVE.match(after) or (
         _SUBJECT_SLOT.search(before) and (_FOLLOWS_ANY_VERB.match(after) or _FOLLOWS_AS_GROUP.match(after))
     ):
