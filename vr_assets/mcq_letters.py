@@ -37,7 +37,8 @@ _OPTION_WORD = r"(?:options?|choices?|answers?|letters?|alternatives?)"
 _PRE_REF_NOUN = re.compile(rf"(?i)\b{_OPTION_WORD}[ \t]*(?:[:=\-–—][ \t]*)?{_DECOR}[(\[]?{_DECOR}$")
 # "the answer is B", "the correct option is (C)", "the right one would be D", "the best match is therefore A"
 _PRE_REF_COPULA = re.compile(
-    rf"(?i)\b(?:{_OPTION_WORD}|one|match|pick|choice)\s+(?:here\s+|then\s+|therefore\s+|thus\s+|clearly\s+)?"
+    rf"(?i)\b(?:{_OPTION_WORD}|(?:correct|right|best|only|wrong|incorrect)\s+(?:one|match|pick))\s+"
+    r"(?:here\s+|then\s+|therefore\s+|thus\s+|clearly\s+)?"
     r"(?:is|was|would\s+be|must\s+be|should\s+be|will\s+be|=)\s*(?:therefore\s+|thus\s+|clearly\s+)?:?\s*"
     rf"{_DECOR}[(\[]?{_DECOR}$"
 )
@@ -158,22 +159,33 @@ def _classify(text: str, start: int, end: int, prev_ref_end: int, names_from: st
     before, after = text[:start], text[end:]
     gap = text[prev_ref_end:start] if prev_ref_end >= 0 else ""
     continues_list = bool(gap.strip()) and bool(_LIST_GAP.match(gap))
-    if _PRE_REF_NOUN.search(before) or _PRE_REF_COPULA.search(before):
-        return "ref"
+    # the article "A"/"a" before a noun: "the answer is a forklift", "option B, a van, …", "A person walks"
+    article = (
+        up == "A"
+        and _ARTICLE.match(after)
+        and not _FOLLOWS_ANY_VERB.match(after)
+        and not _EITHER_WAY.match(after)
+        and not _FOLLOWS_AS_GROUP.match(after)
+        and not re.match(r"\s+(?:and|or|nor)\b", after)
+    )
+    noun_ref = _PRE_REF_NOUN.search(before)
+    if noun_ref:  # "Option A beats…" is option A, but "Answer: A forklift…" may name the content
+        return "ambiguous" if article and re.search(r"[:=\-–—]", noun_ref.group(0)) else "ref"
+    if _PRE_REF_COPULA.search(before):  # "the answer is a forklift" names the content
+        if article:
+            return "skip" if lower else "ambiguous"
+        return "ambiguous" if up == "A" and _EITHER_WAY.match(after) else "ref"
     if re.search(rf"[(\[]{_DECOR}$", before) and re.match(rf"{_DECOR}[)\]]", after):
         return "ambiguous" if lower else "ref"  # "(b)" may enumerate reasoning steps
     if _LINE_START.search(before) and re.match(rf"{_DECOR}[.):](?:\s|$)", after):
         return "ambiguous" if lower else "ref"  # "B) …" / "B. …" opening a line
-    if up == "A" and not continues_list:
+    if article:
+        return "skip"
+    if ch == "A" and not continues_list:
         if _EITHER_WAY.match(after):
             return "ambiguous"  # "A clearly…", "A can…"
-        if (
-            _ARTICLE.match(after)
-            and not _FOLLOWS_SINGULAR.match(after)
-            and not _FOLLOWS_AS_GROUP.match(after)
-            and not re.match(r"\s+(?:and|or|nor)\b", after)
-        ):
-            return "skip"  # the article: "A person walks", "a truck"
+        if _ARTICLE.match(after) and not _FOLLOWS_SINGULAR.match(after) and not _FOLLOWS_AS_GROUP.match(after):
+            return "ambiguous"  # "A fit …": a verb that is also a noun
     if continues_list:
         return "ref"
     if lower or ord(up) - ord("A") >= n_options:
