@@ -215,13 +215,16 @@ def test_answer_letters_are_balanced_over_the_dataset(tmp_path: Path) -> None:
         assert all(abs(k - uniform) <= 0.05 * uniform for k in letters.values()), (n, letters)
         assert max(letters.values()) - min(letters.values()) <= 1, "round robin, not chance"
     assert placement.shuffled_letter_balance == dict(sorted(sum(by_n.values(), Counter()).items()))
+    assert placement.balance_by_option_count == {str(n): dict(sorted(c.items())) for n, c in sorted(by_n.items())}
 
     report = write_dataset(
         tmp_path / "a", per_video, formats=("tao",), media_root=None, license="", description_extra="", mcq_seed="s1"
     )
     md = dataset_report_markdown(report)
     assert f"**MCQ option order:** {placement.shuffled} shuffled" in md
-    assert "8 kept the teacher's order because their option letters are ambiguous" in md
+    four = by_n[4]
+    assert "4 options: " + ", ".join(f"{k} {four[k]}" for k in "ABCD") in md
+    assert "8 kept the teacher's order (ambiguous option letters or positions)" in md
     assert "Gate B" in md, "the report says why an item kept its order"
 
 

@@ -346,6 +346,9 @@ class McqPlacement(Record):
     kept_order: int = 0
     kept_order_reasons: list[str] = Field(default_factory=list)
     shuffled_letter_balance: dict[str, int] = Field(default_factory=dict)
+    balance_by_option_count: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="option count -> answer letters of the shuffled MCQs with that many options"
+    )
 
 
 def _placement_key(seed_extra: str, video_key: str, index: int, question: str) -> str:
@@ -384,6 +387,7 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
         seen_per_n[n] += 1
 
     letters: Counter[str] = Counter()
+    by_count: dict[int, Counter[str]] = {}
     out: list[TaskExports] = []
     for v, te in enumerate(per_video):
         if not any((v, i) in targets for i in range(len(te.mcq_sources))):
@@ -400,6 +404,7 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
                     order, reasoning = moved, moved_reasoning(source, moved)
                     placement.shuffled += 1
                     letters[_letter(targets[(v, i)])] += 1
+                    by_count.setdefault(len(order), Counter())[_letter(targets[(v, i)])] += 1
                 except AmbiguousLetters as e:  # only for sources judged by an older scanner
                     placement.kept_order += 1
                     placement.kept_order_reasons.append(f"{te.video_key} {_short(source.question, 50)!r}: {e}")
@@ -412,6 +417,7 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
             tasks["mcq_openended"] = open_ended
         out.append(te.model_copy(update={"tasks": tasks}))
     placement.shuffled_letter_balance = dict(sorted(letters.items()))
+    placement.balance_by_option_count = {str(n): dict(sorted(c.items())) for n, c in sorted(by_count.items())}
     return out, placement
 
 
@@ -743,11 +749,12 @@ def dataset_report_markdown(
         ]
     mp = report.mcq_placement
     if mp.shuffled or mp.kept_order:
-        moved = ", ".join(f"{k} {v}" for k, v in mp.shuffled_letter_balance.items())
+        by_count = mp.balance_by_option_count.items()
+        moved = "; ".join(f"{n} options: " + ", ".join(f"{k} {v}" for k, v in c.items()) for n, c in by_count)
         lines += [
             "",
             f"**MCQ option order:** {mp.shuffled} shuffled (answer letters {moved or 'none'}), "
-            f"{mp.kept_order} kept the teacher's order because their option letters are ambiguous",
+            f"{mp.kept_order} kept the teacher's order (ambiguous option letters or positions)",
         ]
         lines += [f"- {_md_cell(r)}" for r in mp.kept_order_reasons[:max_kept]]
         if len(mp.kept_order_reasons) > max_kept:
