@@ -48,7 +48,7 @@ from typing import IO, Literal
 
 from pydantic import Field
 
-from vr_assets.mcq_letters import AmbiguousLetters, keep_order_reason, remap
+from vr_assets.mcq_letters import keep_order_reason, remap
 from vr_assets.records import McqSource, Mode, QAItem, Record, TaskExports, TaskItem
 from vr_assets.store import atomic_write
 
@@ -372,11 +372,11 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
         if not te.mcq_sources or len(te.mcq_sources) != len(te.tasks.get("mcq", [])):
             continue
         for i, source in enumerate(te.mcq_sources):
-            if source.keep_order:
+            # judged again here, not read from the record: the dataset always uses the current scanner
+            why = keep_order_reason(source.question, source.options, source.reasoning)
+            if why:
                 placement.kept_order += 1
-                placement.kept_order_reasons.append(
-                    f"{te.video_key} {_short(source.question, 50)!r}: {source.keep_order}"
-                )
+                placement.kept_order_reasons.append(f"{te.video_key} {_short(source.question, 50)!r}: {why}")
             else:
                 movable.append((_placement_key(seed_extra, te.video_key, i, source.question), v, i))
     targets: dict[tuple[int, int], int] = {}
@@ -399,15 +399,11 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
             video_id = te.tasks["mcq"][i].video_id
             order, reasoning = list(range(len(source.options))), source.reasoning
             if (v, i) in targets:
-                moved = order_with_answer_at(source, targets[(v, i)], seed_extra)
-                try:
-                    order, reasoning = moved, moved_reasoning(source, moved)
-                    placement.shuffled += 1
-                    letters[_letter(targets[(v, i)])] += 1
-                    by_count.setdefault(len(order), Counter())[_letter(targets[(v, i)])] += 1
-                except AmbiguousLetters as e:  # only for sources judged by an older scanner
-                    placement.kept_order += 1
-                    placement.kept_order_reasons.append(f"{te.video_key} {_short(source.question, 50)!r}: {e}")
+                order = order_with_answer_at(source, targets[(v, i)], seed_extra)
+                reasoning = moved_reasoning(source, order)  # cannot raise: keep_order_reason found no ambiguity
+                placement.shuffled += 1
+                letters[_letter(targets[(v, i)])] += 1
+                by_count.setdefault(len(order), Counter())[_letter(targets[(v, i)])] += 1
             c, o = render_mcq(video_id, source, order, reasoning)
             closed.append(c)
             open_ended.append(o)

@@ -25,6 +25,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+# bump when the rules below change what counts as a reference: step 4's code versions include it
+SCANNER_VERSION = "1"
+
 # a single letter standing alone: not inside a word, not a compound ("A-pillar", "U-turn", "Type-A"),
 # not a contraction; a possessive "B's" still counts as the letter B.
 _TOKEN = re.compile(

@@ -15,6 +15,7 @@ from vr_assets.export import (
     without_items,
     write_dataset,
 )
+from vr_assets.mcq_letters import SCANNER_VERSION
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
@@ -31,7 +32,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         name="task_exports",
         partitions_def=videos_partitions,
         group_name="step_4_export",
-        code_version=code_version("task_exports/2", spec.data.video_root),
+        code_version=code_version("task_exports/2", SCANNER_VERSION, spec.data.video_root),
         kinds={"python", "json"},
         owners=["team:video-data"],
         check_specs=EXPORT_SPECS,
@@ -49,7 +50,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             result,
             data_version=data_version_of(result),
             metadata={"items": sum(counts.values()), "items_per_task": MetadataValue.json(counts),
-                      "skipped_items": len(skipped), "video_id": video_id},
+                      "skipped_items": len(skipped), "video_id": video_id,
+                      "mcq_keep_teacher_order": sum(bool(s.keep_order) for s in result.mcq_sources)},
         )
         for outcome in check_exports(result, captions.probe.duration_sec):
             yield outcome.result("task_exports")
@@ -58,8 +60,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         name="dataset",
         deps=[task_exports],
         group_name="dataset",
-        code_version=code_version("dataset/2", spec.export.model_dump(), spec.license, spec.description_extra,
-                                  spec.data.video_root),
+        code_version=code_version("dataset/2", SCANNER_VERSION, spec.export.model_dump(), spec.license,
+                                  spec.description_extra, spec.data.video_root),
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
         description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
