@@ -489,6 +489,15 @@ def write_sharegpt(
 # ---------------------------------------------------------------- report
 
 
+class ExcludedItem(Record):
+    """An item the dataset left out because it failed error-level checks, with every reason."""
+
+    video_key: str
+    task: str
+    question: str
+    reasons: list[str] = Field(description="'rule: short reason', one per failed error-level rule")
+
+
 class DatasetReport(Record):
     """What the dataset asset shows: how much of what, how balanced, and what was left out."""
 
@@ -496,6 +505,7 @@ class DatasetReport(Record):
     videos_per_mode: dict[str, int]
     mcq_letter_balance: dict[str, int]
     excluded_items: int = 0
+    excluded: list[ExcludedItem] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
 
@@ -506,15 +516,18 @@ def build_dataset_report(
     files: Iterable[str | Path] = (),
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
+    excluded: Iterable[ExcludedItem] = (),
 ) -> DatasetReport:
     merged = items_by_task(per_video)
+    excluded = list(excluded)
     modes = Counter(v.mode for v in per_video)
     letters = Counter(i.answer for i in merged.get("mcq", []))
     return DatasetReport(
         items_per_task={t: len(v) for t, v in merged.items() if v},
         videos_per_mode={m: modes.get(m, 0) for m in ("anomaly", "normal")},
         mcq_letter_balance=dict(sorted(letters.items())),
-        excluded_items=excluded_items,
+        excluded_items=excluded_items or len(excluded),
+        excluded=excluded,
         skipped=list(skipped),
         files=[str(f) for f in files],
     )
@@ -530,6 +543,7 @@ def write_dataset(
     description_extra: str,
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
+    excluded: Iterable[ExcludedItem] = (),
     reasoning: ReasoningPlacement = "think",
 ) -> DatasetReport:
     """Every requested format into ``out_dir`` (tao task files at its top, so it validates as is)."""
@@ -547,7 +561,8 @@ def write_dataset(
     if "sharegpt" in wanted:
         write_sharegpt(out_dir / "sharegpt.json", per_video, media_root, reasoning=reasoning, dataset_info=True)
         files += [out_dir / "sharegpt.json", out_dir / "dataset_info.json"]
-    return build_dataset_report(per_video, files=files, skipped=skipped, excluded_items=excluded_items)
+    return build_dataset_report(per_video, files=files, skipped=skipped, excluded_items=excluded_items,
+                                excluded=excluded)
 
 
 def _md_cell(text: str) -> str:
@@ -568,7 +583,14 @@ def dataset_report_markdown(report: DatasetReport, usage_table_md: str = "", max
             "**MCQ answer letters:** "
             + ", ".join(f"{k} {v} ({100 * v / n_mcq:.0f}%)" for k, v in report.mcq_letter_balance.items()),
         ]
-    lines += ["", f"**Excluded by checks:** {report.excluded_items}", "", f"**Skipped items:** {len(report.skipped)}"]
+    lines += ["", f"**Excluded by checks:** {report.excluded_items}"]
+    if report.excluded:
+        lines += ["", "| video | task | failed checks | question |", "|---|---|---|---|"]
+        lines += [f"| {_md_cell(e.video_key)} | {e.task} | {_md_cell('; '.join(e.reasons))} | {_md_cell(e.question)} |"
+                  for e in report.excluded[:max_skipped]]
+        if len(report.excluded) > max_skipped:
+            lines.append(f"| … | | {len(report.excluded) - max_skipped} more | |")
+    lines += ["", f"**Skipped items:** {len(report.skipped)}"]
     if report.skipped:
         lines += [""] + [f"- {_md_cell(s)}" for s in report.skipped[:max_skipped]]
         if len(report.skipped) > max_skipped:

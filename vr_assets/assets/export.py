@@ -7,19 +7,29 @@ from pathlib import Path
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
-from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
-from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
+from vr_assets.checks import EXPORT_SPECS, ItemFailure, check_exports, failures_markdown, item_failures
+from vr_assets.export import (
+    ExcludedItem,
+    dataset_report_markdown,
+    task_exports_for_video,
+    video_id_for,
+    write_dataset,
+    write_json_atomic,
+)
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
+from vr_assets.quality import ExampleIndex
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
 from vr_assets.store import ReadOnce
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
+REPORT_JSON = "dataset_report.json"
 
 
 def build(pipe: Pipeline) -> list[AssetsDefinition]:
     spec = pipe.spec
+    examples = ExampleIndex.of(pipe.pack)  # what the leakage rule compares items with
 
     @asset(
         name="task_exports",
@@ -39,13 +49,18 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         for s in skipped:
             context.log.warning(f"video {key}: item skipped: {s}")
         counts = {t: len(v) for t, v in result.tasks.items()}
+        duration = captions.probe.duration_sec
+        failures = item_failures(result, duration, examples)
+        failing = {(f.task, f.index) for f in failures if f.severity == "error"}
         yield Output(
             result,
             data_version=data_version_of(result),
             metadata={"items": sum(counts.values()), "items_per_task": MetadataValue.json(counts),
-                      "skipped_items": len(skipped), "video_id": video_id},
+                      "skipped_items": len(skipped), "video_id": video_id,
+                      "items_failing_checks": len(failing),
+                      "check_failures": MetadataValue.md(failures_markdown(failures))},
         )
-        for outcome in check_exports(result, captions.probe.duration_sec):
+        for outcome in check_exports(result, duration, failures=failures):
             yield outcome.result("task_exports")
 
     @asset(
@@ -62,7 +77,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
-        excluded = stopped = 0
+        excluded: list[ExcludedItem] = []
+        stopped = 0
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
         for k in keys:
@@ -79,13 +95,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 continue
             if spec.export.exclude_failed_checks:
                 cap: Captions = store.read("captions", k)
-                kept = {}
-                for task, items in te.tasks.items():
-                    good = [i for i in items if not item_errors(task, i, cap.probe.duration_sec)]
-                    excluded += len(items) - len(good)
-                    if good:
-                        kept[task] = good
-                te = te.model_copy(update={"tasks": kept})
+                te, left_out = without_failing_items(te, item_failures(te, cap.probe.duration_sec, examples))
+                excluded += left_out
             per_video.append(te)
         out_dir = Path(spec.results_dir) / "step_4_output"
         extra = spec.description_extra
@@ -93,8 +104,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
-            license=spec.license, description_extra=extra, excluded_items=excluded,
+            license=spec.license, description_extra=extra, excluded=excluded,
         )
+        # the report as JSON beside the task files (the validator skips JSON without the tao format tag)
+        write_json_atomic(out_dir / REPORT_JSON, report.model_dump(mode="json"))
         mirrors = write_mirror_files(spec.results_dir, mirror)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
@@ -115,7 +128,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "report": MetadataValue.md(md),
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
-                "excluded_items": excluded,
+                "excluded_items": len(excluded),
+                "report_json": MetadataValue.path(str(out_dir / REPORT_JSON)),
                 "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
@@ -125,6 +139,25 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         )
 
     return [task_exports, dataset]
+
+
+def without_failing_items(te: TaskExports, failures: list[ItemFailure]) -> tuple[TaskExports, list[ExcludedItem]]:
+    """The video's items minus those failing an error-level rule, and each left-out item with its reasons."""
+    reasons: dict[tuple[str, int], list[str]] = {}
+    for f in failures:
+        if f.severity == "error":
+            reasons.setdefault((f.task, f.index), []).append(f"{f.rule}: {f.reason}")
+    kept: dict[str, list] = {}
+    out: list[ExcludedItem] = []
+    for task, items in te.tasks.items():
+        for n, it in enumerate(items):
+            why = reasons.get((task, n))
+            if why is None:
+                kept.setdefault(task, []).append(it)
+            else:
+                question = " ".join(it.question.split("\n", 1)[0].split())[:120]
+                out.append(ExcludedItem(video_key=te.video_key, task=task, question=question, reasons=why))
+    return te.model_copy(update={"tasks": kept}), out
 
 
 def usage_report(usages: list[CallUsage]) -> tuple[str, UsageSummary]:

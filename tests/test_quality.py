@@ -1,0 +1,135 @@
+"""The quality rules on a corpus of items phrased like real teacher output (tests/data/quality_corpus).
+
+Every case lists the rules it must break; a clean case (`flags: []`) must break none, so each rule is
+tested on items it has to catch and on near misses it has to let through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import AssetCheckSeverity
+
+from vr_assets.checks import EXPORT_CHECKS, failures_markdown, item_failures, item_problems
+from vr_assets.export import task_items_for_video
+from vr_assets.fakes.teacher import Teacher
+from vr_assets.parsing import parse_qa
+from vr_assets.prompts import load_pack, qa_prompt_key, schema_for_key
+from vr_assets.quality import QUALITY_CHECKS, ExampleIndex, example_segments
+from vr_assets.records import ALL_QA_TYPES, TaskExports, TaskItem
+
+CORPUS = Path(__file__).parent / "data" / "quality_corpus"
+
+
+def load_cases() -> list[dict[str, Any]]:
+    cases = []
+    for path in sorted(CORPUS.glob("*.yaml")):
+        for case in yaml.safe_load(path.read_text(encoding="utf-8")):
+            cases.append({**case, "file": path.stem})
+    return cases
+
+
+CASES = load_cases()
+
+
+@pytest.fixture(scope="module")
+def general() -> ExampleIndex:
+    return ExampleIndex.of(load_pack("general"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], general: ExampleIndex) -> None:
+    item = TaskItem(video_id="v.mp4", question=case["question"], answer=str(case["answer"]),
+                    reasoning=case["reasoning"])
+    found = item_problems(case["task"], item, case["duration"], mode=case["mode"], examples=general)
+    assert sorted({rule for rule, _ in found}) == sorted(case["flags"]), found
+
+
+def test_corpus_covers_every_new_rule_both_ways() -> None:
+    assert {c["origin"] for c in CASES} == {"observed", "written"}
+    for rule in QUALITY_CHECKS:
+        caught = [c["id"] for c in CASES if rule in c["flags"]]
+        passed = [c["id"] for c in CASES if rule not in c["flags"] and c["file"] in (rule, "speculation")]
+        assert caught, f"no case {rule} must catch"
+        assert passed, f"no clean case for {rule}"
+    # the failures seen from a real small model are in, verbatim
+    questions = {c["question"].split("\n")[0] for c in CASES if c["origin"] == "observed"}
+    assert "What is the reason the person is picking up the box?" in questions
+    assert "How does placing the box at 00:05 lead to the person entering at 00:00?" in questions
+    assert "Does the cyclist touch the opening car door before falling at 00:07?" in questions
+
+
+def test_severities_are_declared() -> None:
+    sev = {name: s for name, (s, _) in EXPORT_CHECKS.items()}
+    assert sev["mcq_answer_not_longest"] == AssetCheckSeverity.WARN
+    assert sev["description_not_speculative"] == AssetCheckSeverity.WARN
+    for rule in ("no_example_leakage", "question_form", "causal_order", "mcq_answer_matches_reasoning",
+                 "times_inside_video", "answer_not_speculative"):
+        assert sev[rule] == AssetCheckSeverity.ERROR
+
+
+@pytest.mark.parametrize("pack", ["general", "traffic", "warehouse"])
+def test_every_pack_example_counts_as_leakage_and_only_for_its_prompt(pack: str) -> None:
+    p = load_pack(pack)
+    index = ExampleIndex.of(p)
+    checked = 0
+    for key, segments in index.segments.items():
+        for seg in segments:
+            task = next(t for t, qt in _TASKS.items() if key.endswith(qt))
+            mode = "anomaly" if key.startswith("anomaly") else "normal"
+            if len(seg.split()) >= 6:
+                assert index.copied(task, mode, seg) == seg, (key, seg)
+                checked += 1
+    assert checked >= 30
+    # the general pack's anomaly_bcq example is not this pack's normal_bcq example
+    cyclist = "Does the cyclist touch the opening car door before falling at 00:07?"
+    general = ExampleIndex.of(load_pack("general"))
+    assert general.copied("bcq", "anomaly", cyclist) and not general.copied("bcq", "normal", cyclist)
+    # the instructions' own forms are what good items follow: never matched
+    assert example_segments(p.text("anomaly_temporal_event_desc")) == []
+    assert not index.copied("temporal_description", "anomaly", "What happens between 00:03 and 00:08 in the video?")
+
+
+_TASKS = {"mcq": "_mcq", "bcq": "_bcq", "open_qa": "_open_qa", "causal_linkage": "_causal_linkage",
+          "temporal_localization": "_temporal_localization"}
+
+
+def test_offline_teacher_output_breaks_no_rule(general: ExampleIndex) -> None:
+    """The demo's teacher, structured and free text, both modes, many videos: no item fails any rule."""
+    pack = load_pack("general")
+    teacher = Teacher(items_per_call=3)
+    total = 0
+    for v in range(6):
+        for mode in ("anomaly", "normal"):
+            for structured in (True, False):
+                items = []
+                for qt in ALL_QA_TYPES:
+                    key = qa_prompt_key(qt, mode)
+                    model = schema_for_key(key) if structured else None
+                    ans = teacher.answer(pack.text(key), [f"{v:064x}"], model.model_json_schema() if model else None)
+                    items += parse_qa(ans.text, qt, key)
+                tasks, skipped = task_items_for_video(items, f"v{v}.mp4")
+                assert skipped == []
+                te = TaskExports(video_key=f"v{v}", mode=mode, tasks=tasks)
+                total += sum(len(x) for x in tasks.values())
+                assert item_failures(te, 8.0, general) == []
+    assert total == 6 * 2 * 2 * 3 * (len(ALL_QA_TYPES) + 2)  # 3 items per type, MCQ and BCQ with a twin each
+
+
+def test_failures_table_names_item_rule_and_reason(general: ExampleIndex) -> None:
+    cases = {c["id"]: c for c in CASES}
+    bad = [cases["form-bcq-what-is-the-reason"], cases["causal-placing-box-before-entering"]]
+    te = TaskExports(video_key="corridor", mode="normal", tasks={
+        c["task"]: [TaskItem(video_id="c.mp4", question=c["question"], answer=c["answer"], reasoning=c["reasoning"])]
+        for c in bad
+    })
+    failures = item_failures(te, 12.0, general)
+    assert [(f.task, f.index, f.rule, f.severity) for f in failures] == [
+        ("bcq_openended", 0, "question_form", "error"), ("causal_linkage", 0, "causal_order", "error")]
+    md = failures_markdown(failures)
+    assert "| bcq_openended[0] | question_form | error | not a yes/no question" in md
+    assert "the cause at 00:05 comes after its effect at 00:00" in md
+    assert failures_markdown([]) == "no item fails a check"
