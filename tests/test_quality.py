@@ -13,6 +13,7 @@ import pytest
 import yaml
 from dagster import AssetCheckSeverity
 
+from tests.test_export import tao_validate
 from vr_assets.checks import EXPORT_CHECKS, failures_markdown, item_failures, item_problems
 from vr_assets.export import task_items_for_video
 from vr_assets.fakes.teacher import Teacher
@@ -49,7 +50,7 @@ def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], general: Exa
 
 
 def test_corpus_covers_every_new_rule_both_ways() -> None:
-    assert {c["origin"] for c in CASES} == {"observed", "written"}
+    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written"}
     for rule in QUALITY_CHECKS:
         caught = [c["id"] for c in CASES if rule in c["flags"]]
         passed = [c["id"] for c in CASES if rule not in c["flags"] and c["file"] in (rule, "speculation")]
@@ -133,3 +134,59 @@ def test_failures_table_names_item_rule_and_reason(general: ExampleIndex) -> Non
     assert "| bcq_openended[0] | question_form | error | not a yes/no question" in md
     assert "the cause at 00:05 comes after its effect at 00:00" in md
     assert failures_markdown([]) == "no item fails a check"
+
+
+class CopyingTeacher(Teacher):
+    """The offline teacher, except that its yes/no answers carry what a small real model wrote:
+    the prompt's own example copied, and a question that is not a yes/no question."""
+
+    def _known(self, ctx: Any, title: str) -> Any:
+        if title != "YesNoSet":
+            return super()._known(ctx, title)
+        return {"items": [
+            {"question": "Does anyone leave the queue at the ticket machine before reaching it?", "answer": "No",
+             "explanation": "Every person in the queue waits their turn and uses the machine before walking away.",
+             "reasoning": "At 00:02 four people stand in line at the ticket machine. Each one steps up when the "
+                          "person ahead finishes."},
+            {"question": "What is the reason the person is picking up the box?", "answer": "No",
+             "explanation": "The person picks up the box to carry it away.",
+             "reasoning": "The person bends down at 00:01 and lifts the box, then walks off with it."},
+            {"question": "Does the camera stay fixed for the whole clip?", "answer": "Yes",
+             "explanation": "The view does not move.",
+             "reasoning": "The frame edges and the background stay in place from 00:00 to the end of the clip."},
+        ]}
+
+
+def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """A real run: task_exports lists the failing items per video, the dataset leaves them out with reasons."""
+    import json
+
+    from dagster import AssetKey, DagsterInstance
+
+    env = make_pipeline("gemini", teacher=CopyingTeacher())
+    env.teacher.set_verdict_for_file(env.add_video(synthetic_videos["short_mp4"], "corridor.mp4"), label="normal")
+    spec = env.spec(workflow={"qa_types": ["bcq", "open_qa"]})
+    summary = env.run(spec)
+    assert summary.failed == {}, summary.failed
+    instance = DagsterInstance.get()
+    ev = instance.get_latest_materialization_event(AssetKey("task_exports"))
+    meta = ev.asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["items_failing_checks"].value == 4  # two bad items, each in bcq and bcq_openended
+    table = str(meta["check_failures"].value)
+    assert "| bcq[0] | no_example_leakage | error | question repeats the prompt's example" in table
+    assert "| bcq_openended[1] | question_form | error | not a yes/no question" in table
+
+    out = env.results / "step_4_output"
+    for task in ("bcq", "bcq_openended"):
+        items = json.loads((out / f"{task}.json").read_text())["items"]
+        assert [i["question"].split("\n")[0] for i in items] == ["Does the camera stay fixed for the whole clip?"]
+    report = json.loads((out / "dataset_report.json").read_text())
+    assert report["excluded_items"] == 4
+    assert sorted((e["task"], e["reasons"][0].split(":")[0]) for e in report["excluded"]) == [
+        ("bcq", "no_example_leakage"), ("bcq", "question_form"),
+        ("bcq_openended", "no_example_leakage"), ("bcq_openended", "question_form")]
+    assert tao_validate(out)[0] == []
+    ds = instance.get_latest_materialization_event(AssetKey("dataset"))
+    md = str(ds.asset_materialization.metadata["report"].value)  # type: ignore[union-attr]
+    assert "**Excluded by checks:** 4" in md
+    assert "| corridor.mp4 | bcq | question_form: not a yes/no question" in md

@@ -198,6 +198,7 @@ _LEAD_PREP = words(
 _TEMPORAL_ASK = re.compile(
     r"\b(?:when|what\s+time|at\s+what\s+(?:point|moment|time)|during\s+(?:which|what)|how\s+long|"
     r"time\s*(?:span|stamp|range|window|interval|frame)|timestamps?|interval|period|segment|moment|"
+    r"(?:which|what)\s+(?:part|portion|section|point|second)|how\s+many\s+seconds|"
     r"(?:start|begin|end|stop)s?\s+and\s+(?:end|stop)s?)\b",
     re.IGNORECASE,
 )
@@ -406,12 +407,17 @@ FACT_TASKS = frozenset({"open_qa", "causal_linkage", "temporal_description", "bc
 DESCRIPTIVE_TASKS = frozenset({"scene_description", "video_summarization"})
 
 
+# "nothing that might block him" states what is absent; it guesses nothing
+_ABSENCE = re.compile(r"\b(?:nothing|anything|nobody|no\s+one|without)\b[^.,;!?]*$", re.IGNORECASE)
+
+
 def speculation_problem(answer: str) -> str | None:
-    m = _SPECULATIVE.search(answer)
-    if m is None:
-        return None
-    start = max(0, m.start() - 25)
-    return f"answer guesses ({m.group(0).lower()!r}): {_excerpt(answer[start:], 60)!r}"
+    for m in _SPECULATIVE.finditer(answer):
+        if _ABSENCE.search(answer[max(0, m.start() - 40) : m.start()]):
+            continue
+        start = max(0, m.start() - 25)
+        return f"answer guesses ({m.group(0).lower()!r}): {_excerpt(answer[start:], 60)!r}"
+    return None
 
 
 # ---------------------------------------------------------------- all of them
