@@ -14,7 +14,14 @@ import yaml
 from dagster import AssetCheckSeverity
 
 from tests.test_export import tao_validate
-from vr_assets.checks import EXPORT_CHECKS, failures_markdown, item_failures, item_problems
+from vr_assets.checks import (
+    EXPORT_CHECKS,
+    failures_markdown,
+    item_errors,
+    item_failures,
+    item_problems,
+    rule_problems,
+)
 from vr_assets.export import task_items_for_video
 from vr_assets.fakes.teacher import Teacher
 from vr_assets.parsing import parse_qa
@@ -70,6 +77,11 @@ def test_severities_are_declared() -> None:
     for rule in ("no_example_leakage", "question_form", "causal_order", "mcq_answer_matches_reasoning",
                  "times_inside_video", "answer_not_speculative"):
         assert sev[rule] == AssetCheckSeverity.ERROR
+    # a warn-level rule shows the item in the checks but does not leave it out of the dataset
+    case = next(c for c in CASES if c["id"] == "longest-answer-by-far")
+    item = TaskItem(video_id="v.mp4", question=case["question"], answer=case["answer"], reasoning=case["reasoning"])
+    assert [r for r, _ in item_problems("mcq", item, 15.0)] == ["mcq_answer_not_longest"]
+    assert rule_problems("mcq", item, 15.0) == [] and item_errors("mcq", item, 15.0) == []
 
 
 @pytest.mark.parametrize("pack", ["general", "traffic", "warehouse"])
@@ -161,7 +173,7 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
     """A real run: task_exports lists the failing items per video, the dataset leaves them out with reasons."""
     import json
 
-    from dagster import AssetKey, DagsterInstance
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
     env = make_pipeline("gemini", teacher=CopyingTeacher())
     env.teacher.set_verdict_for_file(env.add_video(synthetic_videos["short_mp4"], "corridor.mp4"), label="normal")
@@ -175,6 +187,13 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
     table = str(meta["check_failures"].value)
     assert "| bcq[0] | no_example_leakage | error | question repeats the prompt's example" in table
     assert "| bcq_openended[1] | question_form | error | not a yes/no question" in table
+    # the asset checks in the UI: the rules the items break failed, the others passed
+    status = {}
+    for rule in ("question_form", "no_example_leakage", "times_inside_video"):
+        (rec,) = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("task_exports"), rule), limit=1)
+        status[rule] = rec.status.value
+    assert status == {"question_form": "FAILED", "no_example_leakage": "FAILED", "times_inside_video": "SUCCEEDED"}
 
     out = env.results / "step_4_output"
     for task in ("bcq", "bcq_openended"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
@@ -152,7 +153,7 @@ class ItemFailure(Record):
     task: str
     index: int
     rule: str
-    severity: str  # "error" leaves the item out of the dataset (export.exclude_failed_checks); "warn" keeps it
+    severity: Literal["error", "warn"]  # error: left out of the dataset (export.exclude_failed_checks); warn: kept
     reason: str
     question: str
 

@@ -19,7 +19,7 @@ from vr_assets.export import (
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.quality import ExampleIndex
-from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
+from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, TaskItem, UsageSummary
 from vr_assets.store import ReadOnce
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 
@@ -147,7 +147,7 @@ def without_failing_items(te: TaskExports, failures: list[ItemFailure]) -> tuple
     for f in failures:
         if f.severity == "error":
             reasons.setdefault((f.task, f.index), []).append(f"{f.rule}: {f.reason}")
-    kept: dict[str, list] = {}
+    kept: dict[str, list[TaskItem]] = {}
     out: list[ExcludedItem] = []
     for task, items in te.tasks.items():
         for n, it in enumerate(items):
