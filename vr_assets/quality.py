@@ -215,7 +215,7 @@ _VAGUE = words(
 def yes_no_form_problem(question: str) -> str | None:
     """A yes/no question opens with an auxiliary verb, possibly after a leading time or place phrase."""
     s = stem(question)
-    words = [w.strip(",.;:!?\"'()").lower() for w in s.split()]
+    words = [w.strip(",.;:!?\"'()*_").lower() for w in s.split()]
     words = [w for w in words if w]
     if not words:
         return "question is empty"
@@ -321,7 +321,7 @@ _LETTER_VERDICTS = [
 ]
 _TEXT_VERDICT = re.compile(
     r"(?i:\b(?:correct|right|best)\s+(?:answer|option|choice)\s+" + _IS + r"|\bthe\s+answer\s+" + _IS + r")"
-    r"\s*:?\s*(?i:that\s+)?[\"'“]?(?P<t>[^\"”\n.;]{4,})"
+    r"\s*:?\s*(?i:that\s+)?[\"'“]?(?!(?i:not|never)\b)(?P<t>[^\s\"”.;][^\"”\n.;]{3,})"
 )
 _STOP = words("the a an of to in on at and or is are was were he she it they his her their its with by")
 
@@ -399,7 +399,8 @@ def times_problem(task: str, item: TaskItem, duration: float) -> str | None:
 
 _SPECULATIVE = re.compile(
     r"\b(?:likely|unlikely|may|might|possibly|it\s+is\s+possible|probably|perhaps|presumably|maybe|"
-    r"it\s+seems|seems?\s+to|seemingly|apparently|i\s+think|i\s+believe|i\s+guess|could\s+(?:be|have))\b",
+    r"it\s+seems|seems?\s+to|seemingly|apparently|i\s+think|i\s+believe|i\s+guess|could\s+have|"
+    r"could\s+be(?!\s+seen))\b",
     re.IGNORECASE,
 )
 # tasks whose prompt asks for what the video settles, and whose answer is free text
