@@ -145,6 +145,7 @@ class ExampleIndex:
                 for n in range(WHOLE_LINE, RUN + 1):
                     grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
             self._grams[key] = grams
+        self._per_item: dict[tuple[str, str | None], set[tuple[str, ...]]] = {}
 
     @classmethod
     def of(cls, pack: PromptPack) -> ExampleIndex:
@@ -160,9 +161,10 @@ class ExampleIndex:
 
     def copied(self, task: str, mode: str | None, text: str) -> str | None:
         """The first line of `text` that repeats an example of the item's prompt, else None."""
-        grams: set[tuple[str, ...]] = set()
-        for k in self.keys_for(task, mode):
-            grams |= self._grams[k]
+        grams = self._per_item.get((task, mode))
+        if grams is None:
+            grams = set().union(*(self._grams[k] for k in self.keys_for(task, mode)))
+            self._per_item[(task, mode)] = grams
         if not grams:
             return None
         for line in text.splitlines():
