@@ -266,12 +266,23 @@ def _event_times(text: str) -> list[float]:
     return [t for t, start, _ in times_in(text) if not _RANGE_END.search(text[max(0, start - 12) : start])]
 
 
+# the two events a connector joins are the clauses right next to it: "enters at 00:01 and, after picking the
+# box up at 00:03, leaves" must not read 00:01 as the effect of 00:03
+_CLAUSE_BREAK = re.compile(r"[,;()]|:\s|\s(?:and|then|while|but)\s", re.IGNORECASE)
+
+
 def causal_pair(text: str) -> tuple[list[float], list[float]] | None:
-    """(cause times, effect times) around the first causal connector with a time on both sides."""
+    """(cause times, effect times) of the two clauses joined by the first causal connector with a time in both."""
     found = sorted([(m, True) for m in _FORWARD.finditer(text)] + [(m, False) for m in _BACKWARD.finditer(text)],
                    key=lambda p: p[0].start())
     for m, forward in found:
-        left, right = _event_times(text[: m.start()]), _event_times(text[m.end() :])
+        before = text[: m.start()]
+        breaks = list(_CLAUSE_BREAK.finditer(before))
+        left_clause = before[breaks[-1].end() :] if breaks else before
+        after = text[m.end() :]
+        nxt = _CLAUSE_BREAK.search(after)
+        right_clause = after[: nxt.start()] if nxt else after
+        left, right = _event_times(left_clause), _event_times(right_clause)
         if left and right:
             return (left, right) if forward else (right, left)
     return None
