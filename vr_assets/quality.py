@@ -1,9 +1,9 @@
 """Item rules for the ways real teachers fail, beyond the format rules in `checks.py`.
 
-Each rule was prompted by items a small real LLM wrote that the format rules passed but a reader
-rejects at once: the prompt's own example copied, a "yes/no" question that is not one, a cause
-placed after its effect, an MCQ whose reasoning picks another option, times outside the video, and
-guesses where the task asks for what is visible. The rules are deliberately narrow (explicit
+A small real LLM as teacher wrote items the format rules passed but a reader rejects at once: the
+prompt's own example copied, a "yes/no" question that is not one, a cause placed after its effect,
+an MCQ whose reasoning picks another option. These rules catch those, plus times outside the video
+and guesses where the task asks for what is visible. The rules are deliberately narrow (explicit
 phrases, long word runs, conservative comparisons): a rule that drops good items costs more than
 the rare bad item it would also catch. `tests/data/quality_corpus/` holds the cases each rule must
 and must not flag.
