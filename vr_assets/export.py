@@ -41,16 +41,19 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date as _date
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from vr_assets.mcq_letters import keep_order_reason, remap
 from vr_assets.records import McqSource, Mode, QAItem, Record, TaskExports, TaskItem
 from vr_assets.store import atomic_write
+
+if TYPE_CHECKING:  # checks.py pulls in Dagster; the export needs only the record's fields
+    from vr_assets.checks import ItemFailure
 
 FORMAT = "tao-vl-reason-v1.0"
 
@@ -438,6 +441,71 @@ def without_items(te: TaskExports, drop: Mapping[str, set[int]]) -> tuple[TaskEx
     return te.model_copy(update={"tasks": tasks, "mcq_sources": sources}), removed
 
 
+def without_failing_items(
+    te: TaskExports, failures: Iterable[ItemFailure]
+) -> tuple[TaskExports, list[ExcludedItem]]:
+    """``te`` minus the items failing an error-level rule, and every left-out item with its reasons.
+
+    The one way the dataset excludes items: it goes through :func:`without_items`, so an MCQ leaves
+    with its open-ended twin and its source (the twin is listed with the reason it went too).
+    """
+    reasons: dict[tuple[str, int], list[str]] = {}
+    for f in failures:
+        if f.severity == "error":
+            reasons.setdefault((f.task, f.index), []).append(f"{f.rule}: {f.reason}")
+    if not reasons:
+        return te, []
+    drop: dict[str, set[int]] = {}
+    for task, n in reasons:
+        drop.setdefault(task, set()).add(n)
+    twins = drop.get("mcq", set()) | drop.get("mcq_openended", set())
+    out: list[ExcludedItem] = []
+    for task, items in te.tasks.items():
+        for n, it in enumerate(items):
+            why = reasons.get((task, n))
+            if why is None and task in ("mcq", "mcq_openended") and n in twins:
+                other = "mcq_openended" if task == "mcq" else "mcq"
+                why = [f"twin_excluded: its twin {other}[{n}] failed " + ", ".join(
+                    r.split(":", 1)[0] for r in reasons[(other, n)])]
+            if why is not None:
+                question = " ".join(it.question.split("\n", 1)[0].split())[:120]
+                out.append(ExcludedItem(video_key=te.video_key, task=task, question=question, reasons=why))
+    kept, removed = without_items(te, drop)
+    assert removed == len(out), (removed, len(out))  # every item that went is listed, and only those
+    return kept, out
+
+
+def place_and_exclude(
+    per_video: list[TaskExports],
+    judge: Callable[[TaskExports], list[ItemFailure]] | None,
+    seed_extra: str = "",
+) -> tuple[list[TaskExports], McqPlacement, list[ExcludedItem]]:
+    """The dataset pass: MCQ options placed first, then the items ``judge`` fails left out.
+
+    The checks judge the items as they will be written, after the shuffle renamed the letters in
+    the reasoning (``mcq_answer_matches_reasoning`` compares the placed answer with the remapped
+    verdict).  Leaving an MCQ out shifts the round robin, so the rest is placed again from the
+    teacher's order and judged again, until a round leaves nothing out: the written letters stay
+    exactly balanced and every written item was judged in the form it is written.  ``judge=None``
+    (``export.exclude_failed_checks: false``) only places.
+    """
+    kept = list(per_video)  # teacher's order: placement always starts from the sources
+    excluded: list[ExcludedItem] = []
+    while True:
+        placed, placement = place_mcq_options(kept, seed_extra)
+        if judge is None:
+            return placed, placement, excluded
+        again = False
+        for v, te in enumerate(placed):
+            # placing keeps every item's index (and its question line), so the failures found on the
+            # placed record name the same items in the teacher's order
+            kept[v], left_out = without_failing_items(kept[v], judge(te))
+            excluded += left_out
+            again = again or bool(left_out)
+        if not again:
+            return placed, placement, excluded
+
+
 def task_items_for_video(
     items: list[QAItem], video_id: str, seed_extra: str = ""
 ) -> tuple[dict[str, list[TaskItem]], list[str]]:
@@ -651,6 +719,15 @@ def write_sharegpt(
 # ---------------------------------------------------------------- report
 
 
+class ExcludedItem(Record):
+    """An item the dataset left out because it failed error-level checks, with every reason."""
+
+    video_key: str
+    task: str
+    question: str
+    reasons: list[str] = Field(description="'rule: short reason', one per failed error-level rule")
+
+
 class DatasetReport(Record):
     """What the dataset asset shows: how much of what, how balanced, and what was left out."""
 
@@ -659,6 +736,7 @@ class DatasetReport(Record):
     mcq_letter_balance: dict[str, int]
     mcq_placement: McqPlacement = Field(default_factory=McqPlacement)
     excluded_items: int = 0
+    excluded: list[ExcludedItem] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
 
@@ -670,8 +748,10 @@ def build_dataset_report(
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
     placement: McqPlacement | None = None,
+    excluded: Iterable[ExcludedItem] = (),
 ) -> DatasetReport:
     merged = items_by_task(per_video)
+    excluded = list(excluded)
     modes = Counter(v.mode for v in per_video)
     letters = Counter(i.answer for i in merged.get("mcq", []))
     return DatasetReport(
@@ -679,7 +759,8 @@ def build_dataset_report(
         videos_per_mode={m: modes.get(m, 0) for m in ("anomaly", "normal")},
         mcq_letter_balance=dict(sorted(letters.items())),
         mcq_placement=placement or McqPlacement(),
-        excluded_items=excluded_items,
+        excluded_items=excluded_items or len(excluded),
+        excluded=excluded,
         skipped=list(skipped),
         files=[str(f) for f in files],
     )
@@ -695,16 +776,20 @@ def write_dataset(
     description_extra: str,
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
+    excluded: Iterable[ExcludedItem] = (),
     reasoning: ReasoningPlacement = "think",
     mcq_seed: str = "",
+    placement: McqPlacement | None = None,
 ) -> DatasetReport:
     """Every requested format into ``out_dir`` (tao task files at its top, so it validates as is).
 
     The MCQ options are placed first (:func:`place_mcq_options`, seeded with ``mcq_seed``), so every
-    format carries the same balanced letters.
+    format carries the same balanced letters; with ``placement`` given, ``per_video`` is already
+    placed (:func:`place_and_exclude`, which judged the placed items) and is written as it is.
     """
     out_dir = Path(out_dir)
-    per_video, placement = place_mcq_options(per_video, mcq_seed)
+    if placement is None:
+        per_video, placement = place_mcq_options(per_video, mcq_seed)
     files: list[Path] = []
     wanted = set(formats)
     if "tao" in wanted:
@@ -719,7 +804,8 @@ def write_dataset(
         write_sharegpt(out_dir / "sharegpt.json", per_video, media_root, reasoning=reasoning, dataset_info=True)
         files += [out_dir / "sharegpt.json", out_dir / "dataset_info.json"]
     return build_dataset_report(
-        per_video, files=files, skipped=skipped, excluded_items=excluded_items, placement=placement
+        per_video, files=files, skipped=skipped, excluded_items=excluded_items, placement=placement,
+        excluded=excluded,
     )
 
 
@@ -755,7 +841,14 @@ def dataset_report_markdown(
         lines += [f"- {_md_cell(r)}" for r in mp.kept_order_reasons[:max_kept]]
         if len(mp.kept_order_reasons) > max_kept:
             lines.append(f"- … and {len(mp.kept_order_reasons) - max_kept} more")
-    lines += ["", f"**Excluded by checks:** {report.excluded_items}", "", f"**Skipped items:** {len(report.skipped)}"]
+    lines += ["", f"**Excluded by checks:** {report.excluded_items}"]
+    if report.excluded:
+        lines += ["", "| video | task | failed checks | question |", "|---|---|---|---|"]
+        lines += [f"| {_md_cell(e.video_key)} | {e.task} | {_md_cell('; '.join(e.reasons))} | {_md_cell(e.question)} |"
+                  for e in report.excluded[:max_skipped]]
+        if len(report.excluded) > max_skipped:
+            lines.append(f"| … | | {len(report.excluded) - max_skipped} more | |")
+    lines += ["", f"**Skipped items:** {len(report.skipped)}"]
     if report.skipped:
         lines += [""] + [f"- {_md_cell(s)}" for s in report.skipped[:max_skipped]]
         if len(report.skipped) > max_skipped:

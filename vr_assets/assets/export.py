@@ -7,32 +7,36 @@ from pathlib import Path
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
-from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
+from vr_assets.checks import EXPORT_SPECS, ItemFailure, check_exports, failures_markdown, item_failures
 from vr_assets.export import (
     dataset_report_markdown,
+    place_and_exclude,
     task_exports_for_video,
     video_id_for,
-    without_items,
     write_dataset,
+    write_json_atomic,
 )
 from vr_assets.mcq_letters import SCANNER_VERSION
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
+from vr_assets.quality import QUALITY_VERSION, ExampleIndex
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
 from vr_assets.store import ReadOnce
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
+REPORT_JSON = "dataset_report.json"
 
 
 def build(pipe: Pipeline) -> list[AssetsDefinition]:
     spec = pipe.spec
+    examples = ExampleIndex.of(pipe.pack)  # what the leakage rule compares items with
 
     @asset(
         name="task_exports",
         partitions_def=videos_partitions,
         group_name="step_4_export",
-        code_version=code_version("task_exports/2", SCANNER_VERSION, spec.data.video_root),
+        code_version=code_version("task_exports/3", SCANNER_VERSION, QUALITY_VERSION, spec.data.video_root),
         kinds={"python", "json"},
         owners=["team:video-data"],
         check_specs=EXPORT_SPECS,
@@ -46,21 +50,28 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         for s in skipped:
             context.log.warning(f"video {key}: item skipped: {s}")
         counts = {t: len(v) for t, v in result.tasks.items()}
+        duration = captions.probe.duration_sec
+        # judged in the teacher's order, as stored: the reasoning's letters name these options; the dataset
+        # asset judges the items again after it moved the options and renamed those letters
+        failures = item_failures(result, duration, examples)
+        failing = {(f.task, f.index) for f in failures if f.severity == "error"}
         yield Output(
             result,
             data_version=data_version_of(result),
             metadata={"items": sum(counts.values()), "items_per_task": MetadataValue.json(counts),
                       "skipped_items": len(skipped), "video_id": video_id,
-                      "mcq_keep_teacher_order": sum(bool(s.keep_order) for s in result.mcq_sources)},
+                      "mcq_keep_teacher_order": sum(bool(s.keep_order) for s in result.mcq_sources),
+                      "items_failing_checks": len(failing),
+                      "check_failures": MetadataValue.md(failures_markdown(failures))},
         )
-        for outcome in check_exports(result, captions.probe.duration_sec):
+        for outcome in check_exports(result, duration, failures=failures):
             yield outcome.result("task_exports")
 
     @asset(
         name="dataset",
         deps=[task_exports],
         group_name="dataset",
-        code_version=code_version("dataset/2", SCANNER_VERSION, spec.export.model_dump(), spec.license,
+        code_version=code_version("dataset/3", SCANNER_VERSION, QUALITY_VERSION, spec.export.model_dump(), spec.license,
                                   spec.description_extra, spec.data.video_root),
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
@@ -71,7 +82,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
-        excluded = stopped = 0
+        durations: dict[str, float] = {}  # video key -> probed duration, for the item checks
+        stopped = 0
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
         for k in keys:
@@ -88,19 +100,26 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 continue
             if spec.export.exclude_failed_checks:
                 cap: Captions = store.read("captions", k)
-                bad = {task: {n for n, i in enumerate(items) if item_errors(task, i, cap.probe.duration_sec)}
-                       for task, items in te.tasks.items()}
-                te, removed = without_items(te, bad)
-                excluded += removed
+                durations[k] = cap.probe.duration_sec
             per_video.append(te)
+        # place the MCQ options (letters in the reasoning renamed) BEFORE the checks, so the checks judge
+        # each item as it is written; then exclude (an MCQ with its twin and source), then write
+        def judge(te: TaskExports) -> list[ItemFailure]:
+            return item_failures(te, durations[te.video_key], examples)
+
+        per_video, placement, excluded = place_and_exclude(
+            per_video, judge if spec.export.exclude_failed_checks else None, spec.export.mcq_seed
+        )
         out_dir = Path(spec.results_dir) / "step_4_output"
         extra = spec.description_extra
         if pipe.offline_teacher:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
-            license=spec.license, description_extra=extra, excluded_items=excluded, mcq_seed=spec.export.mcq_seed,
+            license=spec.license, description_extra=extra, excluded=excluded, placement=placement,
         )
+        # the report as JSON beside the task files (the validator skips JSON without the tao format tag)
+        write_json_atomic(out_dir / REPORT_JSON, report.model_dump(mode="json"))
         mirrors = write_mirror_files(spec.results_dir, mirror)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
@@ -121,7 +140,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "report": MetadataValue.md(md),
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
-                "excluded_items": excluded,
+                "excluded_items": len(excluded),
+                "report_json": MetadataValue.path(str(out_dir / REPORT_JSON)),
                 "mcq_shuffled": report.mcq_placement.shuffled,
                 "mcq_kept_order": report.mcq_placement.kept_order,
                 "mcq_letter_balance": MetadataValue.json(report.mcq_letter_balance),
