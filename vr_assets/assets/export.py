@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Outp
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
 from vr_assets.checks import EXPORT_SPECS, check_exports, item_errors
 from vr_assets.export import dataset_report_markdown, task_exports_for_video, video_id_for, write_dataset
+from vr_assets.fsnames import shown
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
@@ -34,7 +35,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     )
     def task_exports(context: AssetExecutionContext, captions: Captions, qa: QAResult) -> Iterator[object]:
         key = context.partition_key
-        video_id = video_id_for(captions.video.path, spec.data.video_root)
+        # a text id: a name that is not UTF-8 shows its odd bytes as \xff (the registry keeps the real name)
+        video_id = shown(video_id_for(captions.video.path, spec.data.video_root))
         result, skipped = task_exports_for_video(key, captions.mode, qa.items, video_id, spec.export.mcq_seed)
         for s in skipped:
             context.log.warning(f"video {key}: item skipped: {s}")
