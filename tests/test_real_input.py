@@ -141,6 +141,23 @@ def test_a_name_that_is_not_utf8_is_printable_everywhere_it_is_written(tmp_path:
     assert JsonStore(tmp_path / "r").read("filter_result", video.key) == record  # the JSON round trip is exact
 
 
+@pytest.mark.usefixtures("clean_providers")
+def test_gemini_uploads_files_whatever_their_names(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    """The SDK given a path sends the name in an ASCII-only HTTP header; an open file has no such header."""
+    from tests.test_providers import answers, call, gemini_spec, video
+    from vr_assets.config import MediaSettings
+    from vr_assets.fakes import FakeGemini, sha256_file
+    from vr_assets.providers import get_model
+
+    names = [ODD_NAMES["non_utf8"], ODD_NAMES["unicode"], ODD_NAMES["newline"]]
+    paths = [Path(os.fsdecode(put(tmp_path, n, tiny[f"clip{i}"]))) for i, n in enumerate(names)]
+    with FakeGemini(processing_polls=0, probe_durations=False) as gem:
+        model = get_model(gemini_spec(gem), media=MediaSettings(), upload_registry=tmp_path / "uploads")
+        got = answers(model.generate_many([call("Describe.", video(p, f"v{i}")) for i, p in enumerate(paths)]))
+        assert len(got) == 3 and gem.counts["upload.start"] == 3
+        assert set(gem.upload_bytes_by_sha()) == {sha256_file(p) for p in paths}
+
+
 # ---------------------------------------------------------------- 2. entries that are not videos
 
 
