@@ -55,6 +55,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["still"] = root / "still.mp4"  # a single frame: a still image in a video container
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-frames:v", "1", "-c:v", "libx264",
             "-pix_fmt", "yuv420p", out["still"])
+    out["picture"] = root / "picture.png"  # a PNG picture, named .mp4 in the tests
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120", "-frames:v", "1", out["picture"])
     out["audio"] = root / "audio.mp4"
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440", "-t", "1", "-c:a", "aac", out["audio"])
     out["empty"] = root / "empty.mp4"
@@ -245,7 +247,7 @@ def test_every_file_gets_one_outcome_and_bad_ones_cost_no_call(make_pipeline: An
     put(root, b"same_as_a.mp4", tiny["clip0"])  # identical content under another name
     put(root, NON_UTF8, tiny["clip2"])
     put(root, b"new\nline 'q' \xc3\xa9.MP4", tiny["clip3"])
-    for name in ("short", "still", "long", "audio", "empty", "garbage", "truncated"):
+    for name in ("short", "still", "long", "picture", "audio", "empty", "garbage", "truncated"):
         put(root, f"{name}.mp4".encode(), tiny[name])
     (root / "dangling.mp4").symlink_to(root / "gone.mp4")
     (root / "folder.mp4").mkdir()
@@ -261,6 +263,7 @@ def test_every_file_gets_one_outcome_and_bad_ones_cost_no_call(make_pipeline: An
     stopped = {"short.mp4": "too short to chunk: 0.40 s", "still.mp4": "too short to chunk: a single frame",
                "long.mp4": "too long: 5.0 s > workflow.max_video_length_sec 4 s"}
     failed = {"audio.mp4": "no video stream (audio only)", "empty.mp4": "empty file (0 bytes)",
+              "picture.mp4": "a still image (png_pipe), not a video",
               "garbage.mp4": "probe failed", "truncated.mp4": "probe failed"}
     assert sorted(summary.failed) == sorted(failed), summary.failed
     for key, cause in failed.items():
@@ -293,11 +296,11 @@ def test_every_file_gets_one_outcome_and_bad_ones_cost_no_call(make_pipeline: An
     skipped = sorted(r for kind, r in kinds.values() if kind == "skipped")
     assert skipped == [f"dangling symlink to {root / 'gone.mp4'} (the target does not exist)",
                        "a folder named like a video, not a video file"][::-1]
-    assert outcome.counts() == {"annotated": 5, "stopped": 3, "failed": 4, "skipped": 2, "not_run": 0}
+    assert outcome.counts() == {"annotated": 5, "stopped": 3, "failed": 5, "skipped": 2, "not_run": 0}
     text = outcome.render()
     print("\n" + text)
     assert text.splitlines()[0] == (
-        "outcome: 12 videos, 2 entries skipped: 5 annotated, 3 stopped at step 0, 4 failed, 2 skipped at discovery"
+        "outcome: 13 videos, 2 entries skipped: 5 annotated, 3 stopped at step 0, 5 failed, 2 skipped at discovery"
     )
     assert "  short.mp4: too short to chunk: 0.40 s" in text
     assert f"  audio.mp4: probe failed for {root / 'audio.mp4'}: no video stream" in text

@@ -62,7 +62,7 @@ def classify_entry(path: Path) -> DiscoveryFinding | None:
         st = path.stat()
     except OSError as e:
         if e.errno == errno.ELOOP:
-            return _finding(path, "symlink_loop", "symlink loop (the link resolves to itself), not a video file")
+            return _finding(path, "symlink_loop", "symlink loop (following it never reaches a file)")
         if path.is_symlink():
             try:
                 target = printable(os.readlink(path))
@@ -100,7 +100,8 @@ def scan_video_root(root: Path) -> tuple[list[Path], list[DiscoveryFinding]]:
         here = Path(dirpath)
         for d in dirnames:  # symlinks to folders are listed here; os.walk does not descend into them
             if (here / d).is_symlink():
-                findings.append(_finding(here / d, "symlinked_folder", "symlink to a folder, not followed"))
+                why = "symlink to a folder, not followed (its videos are not included)"
+                findings.append(_finding(here / d, "symlinked_folder", why))
             elif is_video_name(d):
                 findings.append(_finding(here / d, "folder", "a folder named like a video, not a video file"))
         for name in filenames:  # symlinks to files, dangling symlinks and loops are listed here

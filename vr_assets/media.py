@@ -438,6 +438,9 @@ class MediaTool(BaseModel):
         video = videos[0]
         duration = _positive(video.get("duration")) or _positive(fmt.get("duration"))
         if duration is None:
+            fmt_name = str(fmt.get("format_name", ""))
+            if fmt_name.endswith("_pipe") or fmt_name == "image2":  # a picture (png_pipe, jpeg_pipe ...)
+                raise MediaError(path, "probe", f"a still image ({fmt_name}), not a video")
             raise MediaError(path, "probe", "zero or unknown duration (not a playable video)")
         width, height = int(video.get("width") or 0), int(video.get("height") or 0)
         if abs(_rotation(video)) % 180 == 90:

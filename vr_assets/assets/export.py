@@ -94,7 +94,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         if pipe.offline_teacher:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
-            out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
+            out_dir, per_video, formats=spec.export.formats, media_root=shown(spec.data.video_root) or None,
             license=spec.license, description_extra=extra, excluded_items=excluded,
         )
         mirrors = write_mirror_files(spec.results_dir, mirror)
