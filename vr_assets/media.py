@@ -11,6 +11,7 @@ packets (demux only). Separate inputs per sample were measured too: each keeps a
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import os
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import ffmpeg as ff
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from vr_assets.fsnames import fs_bytes, is_clean, printable
 from vr_assets.records import VideoProbe
 
 GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
@@ -40,6 +42,8 @@ FRAME_TAIL_SEC = 1.0  # read past a group's last target when the frame rate is u
 MIN_SEEK_SAVING_SEC = 0.5  # start a new seeking entry only if it skips at least this much decoding
 MAX_TIMELINE_SEC = 2.0e6  # image2 numbers frames with a 32-bit int: ms pts must stay below 2^31
 STDERR_TAIL_LINES = 6
+FS_TOKEN = "vr-fs-bytes:"  # an argument naming a file whose name is not UTF-8 (see `_arg`)
+MIN_CHUNK_SEC = 1.0  # plan_chunks starts a chunk only with this much video left: a shorter video has none
 
 _MIME_BY_EXT = {
     ".mp4": "video/mp4",
@@ -69,7 +73,7 @@ class MediaError(Exception):
         self.path = str(path)
         self.operation = operation
         self.cause = cause
-        super().__init__(f"{operation} failed for {self.path}: {cause}")
+        super().__init__(f"{operation} failed for {printable(self.path)}: {cause}")  # one line whatever the name
 
     def __reduce__(self) -> tuple[type[MediaError], tuple[str, str, str]]:  # survives Dagster's process hops
         return type(self), (self.path, self.operation, self.cause)
@@ -84,7 +88,7 @@ def plan_chunks(duration: float, chunk_duration: float) -> list[tuple[int, float
         raise ValueError(f"chunk_duration must be positive, got {chunk_duration}")
     chunks: list[tuple[int, float, float]] = []
     index = 0
-    while (start := index * chunk_duration) + 1 <= duration:  # multiply, not accumulate: no float drift
+    while (start := index * chunk_duration) + MIN_CHUNK_SEC <= duration:  # multiply, not accumulate: no float drift
         chunks.append((index, round(start, 6), round(min(start + chunk_duration, duration), 6)))
         index += 1
     return chunks
@@ -256,6 +260,26 @@ def _segment_opts(cuts: str) -> dict[str, Any]:
     }
 
 
+def _arg(path: Path | str) -> str:
+    """A path as an ffmpeg-python argument. ffmpeg-python hashes its arguments as UTF-8, so a name that is not
+    UTF-8 travels as a token that `MediaTool._run` turns back into the name (subprocess passes its bytes)."""
+    text = str(path)
+    return text if is_clean(text) else FS_TOKEN + base64.urlsafe_b64encode(fs_bytes(text)).decode("ascii")
+
+
+def _unarg(arg: str) -> str:
+    return os.fsdecode(base64.urlsafe_b64decode(arg[len(FS_TOKEN):])) if arg.startswith(FS_TOKEN) else arg
+
+
+def _one_line_name(path: Path, tmp: Path) -> Path:
+    """`path`, or for a name with a line break (an ffconcat listing is read line by line) a symlink to it in `tmp`."""
+    if "\n" not in str(path) and "\r" not in str(path):
+        return path
+    alias = tmp / f"source{path.suffix if path.suffix.isascii() else ''}"
+    alias.symlink_to(path)
+    return alias
+
+
 def _concat_quote(path: Path) -> str:
     return "'" + str(path).replace("'", "'\\''") + "'"
 
@@ -414,6 +438,9 @@ class MediaTool(BaseModel):
         video = videos[0]
         duration = _positive(video.get("duration")) or _positive(fmt.get("duration"))
         if duration is None:
+            fmt_name = str(fmt.get("format_name", ""))
+            if fmt_name.endswith("_pipe") or fmt_name == "image2":  # a picture (png_pipe, jpeg_pipe ...)
+                raise MediaError(path, "probe", f"a still image ({fmt_name}), not a video")
             raise MediaError(path, "probe", "zero or unknown duration (not a playable video)")
         width, height = int(video.get("width") or 0), int(video.get("height") or 0)
         if abs(_rotation(video)) % 180 == 90:
@@ -518,8 +545,8 @@ class MediaTool(BaseModel):
         with self._staging(out_dir) as tmp:
             # a cut at the last window's end too: a sub-second tail the plan drops becomes an extra piece
             cuts = ",".join(_num(t) for t in [*(start for _, start, _ in chunks[1:]), chunks[-1][2]])
-            output = ff.input(str(path), **self._decoder_opts()).output(
-                str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), c="copy"
+            output = ff.input(_arg(path), **self._decoder_opts()).output(
+                _arg(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), c="copy"
             )
             self._run(output, path, "split chunks")
             parts = sorted(tmp.glob("seg_*.mp4"))
@@ -563,9 +590,9 @@ class MediaTool(BaseModel):
         part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
         extra: dict[str, Any] = {"force_key_frames": ",".join(_num(t) for t in keyframes)} if keyframes else {}
         try:
-            stream = ff.input(str(path), **self._decoder_opts(info.fps))
+            stream = ff.input(_arg(path), **self._decoder_opts(info.fps))
             output = self._filters(stream.video).output(
-                str(part), f="mp4", **self._x264_opts(), movflags="+faststart", **extra
+                _arg(part), f="mp4", **self._x264_opts(), movflags="+faststart", **extra
             )
             self._run(output, path, "prepare video")
             os.replace(part, out)
@@ -620,10 +647,11 @@ class MediaTool(BaseModel):
         finals = [out_dir / f"frame_{i:03d}.jpg" for i in range(len(times))]
         with self._staging(out_dir) as tmp:
             entries, picks = ["ffconcat version 1.0"], []
+            listed = _concat_quote(_one_line_name(path.resolve(), tmp)) if len(groups) > 1 else ""
             for k, group in enumerate(groups):
                 first = group[0]
                 entries += [
-                    f"file {_concat_quote(path.resolve())}",
+                    f"file {listed}",
                     f"inpoint {_num((origin or 0.0) + first)}",  # concat points are file timestamps
                     f"outpoint {_num((origin or 0.0) + group[-1] + tail)}",
                     f"duration {_num(span)}",
@@ -633,14 +661,15 @@ class MediaTool(BaseModel):
                     picks.append(f"gte(t,{at})*(isnan(prev_t)+lt(prev_t,{at}))")
             if len(groups) == 1:  # one run: a plain input seek, times relative to the start like -ss everywhere
                 first = targets[0]
-                stream = ff.input(str(path), ss=_num(first), t=_num(targets[-1] - first + tail), **self._decoder_opts())
+                span_t = _num(targets[-1] - first + tail)
+                stream = ff.input(_arg(path), ss=_num(first), t=span_t, **self._decoder_opts())
             else:
                 listing = tmp / "entries.ffconcat"
-                listing.write_text("\n".join(entries) + "\n")
-                stream = ff.input(str(listing), f="concat", safe=0, copyts=None, **self._decoder_opts())
+                listing.write_bytes(fs_bytes("\n".join(entries) + "\n"))  # a name's own bytes, UTF-8 or not
+                stream = ff.input(_arg(listing), f="concat", safe=0, copyts=None, **self._decoder_opts())
             video = self._scale(stream.video.filter("select", "+".join(picks)))
             output = video.output(
-                str(tmp / "f_%015d.jpg"),
+                _arg(tmp / "f_%015d.jpg"),
                 fps_mode="passthrough",
                 enc_time_base="1/1000",
                 frame_pts=1,  # file names carry the pts in ms: the way back to the entry and the time
@@ -684,10 +713,10 @@ class MediaTool(BaseModel):
         origin, last_end = chunks[0][1], chunks[-1][2]
         cuts = ",".join(_num(start - origin) for _, start, _ in chunks[1:])
         stream = ff.input(
-            str(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts(self._known_fps(path))
+            _arg(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts(self._known_fps(path))
         )
         output = self._filters(stream.video).output(
-            str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts()
+            _arg(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts()
         )
         self._run(output, path, "cut chunks")
         return [tmp / f"seg_{k:03d}.mp4" for k in range(len(chunks))]
@@ -703,9 +732,9 @@ class MediaTool(BaseModel):
         outputs = []
         decoder = self._decoder_opts(self._known_fps(path))
         for (_, start, end), part in zip(windows, parts, strict=True):
-            stream = ff.input(str(path), ss=_num(start), t=_num(end - start), **decoder)
+            stream = ff.input(_arg(path), ss=_num(start), t=_num(end - start), **decoder)
             outputs.append(
-                self._filters(stream.video).output(str(part), f="mp4", movflags="+faststart", **self._x264_opts())
+                self._filters(stream.video).output(_arg(part), f="mp4", movflags="+faststart", **self._x264_opts())
             )
         self._run(ff.merge_outputs(*outputs), path, "cut clip" if names is not None else "cut chunks")
         return parts
@@ -758,7 +787,7 @@ class MediaTool(BaseModel):
 
     def _run(self, node: Any, path: Path, operation: str) -> None:
         exe = find_ffmpeg(self.ffmpeg)
-        compiled = node.compile(cmd=exe)
+        compiled = [_unarg(a) for a in node.compile(cmd=exe)]
         args = [compiled[0], *GLOBAL_ARGS, *compiled[1:]]
         self._count()
         try:

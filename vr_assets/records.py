@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vr_assets.fsnames import FsText, printable
+
 Mode = Literal["anomaly", "normal"]
 QAType = Literal[
     "mcq",
@@ -44,11 +46,50 @@ class VideoSource(Record):
     """One video as found by discovery; the partition registry stores these."""
 
     key: str = Field(description="Dagster partition key")
-    path: str = Field(description="absolute path of the video file")
-    source: str = Field(description="'video_root' or the JSONL file it came from")
-    rel_path: str = Field(description="path relative to its source root; TAO's `video` field")
+    path: FsText = Field(description="absolute path of the video file")
+    source: FsText = Field(description="'video_root' or the JSONL file it came from")
+    rel_path: FsText = Field(description="path relative to its source root; TAO's `video` field")
     mode: Mode | None = Field(default=None, description="per-line mode from JSONL; wins over step 0")
     extra: dict[str, object] = Field(default_factory=dict, description="other JSONL fields, kept verbatim")
+
+
+FindingKind = Literal[
+    "dangling_symlink", "symlink_loop", "folder", "symlinked_folder", "unreadable_folder", "not_a_file",
+    "same_file", "bad_jsonl_line",
+]
+
+
+class DiscoveryFinding(Record):
+    """An entry discovery did not make a video of, and why in one line (instead of skipping it without a word)."""
+
+    path: FsText = Field(description="the entry as found (a JSONL file for its bad lines)")
+    kind: FindingKind
+    reason: str = Field(description="one line, printable: names in it are `fsnames.printable`")
+
+    def line(self) -> str:
+        return f"{printable(self.path)}: {self.reason}"
+
+
+class Discovery(Record):
+    """What one discovery found: the videos, and the entries it skipped with their reasons."""
+
+    videos: list[VideoSource] = Field(default_factory=list)
+    skipped: list[DiscoveryFinding] = Field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped entries per kind."""
+        out: dict[str, int] = {}
+        for f in self.skipped:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        """One line for the CLI, e.g. `12 videos found; 3 entries skipped (2 dangling_symlink, 1 folder)`."""
+        text = f"{len(self.videos)} videos found"
+        if self.skipped:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items()))
+            text += f"; {len(self.skipped)} entries skipped ({kinds})"
+        return text
 
 
 class VideoProbe(Record):

@@ -32,6 +32,7 @@ from vr_assets.assets.common import (
 )
 from vr_assets.call_cache import CachedModel
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
+from vr_assets.fsnames import printable
 from vr_assets.media import MediaError, MediaTool, video_mime, video_workdir
 from vr_assets.media_cache import chunk_plan, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
@@ -121,7 +122,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         video, duration = captions.video, captions.probe.duration_sec
         chunk_len, plan = chunk_plan(spec, duration)
         if not plan:
-            raise Failure(description=f"video {key} ({video.path}): too short to chunk ({duration:.2f} s)")
+            raise Failure(description=f"video {key} ({printable(video.path)}): too short to chunk ({duration:.2f} s)")
         model = vlm.client(spec)
         tool = media.tool()
         if model.clips_in_place:

@@ -16,6 +16,7 @@ from vr_assets.export import (
     write_dataset,
     write_json_atomic,
 )
+from vr_assets.fsnames import shown
 from vr_assets.mcq_letters import SCANNER_VERSION
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
@@ -45,7 +46,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
     )
     def task_exports(context: AssetExecutionContext, captions: Captions, qa: QAResult) -> Iterator[object]:
         key = context.partition_key
-        video_id = video_id_for(captions.video.path, spec.data.video_root)
+        # a text id: a name that is not UTF-8 shows its odd bytes as \xff (the registry keeps the real name)
+        video_id = shown(video_id_for(captions.video.path, spec.data.video_root))
         result, skipped = task_exports_for_video(key, captions.mode, qa.items, video_id)
         for s in skipped:
             context.log.warning(f"video {key}: item skipped: {s}")
@@ -115,7 +117,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         if pipe.offline_teacher:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
-            out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
+            out_dir, per_video, formats=spec.export.formats, media_root=shown(spec.data.video_root) or None,
             license=spec.license, description_extra=extra, excluded=excluded, placement=placement,
         )
         # the report as JSON beside the task files (the validator skips JSON without the tao format tag)

@@ -22,6 +22,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from vr_assets.config import MediaSettings, ModelSpec
+from vr_assets.fsnames import printable
 from vr_assets.providers.base import (
     Accounting,
     Attempt,
@@ -275,12 +276,15 @@ class UploadManager:
         size = path.stat().st_size
         opts = types.HttpOptions(timeout=timeout_ms)
         try:
-            f = self._client.files.upload(
-                file=str(path),
-                config=types.UploadFileConfig(mime_type=mime, display_name=owner[:120], http_options=opts),
-            )
+            # an open file, not its path: given a path the SDK sends the file's name in an HTTP header, which
+            # must be ASCII (a name such as `café.mp4`, or one that is not UTF-8, failed every upload)
+            with open(path, "rb") as fh:
+                f = self._client.files.upload(
+                    file=fh,
+                    config=types.UploadFileConfig(mime_type=mime, display_name=owner[:120], http_options=opts),
+                )
         except ValueError as err:  # the SDK's "upload status is not finalized": an interrupted upload
-            raise RetryableError(f"upload of {path.name} did not finish: {self._scrub(err)}") from None
+            raise RetryableError(f"upload of {printable(path.name)} did not finish: {self._scrub(err)}") from None
         name = f.name or ""
         deadline = time.monotonic() + UPLOAD_MAX_WAIT_S
         interval = UPLOAD_POLL_INITIAL_S
@@ -304,7 +308,7 @@ class UploadManager:
             self._delete_name(name)
             raise FileProcessingFailed(f"file {name} processing failed: {self._scrub(detail)}")
         part = types.Part(file_data=types.FileData(file_uri=f.uri, mime_type=f.mime_type or mime))
-        log.info("uploaded %s (%d bytes) as %s", path.name, size, name)
+        log.info("uploaded %s (%d bytes) as %s", printable(path.name), size, name)
         return _Upload(sha=sha, name=name, part=part, size=size, created=time.monotonic())
 
     def _delete(self, up: _Upload) -> None:
