@@ -110,6 +110,17 @@ class MediaSettings(SpecModel):
         "video's JPEG frames), no upload round trip, ~5x the bytes. OpenAI-compatible servers always get inline "
         "media",
     )
+    audio: Literal["keep", "drop"] | None = Field(
+        None, description="the video's sound in what the model gets. keep: the downscaled copy, its chunks and "
+        "clip carry the audio re-encoded small (mono AAC, `audio_kbps`, 16 kHz; a source small enough to go as "
+        "it is keeps its own sound; a source without sound simply has none); drop: video only. null: keep for "
+        "a Gemini VLM (Gemini hears a video's audio track, ~32 tokens/s), drop for an OpenAI-compatible server: "
+        "vision-language models served by vLLM or NIM (Qwen-VL, Cosmos) read "
+        "the frames only, so the sound would be bytes sent for nothing; set keep for a model that hears it (an "
+        "omni model such as Qwen2.5-Omni with `use_audio_in_video`). A long video sent as JPEG frames (inline, "
+        "OpenAI) has no sound either way",
+    )
+    audio_kbps: int = Field(24, ge=8, le=256, description="bitrate of the kept audio (mono AAC, 16 kHz)")
     inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
     max_live_uploads: int = Field(
         8, ge=1, description="Gemini Files API uploads one process keeps alive at once, at least the VLM's "

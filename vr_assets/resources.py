@@ -130,6 +130,8 @@ class MediaResource(ConfigurableResource):
     fps: float | None = 2.0
     threads: int = 1
     skip_nonref: bool = True
+    audio: bool = False
+    audio_kbps: int = 24
 
     @classmethod
     def from_spec(cls, spec: Spec) -> MediaResource:

@@ -17,7 +17,7 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.media import MediaError
-from vr_assets.media_cache import code_version, one_upload_per_video
+from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
@@ -33,6 +33,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+        audio_version(spec),
     )
 
     @asset(

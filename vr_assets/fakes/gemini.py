@@ -11,7 +11,6 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import io
 import json
 import re
 import secrets
@@ -32,6 +31,7 @@ from vr_assets.fakes.server import (
     Reply,
     Route,
     http_error,
+    probe_media,
 )
 from vr_assets.fakes.teacher import Teacher
 
@@ -105,6 +105,7 @@ class UploadedFile:
     api_version: str = "v1beta"
     create_time: str = ""
     duration_s: float | None = None
+    has_audio: bool | None = None
     data: bytes = field(default=b"", repr=False)
 
     @property
@@ -146,6 +147,7 @@ class _GenInfo:
     text_chars: int
     media: list[tuple[str, str]]  # (sha256, mime)
     sampling: list[dict[str, float]]  # per media part: videoMetadata start/end/fps
+    audio: list[bool | None]  # per media part: whether the video carries sound
     schema: dict[str, Any] | None
     mime: str
     include_thoughts: bool
@@ -277,6 +279,7 @@ class FakeGemini(FakeServer):
         rec.prompt_text = info.prompt
         rec.media_sha256 = [sha for sha, _ in info.media]
         rec.media_sampling = info.sampling
+        rec.media_audio = info.audio
         rec.schema_title = str(info.schema.get("title")) if info.schema and info.schema.get("title") else None
 
     # ------------------------------------------------------------ generate
@@ -288,6 +291,7 @@ class FakeGemini(FakeServer):
         texts: list[str] = []
         media: list[tuple[str, str]] = []
         sampling: list[dict[str, float]] = []
+        audio: list[bool | None] = []
         system = _get(body, "systemInstruction")
         blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
         for block in blocks:
@@ -298,13 +302,16 @@ class FakeGemini(FakeServer):
                     texts.append(part["text"])
                 inline = _get(part, "inlineData")
                 if isinstance(inline, dict):
-                    media.append(self._inline_media(inline))
+                    sha, inline_mime, sound = self._inline_media(inline)
+                    media.append((sha, inline_mime))
                     sampling.append(self._sampling(part, None))
+                    audio.append(sound)
                 file_data = _get(part, "fileData")
                 if isinstance(file_data, dict):
-                    sha, file_mime, duration_s = self._file_media(file_data)
+                    sha, file_mime, duration_s, sound = self._file_media(file_data)
                     media.append((sha, file_mime))
                     sampling.append(self._sampling(part, duration_s))
+                    audio.append(sound)
         config = _get(body, "generationConfig") or {}
         mime = str(_get(config, "responseMimeType") or "text/plain")
         schema = (
@@ -321,13 +328,14 @@ class FakeGemini(FakeServer):
             text_chars=len(prompt),
             media=media,
             sampling=sampling,
+            audio=audio,
             schema=schema if mime in ("application/json", "text/x.enum") else None,
             mime=mime,
             include_thoughts=bool(_get(thinking, "includeThoughts")),
             max_tokens=int(max_tokens) if max_tokens else None,
         )
 
-    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str]:
+    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str, bool | None]:
         mime = str(_get(inline, "mimeType") or "")
         if not mime:
             raise http_error(self.error_reply(400, "* inline_data.mime_type: mime type is required"))
@@ -337,7 +345,7 @@ class FakeGemini(FakeServer):
             raise http_error(self.error_reply(400, f"Invalid value at 'inline_data.data': {exc}")) from exc
         sha = hashlib.sha256(raw).hexdigest()
         self.note_inline(sha, len(raw))
-        return sha, mime
+        return sha, mime, self.has_audio(sha, raw, mime)
 
     def _sampling(self, part: dict[str, Any], duration_s: float | None) -> dict[str, float]:
         """A part's videoMetadata in seconds; a range that is empty or starts past the video's end is
@@ -368,13 +376,13 @@ class FakeGemini(FakeServer):
             )
         return out
 
-    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str, float | None]:
-        """(sha256, mime, duration in seconds when known) of a fileData part."""
+    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str, float | None, bool | None]:
+        """(sha256, mime, duration in seconds when known, whether it has sound) of a fileData part."""
         uri = str(_get(file_data, "fileUri") or "")
         mime = str(_get(file_data, "mimeType") or "")
         hit = _FILE_ID.search(uri)
         if hit is None:
-            return hashlib.sha256(uri.encode()).hexdigest(), mime, None  # e.g. a YouTube URL: fingerprint the URI
+            return hashlib.sha256(uri.encode()).hexdigest(), mime, None, None  # e.g. a YouTube URL: the URI
         fid = hit.group(1)
         with self._files_lock:
             f = self.uploaded.get(fid)
@@ -390,7 +398,7 @@ class FakeGemini(FakeServer):
                         status_name="FAILED_PRECONDITION",
                     )
                 )
-            return f.sha256, mime or f.mime_type, f.duration_s
+            return f.sha256, mime or f.mime_type, f.duration_s, f.has_audio
 
     def _usage(self, info: _GenInfo, answer_chars: int, think_chars: int) -> dict[str, Any]:
         text_tokens = info.text_chars // 4
@@ -570,7 +578,12 @@ class FakeGemini(FakeServer):
     def _probe(self, f: UploadedFile) -> None:
         if f.duration_s is not None or not f.mime_type.startswith("video/"):
             return
-        f.duration_s = _probe_duration(f.data) if self.probe_durations else 0.0
+        if not self.probe_durations:
+            f.duration_s = 0.0
+            return
+        facts = probe_media(f.data)
+        f.duration_s = facts.duration_s if facts.duration_s is not None else _ffprobe_duration(f.data)
+        f.has_audio = facts.has_audio
 
     def _file_json(self, f: UploadedFile) -> dict[str, Any]:
         created = dt.datetime.strptime(f.create_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
@@ -633,19 +646,8 @@ class FakeGemini(FakeServer):
         return Reply(body=data, content_type="application/octet-stream")
 
 
-def _probe_duration(data: bytes) -> float:
-    """Duration for videoMetadata; 0 when neither PyAV nor ffprobe can read the bytes.
-
-    In-process through PyAV (~ms): the service does this work on its own machines, so the fake should
-    not take an ffprobe process's CPU from the client it serves (the benchmark shares 2 cores)."""
-    try:
-        import av
-
-        with av.open(io.BytesIO(data)) as container:
-            if container.duration is not None:
-                return round(container.duration / 1_000_000, 3)
-    except Exception:  # noqa: BLE001 - no PyAV, or bytes it cannot read: try ffprobe, which may know better
-        pass
+def _ffprobe_duration(data: bytes) -> float:
+    """Duration for videoMetadata when PyAV (`probe_media`) could not tell; 0 when ffprobe cannot either."""
     ffprobe = shutil.which("ffprobe")
     if not ffprobe or not data:
         return 0.0
