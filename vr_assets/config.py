@@ -66,6 +66,17 @@ class ModelSpec(SpecModel):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     limits: RateLimits = Field(default_factory=RateLimits)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    context_cache: Literal["auto", "off"] = Field(
+        "auto", description="Gemini with uploads: a video asked several questions about as a whole (steps 0 and "
+        "1a) gets one explicit context cache holding its upload, created once, read by each of those calls at "
+        "the cached-input price and deleted with the upload after the video's last step. auto: only where "
+        "`prices` says it pays (needs the model's cached_input_per_mtok and cache_storage_per_mtok_hour, known "
+        "for a few models); off: never. Implicit caching (free, not guaranteed) applies either way",
+    )
+    context_cache_ttl_s: float = Field(
+        600.0, gt=0, description="lifetime of an explicit context cache unless deleted first; the break-even "
+        "counts its storage for this long. An expired cache is recreated once when a later call needs it",
+    )
 
     @property
     def model_name(self) -> str:
@@ -187,6 +198,14 @@ class Pricing(SpecModel):
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     thinking_per_mtok: float | None = Field(None, description="defaults to the output price")
+    cached_input_per_mtok: float | None = Field(
+        None, description="Gemini: prompt tokens read from a context cache. null: Google's published price for "
+        "the models in providers.usage.KNOWN_CACHE_PRICES, else the input price",
+    )
+    cache_storage_per_mtok_hour: float | None = Field(
+        None, description="Gemini: keeping an explicit context cache, per million tokens per hour. null: the "
+        "published price for known models, else unknown (then no explicit cache is made: it cannot be judged)",
+    )
 
 
 class Spec(SpecModel):

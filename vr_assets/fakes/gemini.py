@@ -1,4 +1,4 @@
-"""Fake Gemini Developer API (the subset google-genai uses): generate, stream, count, Files API.
+"""Fake Gemini Developer API (the subset google-genai uses): generate, stream, count, Files API, caches.
 
 Follows the observed wire protocol of google-genai 3.x: success is HTTP 200 only, nested
 keys arrive in snake_case or camelCase, inline data is url-safe base64, and the resumable
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,6 +132,29 @@ class _FileTable(dict[str, UploadedFile]):
 
 
 @dataclass
+class CachedContent:
+    """An explicit context cache: contents (and system instruction) prepended to the requests naming it."""
+
+    id: str
+    model: str
+    contents: list[dict[str, Any]]
+    system: dict[str, Any] | None
+    tokens: int
+    expire_unix: float
+    create_time: str
+    display_name: str = ""
+    deleted: bool = False
+    reads: int = 0  # generateContent requests that named it
+
+    @property
+    def name(self) -> str:
+        return f"cachedContents/{self.id}"
+
+    def live(self) -> bool:
+        return not self.deleted and time.time() < self.expire_unix
+
+
+@dataclass
 class _Session:
     file_id: str
     api_version: str
@@ -152,6 +176,8 @@ class _GenInfo:
     mime: str
     include_thoughts: bool
     max_tokens: int | None
+    cached_tokens: int = 0  # prompt tokens that came from the named cache
+    cache_name: str | None = None
 
 
 class FakeGemini(FakeServer):
@@ -169,6 +195,7 @@ class FakeGemini(FakeServer):
         *,
         processing_polls: int = 2,
         probe_durations: bool = True,
+        min_cache_tokens: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(teacher, latency_media_s, latency_text_s, faults, **kwargs)
@@ -176,6 +203,9 @@ class FakeGemini(FakeServer):
         self.processing_polls = processing_polls
         self.probe_durations = probe_durations
         self.uploaded: _FileTable = _FileTable()
+        #: the service refuses to cache less than this (1,024-4,096 tokens by model); 0 takes anything
+        self.min_cache_tokens = min_cache_tokens
+        self.caches: dict[str, CachedContent] = {}
         self._sessions: dict[str, _Session] = {}
         self._files_lock = threading.Lock()
         self._routes: list[Route] = [
@@ -199,6 +229,11 @@ class FakeGemini(FakeServer):
             ),
             ("GET", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.get", self._files_get),
             ("DELETE", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.delete", self._files_delete),
+            ("POST", re.compile(rf"/{_V}/cachedContents"), "caches.create", self._cache_create),
+            ("GET", re.compile(rf"/{_V}/cachedContents"), "caches.list", self._cache_list),
+            ("GET", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.get", self._cache_get),
+            ("PATCH", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.update", self._cache_update),
+            ("DELETE", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.delete", self._cache_delete),
         ]
 
     # ------------------------------------------------------------ public helpers
@@ -206,6 +241,16 @@ class FakeGemini(FakeServer):
     def live_files(self) -> int:
         with self._files_lock:
             return sum(1 for f in self.uploaded.values() if not f.deleted)
+
+    def live_caches(self) -> int:
+        with self._files_lock:
+            return sum(1 for c in self.caches.values() if c.live())
+
+    def expire_caches(self) -> None:
+        """Every cache reaches its TTL now (the service then answers 404 for it)."""
+        with self._files_lock:
+            for c in self.caches.values():
+                c.expire_unix = min(c.expire_unix, time.time() - 1)
 
     def upload_bytes_by_sha(self) -> dict[str, int]:
         """Bytes of finalized uploads per content sha256 (deleted files included)."""
@@ -280,6 +325,7 @@ class FakeGemini(FakeServer):
         rec.media_sha256 = [sha for sha, _ in info.media]
         rec.media_sampling = info.sampling
         rec.media_audio = info.audio
+        rec.cached_content = info.cache_name
         rec.schema_title = str(info.schema.get("title")) if info.schema and info.schema.get("title") else None
 
     # ------------------------------------------------------------ generate
@@ -294,6 +340,9 @@ class FakeGemini(FakeServer):
         audio: list[bool | None] = []
         system = _get(body, "systemInstruction")
         blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
+        cache = self._cache_for_request(model, body) if _get(body, "cachedContent") else None
+        if cache is not None:  # its contents come first, as if the request had them
+            blocks = ([cache.system] if cache.system else []) + cache.contents + blocks
         for block in blocks:
             for part in block.get("parts") or []:
                 if not isinstance(part, dict) or part.get("thought"):
@@ -333,7 +382,30 @@ class FakeGemini(FakeServer):
             mime=mime,
             include_thoughts=bool(_get(thinking, "includeThoughts")),
             max_tokens=int(max_tokens) if max_tokens else None,
+            cached_tokens=cache.tokens if cache is not None else 0,
+            cache_name=cache.name if cache is not None else None,
         )
+
+    def _cache_for_request(self, model: str, body: dict[str, Any]) -> CachedContent:
+        """The live cache a request names; refused like the service: unknown or expired (404), another
+        model, or a request that also sets a system instruction, tools or tool config (400)."""
+        name = str(_get(body, "cachedContent"))
+        for field_name in ("systemInstruction", "tools", "toolConfig"):
+            if _get(body, field_name):
+                raise http_error(self.error_reply(
+                    400, "CachedContent can not be used with GenerateContent request setting system_instruction, "
+                    "tools or tool_config.\n\nProposed fix: move those values to CachedContent from "
+                    "GenerateContent request."))
+        with self._files_lock:
+            cache = self.caches.get(name.removeprefix("cachedContents/"))
+            if cache is None or not cache.live():
+                raise http_error(self.error_reply(404, f"CachedContent not found (or permission denied): {name}"))
+            if cache.model != model.removeprefix("models/"):
+                raise http_error(self.error_reply(
+                    400, f"Model used by GenerateContent request ({model}) and CachedContent ({cache.model}) "
+                    "has to be the same."))
+            cache.reads += 1
+            return cache
 
     def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str, bool | None]:
         mime = str(_get(inline, "mimeType") or "")
@@ -408,13 +480,16 @@ class FakeGemini(FakeServer):
         prompt_tokens = sum(details.values())
         candidates = answer_chars // 4
         thoughts = think_chars // 4
-        return {
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": candidates,
             "thoughtsTokenCount": thoughts,
             "totalTokenCount": prompt_tokens + candidates + thoughts,
             "promptTokensDetails": [{"modality": m, "tokenCount": n} for m, n in details.items()],
         }
+        if info.cached_tokens:  # part of promptTokenCount, as the service reports it
+            usage["cachedContentTokenCount"] = min(info.cached_tokens, prompt_tokens)
+        return usage
 
     def _generate(self, ex: Exchange, fault: str | None) -> Reply:
         info: _GenInfo = ex.info
@@ -637,6 +712,80 @@ class FakeGemini(FakeServer):
             f = self._live(ex.params["fid"])
             f.deleted = True
             f.data = b""
+        return Reply.json({})
+
+    # ------------------------------------------------------------ caches
+
+    def _cache_create(self, ex: Exchange, fault: str | None) -> Reply:
+        body = ex.json if isinstance(ex.json, dict) else {}
+        model = str(body.get("model") or "").removeprefix("models/")
+        contents = body.get("contents")
+        if not model or not isinstance(contents, list) or not contents:
+            return self.error_reply(400, "* CreateCachedContentRequest: model and contents are required")
+        system = _get(body, "systemInstruction")
+        info = self._gen_info(model, {"contents": contents, "systemInstruction": system})  # files checked here
+        tokens = info.text_chars // 4 + MEDIA_TOKENS * len(info.media)
+        if tokens < self.min_cache_tokens:
+            return self.error_reply(
+                400, f"Cached content is too small. total_token_count={tokens}, min_total_token_count="
+                f"{self.min_cache_tokens}")
+        ttl = _get(body, "ttl")
+        hit = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(ttl)) if ttl is not None else None
+        if ttl is not None and hit is None:
+            return self.error_reply(400, f"Invalid value at 'cached_content.ttl' ({ttl!r})")
+        cache = CachedContent(
+            id=secrets.token_hex(8), model=model, contents=[c for c in contents if isinstance(c, dict)],
+            system=system if isinstance(system, dict) else None, tokens=tokens,
+            expire_unix=time.time() + (float(hit.group(1)) if hit else 3600.0), create_time=_ts(_now()),
+            display_name=str(_get(body, "displayName") or ""),
+        )
+        with self._files_lock:
+            self.caches[cache.id] = cache
+        return Reply.json(self._cache_json(cache))
+
+    def _cache_json(self, c: CachedContent) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": c.name,
+            "model": f"models/{c.model}",
+            "createTime": c.create_time,
+            "updateTime": c.create_time,
+            "expireTime": _ts(dt.datetime.fromtimestamp(c.expire_unix, dt.UTC)),
+            "usageMetadata": {"totalTokenCount": c.tokens},
+        }
+        if c.display_name:
+            out["displayName"] = c.display_name
+        return out
+
+    def _live_cache(self, cid: str) -> CachedContent:
+        c = self.caches.get(cid)
+        if c is None or not c.live():
+            raise http_error(self.error_reply(404, f"CachedContent not found (or permission denied): {cid}"))
+        return c
+
+    def _cache_get(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            return Reply.json(self._cache_json(self._live_cache(ex.params["cid"])))
+
+    def _cache_list(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            live = [self._cache_json(c) for c in self.caches.values() if c.live()]
+        return Reply.json({"cachedContents": live} if live else {})
+
+    def _cache_update(self, ex: Exchange, fault: str | None) -> Reply:
+        ttl = _get(ex.json, "ttl") if isinstance(ex.json, dict) else None
+        hit = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(ttl)) if ttl is not None else None
+        with self._files_lock:
+            c = self._live_cache(ex.params["cid"])
+            if hit is not None:
+                c.expire_unix = time.time() + float(hit.group(1))
+            return Reply.json(self._cache_json(c))
+
+    def _cache_delete(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            c = self.caches.get(ex.params["cid"])
+            if c is None or c.deleted:
+                return self.error_reply(404, f"CachedContent not found (or permission denied): {ex.params['cid']}")
+            c.deleted = True
         return Reply.json({})
 
     def _download(self, ex: Exchange, fault: str | None) -> Reply:

@@ -56,6 +56,7 @@ class RequestRecord:
     media_sampling: list[dict[str, float]] = field(default_factory=list)
     # per media part: whether the video has an audio stream (None: not a video, or unreadable)
     media_audio: list[bool | None] = field(default_factory=list)
+    cached_content: str | None = None  # the explicit context cache a generate request named
     model: str | None = None
     schema_title: str | None = None
     prompt_text: str = ""
