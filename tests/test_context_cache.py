@@ -219,3 +219,25 @@ def test_a_pipeline_run_makes_one_cache_per_video_and_leaves_none(
     assert [u.cached_tokens for u in captions.usage] == [258, 258]  # the video's tokens, at the cached price
     ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("captions"))
     assert ev.asset_materialization.metadata["context_cached_tokens"].value == 2 * 258  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("model", "on_part"), [("gemini-3-flash-test", True), ("gemini-test", False)])
+def test_the_media_resolution_reaches_the_cached_video(
+    fake_gemini: FakeGemini, provider_media: ProviderMedia, tmp_path: Path, model: str, on_part: bool
+) -> None:
+    """Gemini 3 takes a resolution per part: the cached part carries it. Older models get it in each request."""
+    ms = spec(fake_gemini).model_copy(update={"gemini": GeminiSettings(
+        api_key=KEY, base_url=fake_gemini.base_url, model=model, media_resolution="MEDIA_RESOLUTION_LOW")})
+    chosen = get_model(ms, prices={model: PAYS}, media=MediaSettings(), upload_registry=tmp_path / "uploads")
+    ref = whole(provider_media.small_video)
+    chosen.generate_many([call("Global caption.", ref), call("Dense caption.", ref)])
+    (create,) = fake_gemini.records("caches.create")
+    (part,) = create.json["contents"][0]["parts"]
+    assert (part.get("mediaResolution") or part.get("media_resolution") or {}).get("level") == (
+        "MEDIA_RESOLUTION_LOW" if on_part else None)
+    for r in fake_gemini.records("generateContent"):
+        assert r.cached_content is not None
+        assert (r.json.get("generationConfig") or {}).get("mediaResolution") == (
+            None if on_part else "MEDIA_RESOLUTION_LOW")
+    chosen.discard("vid")
+    assert fake_gemini.live_caches() == 0

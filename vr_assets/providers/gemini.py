@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -511,8 +512,8 @@ class GeminiTeacher(BaseTeacher):
     # -------------------------------------------------- request
 
     def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
-        """One request: media first, then the prompt (fixed instructions, then the values filled in), so
-        requests on one video share the longest prefix the service's implicit caching can hit. A video
+        """One request: media first, then the prompt, so requests on one video share the longest prefix the
+        service's implicit caching can hit (a system instruction, when set, precedes both). A video
         asked several whole-video questions reads its media from an explicit context cache instead, where
         that pays (`_context_cache`); a cache the service no longer has is made again, once."""
         cache, made = self._context_cache(call, prepared)
@@ -534,9 +535,12 @@ class GeminiTeacher(BaseTeacher):
         config = types.GenerateContentConfig(
             temperature=s.temperature,
             max_output_tokens=s.max_output_tokens,
-            # with a cache, its part carries the resolution, and the system instruction is in it (the service
-            # refuses a request that names a cache and sets system_instruction, tools or tool_config)
-            media_resolution=s.media_resolution if call.media is not None and cache is None else None,
+            # with a cache the system instruction is in it (the service refuses a request that names a cache
+            # and sets system_instruction, tools or tool_config); on Gemini 3 its part carries the resolution
+            media_resolution=(
+                s.media_resolution if call.media is not None and (cache is None or not self._part_resolution)
+                else None
+            ),
             system_instruction=(call.system or None) if cache is None else None,
             cached_content=cache.name if cache is not None else None,
             response_mime_type="application/json" if call.schema_model is not None else None,
@@ -574,9 +578,16 @@ class GeminiTeacher(BaseTeacher):
             return None, False
         return self._shared.caches.get_or_create(media.video_key, key, lambda: self._create_cache(call, part, key))
 
+    @property
+    def _part_resolution(self) -> bool:
+        """Whether the model takes a media resolution on a part (Gemini 3 and later), so the cached video is
+        tokenized at the configured resolution; older models get it in each request's config."""
+        hit = re.match(r"(?:models/)?gemini-(\d+)", self._settings.model)
+        return hit is not None and int(hit.group(1)) >= 3
+
     def _create_cache(self, call: ModelCall, part: types.Part, key: str) -> CacheEntry | None:
         ttl = self._spec.context_cache_ttl_s
-        resolution = self._settings.media_resolution
+        resolution = self._settings.media_resolution if self._part_resolution else None
         cached_part = types.Part(
             file_data=part.file_data, video_metadata=part.video_metadata,
             media_resolution=types.PartMediaResolution(level=resolution) if resolution else None,
@@ -594,7 +605,8 @@ class GeminiTeacher(BaseTeacher):
             )
         except genai_errors.ClientError as err:  # refused (too few tokens, a model without caching): go plain
             log.info("no context cache for video %r: %s", call.video_key, self._shared.scrub(err))
-            self._shared.uncacheable.add(key)
+            if err.code != 429:  # a rate limit says nothing about the content: a later call tries again
+                self._shared.uncacheable.add(key)
             return None
         except Exception as err:  # noqa: BLE001 - unreachable or overloaded: this call goes plain, the next tries
             log.info("context cache for video %r not made: %s", call.video_key, self._shared.scrub(err))
