@@ -241,3 +241,50 @@ def test_the_media_resolution_reaches_the_cached_video(
             None if on_part else "MEDIA_RESOLUTION_LOW")
     chosen.discard("vid")
     assert fake_gemini.live_caches() == 0
+
+
+def test_the_fake_s_caches_api_answers_the_sdk_as_the_service_does(
+    fake_gemini: FakeGemini, provider_media: ProviderMedia
+) -> None:
+    from google import genai
+    from google.genai import errors, types
+
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake_gemini.base_url,
+                                                                      api_version="v1beta"))
+    f = client.files.upload(file=str(provider_media.small_video), config={"mime_type": "video/mp4"})
+    while f.state != types.FileState.ACTIVE:
+        f = client.files.get(name=f.name or "")
+    video = types.Part(file_data=types.FileData(file_uri=f.uri, mime_type="video/mp4"))
+    cache = client.caches.create(model="gemini-test", config=types.CreateCachedContentConfig(
+        contents=[types.Content(role="user", parts=[video])], system_instruction="You annotate videos.", ttl="300s"))
+    assert cache.name and cache.usage_metadata and cache.usage_metadata.total_token_count == 258 + 20 // 4
+    assert cache.expire_time is not None and cache.model == "models/gemini-test"
+    assert client.caches.get(name=cache.name).name == cache.name
+    assert [c.name for c in client.caches.list()] == [cache.name]
+    resp = client.models.generate_content(model="gemini-test", contents="Describe it.",
+                                          config=types.GenerateContentConfig(cached_content=cache.name))
+    um = resp.usage_metadata
+    assert resp.text and um is not None and um.cached_content_token_count == cache.usage_metadata.total_token_count
+    assert (um.prompt_token_count or 0) > um.cached_content_token_count  # the request's own text on top
+    with pytest.raises(errors.ClientError, match="system_instruction"):
+        client.models.generate_content(model="gemini-test", contents="Describe it.", config=types.GenerateContentConfig(
+            cached_content=cache.name, system_instruction="Another instruction."))
+    with pytest.raises(errors.ClientError, match="has to be the same"):
+        client.models.generate_content(model="gemini-other", contents="Describe it.",
+                                       config=types.GenerateContentConfig(cached_content=cache.name))
+    fake_gemini.expire_caches()
+    with pytest.raises(errors.ClientError) as gone:
+        client.caches.get(name=cache.name)
+    assert gone.value.code == 404
+    live = client.caches.create(model="gemini-test", config=types.CreateCachedContentConfig(
+        contents=[types.Content(role="user", parts=[video])], ttl="300s"))
+    client.caches.delete(name=live.name or "")
+    with pytest.raises(errors.ClientError) as deleted:
+        client.models.generate_content(model="gemini-test", contents="Describe it.",
+                                       config=types.GenerateContentConfig(cached_content=live.name))
+    assert deleted.value.code == 404 and fake_gemini.live_caches() == 0
+    client.files.delete(name=f.name or "")
+    with pytest.raises(errors.ClientError) as no_file:  # the cached video must exist
+        client.caches.create(model="gemini-test", config=types.CreateCachedContentConfig(
+            contents=[types.Content(role="user", parts=[video])]))
+    assert no_file.value.code == 403
