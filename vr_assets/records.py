@@ -120,6 +120,11 @@ class CallUsage(Record):
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
+    cached_tokens: int = Field(0, description="of the prompt tokens, those read from a context cache (cheaper)")
+    cache_write_tokens: int = Field(
+        0, description="tokens this call put in an explicit context cache it made: billed as input, plus their "
+        "storage for the cache's TTL (in cost_usd)",
+    )
     latency_s: float = 0.0
     retries: int = 0
     cost_usd: float = 0.0
@@ -134,6 +139,7 @@ class UsageSummary(Record):
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
+    cached_tokens: int = 0
     retries: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
@@ -149,6 +155,7 @@ class UsageSummary(Record):
             prompt_tokens=sum(c.prompt_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             thinking_tokens=sum(c.thinking_tokens for c in paid),
+            cached_tokens=sum(c.cached_tokens for c in paid),
             retries=sum(c.retries for c in paid),
             cost_usd=round(sum(c.cost_usd for c in paid), 6),
             latency_s=round(sum(c.latency_s for c in paid), 3),

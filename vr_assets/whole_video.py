@@ -61,7 +61,15 @@ def whole_video_ref(spec: Spec, probe: VideoProbe, kind: str, paths: list[Path],
         raise TooShortError(f"video {video_key}: {short}")
     mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
     fps = step0_fps(spec, probe, kind)
-    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps)  # type: ignore[arg-type]
+    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps,  # type: ignore[arg-type]
+                    reuses=whole_video_calls(spec))
+
+
+def whole_video_calls(spec: Spec) -> int:
+    """Questions a video that goes on gets about its whole copy: step 0's relevance and anomaly questions
+    (when asked) and step 1a's two captions. An explicit context cache is judged on this count (a video
+    that stops at step 0, or whose mode its JSONL line gives, is asked fewer)."""
+    return int(asks_relevance(spec)) + int(spec.workflow.mode == "auto") + len(CAPTION_KEYS) // 2
 
 
 def asks_relevance(spec: Spec) -> bool:

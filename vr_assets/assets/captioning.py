@@ -34,7 +34,7 @@ from vr_assets.call_cache import CachedModel
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
 from vr_assets.fsnames import printable
 from vr_assets.media import MediaError, MediaTool, video_mime, video_workdir
-from vr_assets.media_cache import chunk_plan, code_version, one_upload_per_video
+from vr_assets.media_cache import audio_version, chunk_plan, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
@@ -57,7 +57,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         code_version=code_version(
             "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
             wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
-            one_upload_per_video(spec),
+            one_upload_per_video(spec), audio_version(spec),
         ),
         kinds={"python", spec.vlm.backend},
         owners=["team:video-data"],
@@ -105,7 +105,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         group_name="step_1_captions",
         code_version=code_version(
             "chunk_captions/1", pipe.pack.fingerprint(CHUNK_KEYS), vlm_id, wf.chunk_duration_options, wf.max_chunks,
-            spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+            spec.media.max_side, spec.media.fps, one_upload_per_video(spec), audio_version(spec),
         ),
         kinds={"python", "ffmpeg", spec.vlm.backend},
         owners=["team:video-data"],

@@ -119,6 +119,8 @@ def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
         "cost_usd": MetadataValue.float(s.cost_usd),
         "model_latency_s": MetadataValue.float(s.latency_s),
     }
+    if s.cached_tokens:  # read from a Gemini context cache, at the cached-input price
+        meta["context_cached_tokens"] = s.cached_tokens
     if s.uploaded_bytes or s.inline_bytes:
         meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
     return meta

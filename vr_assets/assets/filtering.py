@@ -21,8 +21,8 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.fsnames import printable
-from vr_assets.media import MediaError
-from vr_assets.media_cache import code_version, one_upload_per_video
+from vr_assets.media import MIN_CHUNK_SEC, MediaError
+from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
@@ -45,6 +45,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+        audio_version(spec), MIN_CHUNK_SEC,  # the sound the model hears; the probe's too-short stop
     )
 
     @asset(
