@@ -12,8 +12,10 @@ from vr_assets.export import dataset_report_markdown, task_exports_for_video, vi
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
+from vr_assets.reviews import ReviewCounts, apply_reviews, review_report_markdown
 from vr_assets.store import ReadOnce
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
+from vr_assets.viewer.links import video_page_url
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
 
@@ -43,7 +45,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             result,
             data_version=data_version_of(result),
             metadata={"items": sum(counts.values()), "items_per_task": MetadataValue.json(counts),
-                      "skipped_items": len(skipped), "video_id": video_id},
+                      "skipped_items": len(skipped), "video_id": video_id,
+                      "viewer": MetadataValue.url(video_page_url(spec.viewer.base_url, key))},
         )
         for outcome in check_exports(result, captions.probe.duration_sec):
             yield outcome.result("task_exports")
@@ -63,6 +66,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
         excluded = stopped = 0
+        review_counts = ReviewCounts()
+        review_skipped: list[str] = []
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
         for k in keys:
@@ -77,6 +82,13 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             te: TaskExports | None = store.read_optional("task_exports", k)
             if te is None:
                 continue
+            te, counts, review_skips = apply_reviews(
+                te, store.read_optional("qa", k), spec.results_dir,
+                video_id=video_id_for(store.read("captions", k).video.path, spec.data.video_root),
+                seed_extra=spec.export.mcq_seed,
+            )
+            review_counts.add(counts)
+            review_skipped += review_skips
             if spec.export.exclude_failed_checks:
                 cap: Captions = store.read("captions", k)
                 kept = {}
@@ -93,13 +105,15 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
         report = write_dataset(
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
-            license=spec.license, description_extra=extra, excluded_items=excluded,
+            license=spec.license, description_extra=extra, excluded_items=excluded, skipped=review_skipped,
         )
         mirrors = write_mirror_files(spec.results_dir, mirror)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
-        md = md.rstrip() + "\n\n" + videos_line + "\n"
+        md = md.rstrip() + "\n\n" + videos_line + "\n\n" + review_report_markdown(review_counts)
+        for orphan in review_counts.orphans:
+            context.log.warning(f"review of an item that no longer exists: {orphan}")
         if pipe.offline_teacher:
             md = f"## ⚠ {OFFLINE_NOTE}\n\n" + md
         total_items = sum(report.items_per_task.values())
@@ -116,6 +130,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
                 "excluded_items": excluded,
+                "reviewed_items": review_counts.reviewed,
+                "rejected_items": review_counts.rejected,
+                "edited_items": review_counts.edited,
+                "orphaned_reviews": review_counts.orphaned,
                 "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),

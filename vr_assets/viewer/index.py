@@ -1,0 +1,354 @@
+"""The viewer's compact index: one small row per video, refreshed only where files changed.
+
+A page of the index must not read every video's records (7 JSON files each, 70 000 at 10 000
+videos). Rows are built once and kept in memory and in `<results_dir>/viewer/index.json`, each with
+the mtimes of the files it was made from. A refresh first looks at the folders: every write in the
+results folder is an atomic rename, which changes the folder's mtime, so an unchanged folder is
+not listed again; a changed one is listed with `os.scandir` and only the videos whose files moved
+are read again. Filtering, search and paging then run over the rows in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from vr_assets.records import Captions, ChunkCaptions, FilterResult, Highlight, QAResult, TaskExports
+from vr_assets.registry import VideoRegistry
+from vr_assets.reviews import load_reviews, reviewed_items, reviews_dir
+from vr_assets.store import ASSET_RECORDS, atomic_write_text
+
+Outcome = Literal["annotated", "stopped", "failed", "incomplete", "pending"]
+STEP_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
+# the files a row is made from (the others only count as present or not)
+READ_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "qa", "task_exports")
+INDEX_VERSION = 1
+FailureLookup = Callable[[], dict[str, tuple[float, str]]]
+
+
+class VideoRow(BaseModel):
+    """What the index shows and filters on for one video."""
+
+    key: str
+    rel_path: str = ""
+    source: str = ""
+    mode: str | None = None
+    outcome: Outcome = "pending"
+    reason: str = Field("", description="why it stopped or failed")
+    last_step: str = Field("", description="the last asset with a stored record")
+    duration_sec: float | None = None
+    items_per_task: dict[str, int] = Field(default_factory=dict)
+    qa_items: int = 0
+    check_failures: dict[str, int] = Field(default_factory=dict, description="check name -> failures")
+    reviewed: int = 0
+    rejected: int = 0
+    edited: int = 0
+    orphaned: int = 0
+    review_state: Literal["none", "partial", "done"] = "none"
+
+
+def check_failures(
+    cap: Captions | None, cc: ChunkCaptions | None, hl: Highlight | None, te: TaskExports | None, duration: float
+) -> dict[str, list[str]]:
+    """Every quality check's failures for one video (only checks that failed), as the assets compute them."""
+    from vr_assets.checks import check_captions, check_chunks, check_exports, check_highlight
+
+    outcomes = []
+    if cap is not None:
+        outcomes += check_captions(cap)
+    if cc is not None:
+        outcomes += check_chunks(cc, duration)
+    if hl is not None:
+        outcomes += check_highlight(hl, duration)
+    if te is not None:
+        outcomes += check_exports(te, duration)
+    return {o.name: o.failures for o in outcomes if o.failures}
+
+
+def build_row(results_dir: Path, key: str, video: dict[str, Any], present: set[str]) -> VideoRow:
+    """Read one video's records (only those present) and summarise them."""
+
+    def read(asset: str) -> Any:
+        if asset not in present:
+            return None
+        p = results_dir / "assets" / asset / f"{key}.json"
+        try:
+            return ASSET_RECORDS[asset].model_validate_json(p.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    row = VideoRow(key=key, rel_path=str(video.get("rel_path", "")), source=str(video.get("source", "")),
+                   mode=video.get("mode"))
+    done = [a for a in STEP_ASSETS if a in present]
+    row.last_step = done[-1] if done else ""
+    fr: FilterResult | None = read("filter_result")
+    if fr is not None:
+        row.mode = fr.mode
+        row.duration_sec = fr.probe.duration_sec
+        if not fr.proceed:
+            row.outcome, row.reason = "stopped", fr.stop_reason or "stopped at step 0"
+    cap: Captions | None = read("captions")
+    cc: ChunkCaptions | None = read("chunk_captions")
+    hl: Highlight | None = read("highlight")
+    qa: QAResult | None = read("qa")
+    te: TaskExports | None = read("task_exports")
+    if cap is not None:
+        row.mode = cap.mode
+    if te is not None:
+        row.outcome = "annotated"
+        row.items_per_task = {t: len(v) for t, v in te.tasks.items()}
+    elif row.outcome != "stopped" and done:
+        row.outcome, row.reason = "incomplete", f"no record after {row.last_step}"
+    if qa is not None:
+        row.qa_items = len(qa.items)
+    duration = row.duration_sec or 0.0
+    row.check_failures = {k: len(v) for k, v in check_failures(cap, cc, hl, te, duration).items()}
+    reviews = load_reviews(results_dir, key)
+    if reviews.reviews:
+        _, counts = reviewed_items(qa.items if qa else [], reviews, key)
+        row.reviewed, row.rejected, row.edited, row.orphaned = (
+            counts.reviewed, counts.rejected, counts.edited, counts.orphaned)
+    if row.reviewed:
+        row.review_state = "done" if row.reviewed >= row.qa_items else "partial"
+    return row
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+class _Folder:
+    """One folder's `{stem: mtime_ns}` of its JSON files, listed again only when the folder's mtime moves."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mtime = -1
+        self.files: dict[str, int] = {}
+
+    def refresh(self) -> bool:
+        m = _mtime(self.path)
+        if m == self.mtime:
+            return False
+        files: dict[str, int] = {}
+        if m:
+            with os.scandir(self.path) as it:
+                for e in it:
+                    if e.name.endswith(".json") and not e.name.startswith("."):
+                        try:
+                            files[e.name[:-5]] = e.stat().st_mtime_ns
+                        except FileNotFoundError:
+                            continue
+        self.mtime, self.files = m, files
+        return True
+
+
+class DatasetIndex:
+    """Rows for every registered video; `rows()` refreshes what changed on disk (thread-safe)."""
+
+    def __init__(self, results_dir: str | Path, failures: FailureLookup | None = None,
+                 min_interval_s: float = 0.5) -> None:
+        self.results = Path(results_dir)
+        self.registry = VideoRegistry(self.results)
+        self.cache_path = self.results / "viewer" / "index.json"
+        self.folders = {a: _Folder(self.results / "assets" / a) for a in STEP_ASSETS}
+        self.folders["reviews"] = _Folder(reviews_dir(self.results))
+        self.failures = failures
+        self.min_interval_s = min_interval_s
+        self._lock = threading.Lock()
+        self._registry_sig = -1
+        self._videos: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, VideoRow] = {}
+        self._sigs: dict[str, list[Any]] = {}
+        self._checked = 0.0
+        self._loaded_cache = False
+        self._facets: dict[str, dict[str, int]] | None = None
+        self.failure_error = ""
+        self.last_refresh: dict[str, float] = {}
+
+    # ------------------------------------------------------------ building
+
+    def _signature(self, key: str) -> list[Any]:
+        sig: list[Any] = [self._videos.get(key, {}).get("mode")]
+        for name in (*STEP_ASSETS, "reviews"):
+            sig.append(self.folders[name].files.get(key, 0))
+        return sig
+
+    def _load_cache(self) -> None:
+        self._loaded_cache = True
+        try:
+            raw = json.loads(self.cache_path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return
+        if raw.get("version") != INDEX_VERSION:
+            return
+        for key, (sig, row) in raw.get("rows", {}).items():
+            self._sigs[key] = sig
+            self._rows[key] = VideoRow.model_validate(row)
+
+    def _save_cache(self) -> None:
+        blob = {"version": INDEX_VERSION,
+                "rows": {k: [self._sigs[k], r.model_dump()] for k, r in self._rows.items()}}
+        atomic_write_text(self.cache_path, json.dumps(blob, separators=(",", ":")))
+
+    def refresh(self, force: bool = False) -> dict[str, float]:
+        """Bring the rows up to date; returns what it did (seconds listing, rows rebuilt, seconds reading)."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked < self.min_interval_s and self._rows:
+                return {}
+            self._checked = now
+            t0 = time.perf_counter()
+            if not self._loaded_cache:
+                self._load_cache()
+            reg_sig = _mtime(self.registry.path)
+            changed = reg_sig != self._registry_sig
+            if changed:
+                self._videos = {k: v.model_dump() for k, v in self.registry.load().items()}
+                self._registry_sig = reg_sig
+            for f in self.folders.values():
+                changed |= f.refresh()
+            t_list = time.perf_counter() - t0
+            rebuilt = 0
+            if changed:
+                for key in list(self._rows):
+                    if key not in self._videos:
+                        del self._rows[key]
+                        self._sigs.pop(key, None)
+                for key, video in self._videos.items():
+                    sig = self._signature(key)
+                    if self._sigs.get(key) == sig and key in self._rows:
+                        continue
+                    present = {a for a in STEP_ASSETS if self.folders[a].files.get(key)}
+                    self._rows[key] = build_row(self.results, key, video, present)
+                    self._sigs[key] = sig
+                    rebuilt += 1
+                if rebuilt:
+                    self._save_cache()
+            self._apply_failures()
+            self._facets = None
+            self.last_refresh = {"list_s": t_list, "rebuilt": rebuilt, "total_s": time.perf_counter() - t0}
+            return self.last_refresh
+
+    def _apply_failures(self) -> None:
+        """Dagster's latest failure per partition, for videos whose records stop short of the end."""
+        if self.failures is None:
+            return
+        try:
+            failed = self.failures()
+            self.failure_error = ""
+        except Exception as e:  # the viewer still shows the files without Dagster's event log
+            failed = {}
+            self.failure_error = f"could not read Dagster's run history: {e}"
+        for key, row in self._rows.items():
+            if row.outcome in ("annotated", "stopped"):
+                continue
+            hit = failed.get(key)
+            newest = max((self.folders[a].files.get(key, 0) for a in STEP_ASSETS), default=0) / 1e9
+            if hit is not None and hit[0] >= newest:
+                row.outcome, row.reason = "failed", hit[1]
+            elif row.outcome == "failed":  # a later record: it ran again since
+                row.outcome = "incomplete" if row.last_step else "pending"
+                row.reason = f"no record after {row.last_step}" if row.last_step else ""
+
+    def rows(self) -> list[VideoRow]:
+        self.refresh()
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def facets(self) -> dict[str, dict[str, int]]:
+        rows = self.rows()
+        with self._lock:
+            if self._facets is None:
+                self._facets = facets(rows)
+            return self._facets
+
+    def row(self, key: str) -> VideoRow | None:
+        self.refresh()
+        return self._rows.get(key)
+
+
+# ---------------------------------------------------------------- querying
+
+
+class Query(BaseModel):
+    q: str = ""
+    mode: str = ""
+    task: str = ""
+    check: str = ""
+    review: str = ""
+    outcome: str = ""
+    page: int = Field(1, ge=1)
+    per_page: int = Field(50, ge=1, le=500)
+
+
+def _matches(row: VideoRow, q: Query, needle: str) -> bool:
+    if q.mode and row.mode != q.mode:
+        return False
+    if q.outcome and row.outcome != q.outcome:
+        return False
+    if q.task and not row.items_per_task.get(q.task):
+        return False
+    if q.check:
+        if q.check == "any":
+            if not row.check_failures:
+                return False
+        elif not row.check_failures.get(q.check):
+            return False
+    if q.review:
+        if q.review == "orphaned":
+            if not row.orphaned:
+                return False
+        elif q.review == "rejected":
+            if not row.rejected:
+                return False
+        elif q.review == "edited":
+            if not row.edited:
+                return False
+        elif row.review_state != q.review:
+            return False
+    return not needle or needle in row.key.lower() or needle in row.rel_path.lower()
+
+
+def facets(rows: Iterable[VideoRow]) -> dict[str, dict[str, int]]:
+    """Counts per filter value over all videos, for the filter menus."""
+    out: dict[str, Counter[str]] = {k: Counter() for k in ("mode", "outcome", "task", "check", "review")}
+    for r in rows:
+        out["mode"][r.mode or "unknown"] += 1
+        out["outcome"][r.outcome] += 1
+        out["review"][r.review_state] += 1
+        for flag in ("rejected", "edited", "orphaned"):
+            if getattr(r, flag):
+                out["review"][flag] += 1
+        for t in r.items_per_task:
+            out["task"][t] += 1
+        for c in r.check_failures:
+            out["check"][c] += 1
+        if r.check_failures:
+            out["check"]["any"] += 1
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
+
+
+def query(index: DatasetIndex, q: Query) -> dict[str, Any]:
+    rows = index.rows()
+    needle = q.q.strip().lower()
+    hits = [r for r in rows if _matches(r, q, needle)]
+    start = (q.page - 1) * q.per_page
+    return {
+        "total": len(hits),
+        "videos": len(rows),
+        "page": q.page,
+        "per_page": q.per_page,
+        "pages": max(1, -(-len(hits) // q.per_page)),
+        "rows": [r.model_dump() for r in hits[start : start + q.per_page]],
+        "facets": index.facets(),
+    }
