@@ -26,12 +26,14 @@ from vr_assets.viewer.links import video_page_url
 from vr_assets.viewer.server import ViewerServer
 
 ANOMALY, NORMAL, OFFTOPIC = "site_a__cam1__clip.mp4", "site_b__cam1__clip.mp4", "other__OFFTOPIC.MP4"
+BROKEN = "broken.mp4"
 SHOTS = REPO / "test-output" / "viewer"
 
 
 @pytest.fixture
 def annotated(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> Any:
-    """Three videos through the whole graph: anomaly (8 s), normal (4 s), off-domain (stops at step 0)."""
+    """Four videos through the whole graph: anomaly (8 s), normal (4 s), off-domain (stops at step 0), and a
+    truncated file that fails step 0."""
     env = make_pipeline("gemini")
     for src, rel, relevant, label in (
         ("clip8", "site_a/cam1/clip.mp4", True, "anomaly"),
@@ -39,8 +41,9 @@ def annotated(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> Any:
         ("clip16", "other/OFFTOPIC.MP4", False, "normal"),
     ):
         env.teacher.set_verdict_for_file(env.add_video(synthetic_videos[src], rel), relevant=relevant, label=label)
+    env.add_video(synthetic_videos["corrupt_mp4"], BROKEN)
     summary = env.run()
-    assert summary.failed == {}, summary.failed
+    assert set(summary.failed) == {BROKEN}, summary.failed
     return env
 
 
@@ -83,12 +86,16 @@ def test_api_index_media_and_reviews_reach_the_dataset(annotated: Any, viewer: V
     _, _, body = _get(f"{base}/api/videos")
     index = json.loads(body)
     rows = {r["key"]: r for r in index["rows"]}
-    assert set(rows) == {ANOMALY, NORMAL, OFFTOPIC}
+    assert set(rows) == {ANOMALY, NORMAL, OFFTOPIC, BROKEN}
+    # the cause of a failure comes from Dagster's run history: it names the video and the step
+    assert rows[BROKEN]["outcome"] == "failed" and BROKEN in rows[BROKEN]["reason"], rows[BROKEN]
+    assert rows[BROKEN]["reason"].startswith("filter_result"), rows[BROKEN]["reason"]
     assert rows[OFFTOPIC]["outcome"] == "stopped" and "not relevant" in rows[OFFTOPIC]["reason"]
     assert rows[ANOMALY]["outcome"] == "annotated" and rows[ANOMALY]["mode"] == "anomaly"
     stored = JsonStore(env.results).read("task_exports", ANOMALY)
     assert rows[ANOMALY]["items_per_task"] == {t: len(v) for t, v in stored.tasks.items()}
-    assert index["facets"]["mode"] == {"anomaly": 1, "normal": 2}
+    assert index["facets"]["mode"] == {"anomaly": 1, "normal": 2, "unknown": 1}
+    assert index["facets"]["outcome"] == {"annotated": 2, "failed": 1, "stopped": 1}
     assert json.loads(_get(f"{base}/api/videos?mode=anomaly")[2])["total"] == 1
     assert [r["key"] for r in json.loads(_get(f"{base}/api/videos?q=SITE_B")[2])["rows"]] == [NORMAL]
     assert json.loads(_get(f"{base}/api/videos?outcome=stopped&per_page=1&page=1")[2])["pages"] == 1
@@ -125,7 +132,7 @@ def test_api_index_media_and_reviews_reach_the_dataset(annotated: Any, viewer: V
     assert [r["key"] for r in row] == [ANOMALY] and row[0]["rejected"] == 1 and row[0]["edited"] == 1
 
     calls = env.calls()
-    assert env.run().failed == {}
+    assert set(env.run().failed) == {BROKEN}
     assert env.calls() == calls, "rebuilding the dataset must not call the provider"
     mcq_items = _dataset_items(env.results, "mcq") + _dataset_items(env.results, "mcq_openended")
     assert not [i for i in mcq_items if i["question"].startswith(mcq["question"])]
@@ -203,6 +210,7 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
 
     def shot(page: Any, name: str) -> None:
         path = tmp_path / f"{name}.png"
+        page.evaluate("window.scrollTo(0, 0)")  # the player column is sticky: shoot from the top
         page.screenshot(path=str(path), full_page=True)
         shutil.copy(path, SHOTS / path.name)
 
@@ -212,11 +220,12 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
     try:
         page.goto(viewer.url + "/")
         rows = page.locator("#videos tbody tr[data-key]")
-        expect(rows).to_have_count(3)
+        expect(rows).to_have_count(4)
         expect(page.locator(f'tr[data-key="{OFFTOPIC}"] .badge.b-stopped')).to_be_visible()
+        expect(page.locator(f'tr[data-key="{BROKEN}"] .badge.b-failed')).to_be_visible()
+        shot(page, "index")
         page.select_option("select[name=mode]", "anomaly")
         expect(rows).to_have_count(1)
-        shot(page, "index")
         page.get_by_role("link", name=ANOMALY).click()
 
         page.wait_for_selector("body[data-ready='1']")
@@ -260,7 +269,7 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
         assert {r.action for r in saved.values()} == {"reject", "edit"}
 
         # rebuild the dataset: the rejected item is gone, the edit is in the task file
-        assert env.run().failed == {}
+        assert set(env.run().failed) == {BROKEN}
         rejected_q = qa.items[reject_n].question
         mcq_questions = [i["question"] for t in ("mcq", "mcq_openended") for i in _dataset_items(env.results, t)]
         assert mcq_questions and not [q for q in mcq_questions if q.startswith(rejected_q)]
