@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from tests.fixtures_ui import CHROMIUM, CHROMIUM_ARGS, REPO
+from tests.fixtures_ui import CHROMIUM, REPO
 from vr_assets.records import QAItem, QAResult, TaskExports
 from vr_assets.reviews import ItemEdit, apply_reviews, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore

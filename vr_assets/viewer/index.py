@@ -31,6 +31,8 @@ STEP_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "desc
 # the files a row is made from (the others only count as present or not)
 READ_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "qa", "task_exports")
 INDEX_VERSION = 1
+SAVE_AFTER = 100  # rows rebuilt in one refresh that are worth writing index.json for at once
+SAVE_EVERY_S = 60.0
 FailureLookup = Callable[[], dict[str, tuple[float, str]]]
 
 
@@ -136,10 +138,11 @@ class _Folder:
         self.mtime = -1
         self.files: dict[str, int] = {}
 
-    def refresh(self) -> bool:
+    def refresh(self) -> set[str]:
+        """The stems whose file appeared, went or changed since the last look (none if the folder did not move)."""
         m = _mtime(self.path)
         if m == self.mtime:
-            return False
+            return set()
         files: dict[str, int] = {}
         if m:
             with os.scandir(self.path) as it:
@@ -149,8 +152,9 @@ class _Folder:
                             files[e.name[:-5]] = e.stat().st_mtime_ns
                         except FileNotFoundError:
                             continue
+        old = self.files
         self.mtime, self.files = m, files
-        return True
+        return {k for k in old.keys() | files.keys() if old.get(k) != files.get(k)}
 
 
 class DatasetIndex:
@@ -173,6 +177,9 @@ class DatasetIndex:
         self._checked = 0.0
         self._loaded_cache = False
         self._facets: dict[str, dict[str, int]] | None = None
+        self._dirty = False
+        self._saved = time.monotonic()
+        self._sorted: list[str] | None = None
         self.failure_error = ""
         self.last_refresh: dict[str, float] = {}
 
@@ -196,7 +203,15 @@ class DatasetIndex:
             self._sigs[key] = sig
             self._rows[key] = VideoRow.model_validate(row)
 
+    def save(self) -> None:
+        """Write the rows for the next start if anything changed since the last write."""
+        with self._lock:
+            if self._dirty:
+                self._save_cache()
+
     def _save_cache(self) -> None:
+        self._dirty = False
+        self._saved = time.monotonic()
         blob = {"version": INDEX_VERSION,
                 "rows": {k: [self._sigs[k], r.model_dump()] for k, r in self._rows.items()}}
         atomic_write_text(self.cache_path, json.dumps(blob, separators=(",", ":")))
@@ -212,47 +227,56 @@ class DatasetIndex:
             if not self._loaded_cache:
                 self._load_cache()
             reg_sig = _mtime(self.registry.path)
-            changed = reg_sig != self._registry_sig
-            if changed:
+            todo: set[str] = set()
+            if reg_sig != self._registry_sig:  # new videos, or a mode changed: check every signature
                 self._videos = {k: v.model_dump() for k, v in self.registry.load().items()}
                 self._registry_sig = reg_sig
+                todo = set(self._videos) | set(self._rows)
             for f in self.folders.values():
-                changed |= f.refresh()
+                todo |= f.refresh()
             t_list = time.perf_counter() - t0
             rebuilt = 0
-            if changed:
-                for key in list(self._rows):
-                    if key not in self._videos:
-                        del self._rows[key]
+            for key in todo:
+                if key not in self._videos:
+                    if self._rows.pop(key, None) is not None:
                         self._sigs.pop(key, None)
-                for key, video in self._videos.items():
-                    sig = self._signature(key)
-                    if self._sigs.get(key) == sig and key in self._rows:
-                        continue
-                    present = {a for a in STEP_ASSETS if self.folders[a].files.get(key)}
-                    self._rows[key] = build_row(self.results, key, video, present)
-                    self._sigs[key] = sig
-                    rebuilt += 1
-                if rebuilt:
-                    self._save_cache()
-            self._apply_failures()
-            self._facets = None
+                        self._sorted = None
+                    continue
+                sig = self._signature(key)
+                if self._sigs.get(key) == sig and key in self._rows:
+                    continue
+                present = {a for a in STEP_ASSETS if self.folders[a].files.get(key)}
+                if key not in self._rows:
+                    self._sorted = None
+                self._rows[key] = build_row(self.results, key, self._videos[key], present)
+                self._sigs[key] = sig
+                rebuilt += 1
+            # the file is for the next start; rewriting megabytes for each review saved is not worth it
+            if rebuilt >= SAVE_AFTER or (rebuilt and time.monotonic() - self._saved > SAVE_EVERY_S):
+                self._save_cache()
+            elif rebuilt:
+                self._dirty = True
+            if self._apply_failures() or rebuilt or self._sorted is None:
+                self._facets = None
             self.last_refresh = {"list_s": t_list, "rebuilt": rebuilt, "total_s": time.perf_counter() - t0}
             return self.last_refresh
 
-    def _apply_failures(self) -> None:
-        """Dagster's latest failure per partition, for videos whose records stop short of the end."""
+    def _apply_failures(self) -> bool:
+        """Dagster's latest failure per partition, for videos whose records stop short of the end; True if a
+        row changed."""
         if self.failures is None:
-            return
+            return False
         try:
             failed = self.failures()
             self.failure_error = ""
         except Exception as e:  # the viewer still shows the files without Dagster's event log
             failed = {}
             self.failure_error = f"could not read Dagster's run history: {e}"
+        changed = False
         for key, row in self._rows.items():
             if row.outcome in ("annotated", "stopped"):
                 continue
+            before = (row.outcome, row.reason)
             hit = failed.get(key)
             newest = max((self.folders[a].files.get(key, 0) for a in STEP_ASSETS), default=0) / 1e9
             if hit is not None and hit[0] >= newest:
@@ -260,10 +284,16 @@ class DatasetIndex:
             elif row.outcome == "failed":  # a later record: it ran again since
                 row.outcome = "incomplete" if row.last_step else "pending"
                 row.reason = f"no record after {row.last_step}" if row.last_step else ""
+            changed |= before != (row.outcome, row.reason)
+        return changed
 
     def rows(self) -> list[VideoRow]:
+        """Every row in key order (the list is shared: do not change it)."""
         self.refresh()
-        return [self._rows[k] for k in sorted(self._rows)]
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = sorted(self._rows)
+            return [self._rows[k] for k in self._sorted]
 
     def facets(self) -> dict[str, dict[str, int]]:
         rows = self.rows()

@@ -321,6 +321,7 @@ class ViewerServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.viewer.index.save()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -338,4 +339,5 @@ def serve(spec: Spec, port: int | None = None, host: str | None = None) -> None:
         pass
     finally:
         server.httpd.server_close()
+        server.viewer.index.save()
 
