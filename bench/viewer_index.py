@@ -65,7 +65,7 @@ def _items(n: int) -> list[QAItem]:
                                     reasoning="seen", start_sec=2.0, end_sec=5.0))
             else:
                 items.append(QAItem(qa_type=t, prompt_key=t, question=q, answer="A forklift crosses the aisle.",
-                                    reasoning="seen" if j else ""))  # one empty reasoning: a check failure
+                                    reasoning="seen" if j else ""))  # no reasoning: a check failure
     return items
 
 
@@ -97,9 +97,9 @@ def _records(key: str, i: int) -> dict[str, str]:
 
 
 def make_results(root: Path, n: int) -> Path:
-    """N videos with every step's record: every 10th stops at step 0, every 50th lacks its last two, each has
-    one item failing `reasoning_present`. Records are made once per kind of video and copied with the key and
-    question numbers replaced, so writing 70 000 files takes seconds, not minutes."""
+    """N videos with every step's record: every 10th stops at step 0, every 50th lacks its last two, each
+    QA'd one has 5 items failing `reasoning_present`. Records are made once per kind of video and copied with
+    the key and question numbers replaced, so writing 70 000 files takes seconds, not minutes."""
     results = root / "results"
     registry: dict[str, dict] = {}
     dirs = {a: results / "assets" / a for a in ASSETS}
@@ -146,6 +146,7 @@ def main() -> int:
         t0 = time.perf_counter()
         idx.refresh(force=True)
         cold = time.perf_counter() - t0
+        idx.save()  # written at once after a big build; a small one is written when the viewer stops
         size = (results / "viewer" / "index.json").stat().st_size
         print(f"cold build:   {cold:6.2f} s  ({len(idx.rows())} rows, {cold / args.videos * 1e3:.2f} ms/video; "
               f"index file {size / 1e6:.1f} MB)")

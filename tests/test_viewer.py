@@ -7,23 +7,29 @@ the viewer runs in-process on a free port, in a thread.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from tests.fixtures_ui import CHROMIUM, REPO
+from vr_assets.config import Spec
 from vr_assets.records import QAItem, QAResult, TaskExports
 from vr_assets.reviews import ItemEdit, apply_reviews, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore
+from vr_assets.viewer.index import DatasetIndex, Query, query
 from vr_assets.viewer.links import video_page_url
-from vr_assets.viewer.server import ViewerServer
+from vr_assets.viewer.server import Viewer, ViewerServer
 
 ANOMALY, NORMAL, OFFTOPIC = "site_a__cam1__clip.mp4", "site_b__cam1__clip.mp4", "other__OFFTOPIC.MP4"
 BROKEN = "broken.mp4"
@@ -195,6 +201,62 @@ def test_reviews_survive_a_rerun_and_report_orphans(tmp_path: Path) -> None:
     assert isinstance(te, TaskExports)
     save_review(tmp_path, "v.mp4", items[2], None)
     assert item_key(items[2]) not in load_reviews(tmp_path, "v.mp4").reviews
+
+
+# ---------------------------------------------------------------- the index with many records (no pipeline)
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("viewer_index_bench", REPO / "bench" / "viewer_index.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_index_rereads_only_what_changed_and_flags_failed_checks(tmp_path: Path) -> None:
+    results = _bench().make_results(tmp_path, 30)  # the benchmark's records: 5 items without reasoning per QA'd video
+    index = DatasetIndex(results)
+    assert index.refresh(force=True)["rebuilt"] == 30
+    rows = {r.key: r for r in index.rows()}
+    with_qa = [k for k, r in rows.items() if r.qa_items]
+    assert len(with_qa) == 30 - 3 - 1  # every 10th stopped at step 0, the first lacks its QA
+    assert all(rows[k].check_failures == {"reasoning_present": 5} for k in with_qa)
+    assert query(index, Query(check="reasoning_present"))["total"] == len(with_qa)
+    assert query(index, Query(outcome="stopped"))["total"] == 3
+    assert query(index, Query(outcome="incomplete"))["total"] == 1
+    page = query(index, Query(per_page=7, page=5))
+    assert (page["pages"], len(page["rows"])) == (5, 2)
+
+    # a review saved: the next refresh reads that one video again, nothing else
+    key = with_qa[0]
+    qa = JsonStore(results).read("qa", key)
+    save_review(results, key, qa.items[0], "reject")
+    assert index.refresh(force=True)["rebuilt"] == 1
+    assert index.row(key) is not None and index.row(key).rejected == 1  # type: ignore[union-attr]
+    assert [r["key"] for r in query(index, Query(review="rejected"))["rows"]] == [key]
+    index.save()
+    # a new process starts from index.json: nothing to read again
+    again = DatasetIndex(results)
+    assert again.refresh(force=True)["rebuilt"] == 0 and again.row(key).rejected == 1  # type: ignore[union-attr]
+
+    # the video page flags the failing item with its check
+    viewer = Viewer(Spec(results_dir=str(results)), failures=False)
+    detail = viewer.detail(key)
+    flagged = [i for i in detail["items"] if i["problems"]]
+    assert len(flagged) == 5 and all(not i["reasoning"] for i in flagged)
+    assert all(i["problems"] == [f"{task}: reasoning_present: reasoning is empty"]
+               for i, task in zip(flagged, ("open_qa", "causal_linkage", "temporal_description", "scene_description",
+                                            "video_summarization"), strict=True))
+    assert detail["checks"] == {"reasoning_present": [mock.ANY] * 5}
+
+
+def test_viewer_bench_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "viewer_index.py"), "--videos", "30", "--dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label in ("cold build:", "warm start:", "page request", "one change:", "(1 row read again)"):
+        assert label in proc.stdout, proc.stdout
 
 
 # ---------------------------------------------------------------- the pages in headless Chromium

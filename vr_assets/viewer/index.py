@@ -180,6 +180,7 @@ class DatasetIndex:
         self._dirty = False
         self._saved = time.monotonic()
         self._sorted: list[str] | None = None
+        self._row_list: list[VideoRow] | None = None
         self.failure_error = ""
         self.last_refresh: dict[str, float] = {}
 
@@ -258,6 +259,7 @@ class DatasetIndex:
                 self._dirty = True
             if self._apply_failures() or rebuilt or self._sorted is None:
                 self._facets = None
+                self._row_list = None
             self.last_refresh = {"list_s": t_list, "rebuilt": rebuilt, "total_s": time.perf_counter() - t0}
             return self.last_refresh
 
@@ -293,7 +295,9 @@ class DatasetIndex:
         with self._lock:
             if self._sorted is None:
                 self._sorted = sorted(self._rows)
-            return [self._rows[k] for k in self._sorted]
+            if self._row_list is None:
+                self._row_list = [self._rows[k] for k in self._sorted]
+            return self._row_list
 
     def facets(self) -> dict[str, dict[str, int]]:
         rows = self.rows()
@@ -349,6 +353,10 @@ def _matches(row: VideoRow, q: Query, needle: str) -> bool:
     return not needle or needle in row.key.lower() or needle in row.rel_path.lower()
 
 
+def _filtered(q: Query) -> bool:
+    return bool(q.q.strip() or q.mode or q.task or q.check or q.review or q.outcome)
+
+
 def facets(rows: Iterable[VideoRow]) -> dict[str, dict[str, int]]:
     """Counts per filter value over all videos, for the filter menus."""
     out: dict[str, Counter[str]] = {k: Counter() for k in ("mode", "outcome", "task", "check", "review")}
@@ -371,7 +379,7 @@ def facets(rows: Iterable[VideoRow]) -> dict[str, dict[str, int]]:
 def query(index: DatasetIndex, q: Query) -> dict[str, Any]:
     rows = index.rows()
     needle = q.q.strip().lower()
-    hits = [r for r in rows if _matches(r, q, needle)]
+    hits = [r for r in rows if _matches(r, q, needle)] if _filtered(q) else rows
     start = (q.page - 1) * q.per_page
     return {
         "total": len(hits),
