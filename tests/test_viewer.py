@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -36,6 +37,13 @@ BROKEN = "broken.mp4"
 SHOTS = REPO / "test-output" / "viewer"
 
 
+def _run(env: Any) -> Any:
+    """`vr-annotate run` in-process, in a thread of its own: each Dagster run makes and closes an event loop,
+    and the (session-wide) Playwright keeps one running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(env.run).result(timeout=600)
+
+
 @pytest.fixture
 def annotated(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> Any:
     """Four videos through the whole graph: anomaly (8 s), normal (4 s), off-domain (stops at step 0), and a
@@ -48,7 +56,7 @@ def annotated(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> Any:
     ):
         env.teacher.set_verdict_for_file(env.add_video(synthetic_videos[src], rel), relevant=relevant, label=label)
     env.add_video(synthetic_videos["corrupt_mp4"], BROKEN)
-    summary = env.run()
+    summary = _run(env)
     assert set(summary.failed) == {BROKEN}, summary.failed
     return env
 
@@ -138,7 +146,7 @@ def test_api_index_media_and_reviews_reach_the_dataset(annotated: Any, viewer: V
     assert [r["key"] for r in row] == [ANOMALY] and row[0]["rejected"] == 1 and row[0]["edited"] == 1
 
     calls = env.calls()
-    assert set(env.run().failed) == {BROKEN}
+    assert set(_run(env).failed) == {BROKEN}
     assert env.calls() == calls, "rebuilding the dataset must not call the provider"
     mcq_items = _dataset_items(env.results, "mcq") + _dataset_items(env.results, "mcq_openended")
     assert not [i for i in mcq_items if i["question"].startswith(mcq["question"])]
@@ -331,7 +339,7 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
         assert {r.action for r in saved.values()} == {"reject", "edit"}
 
         # rebuild the dataset: the rejected item is gone, the edit is in the task file
-        assert set(env.run().failed) == {BROKEN}
+        assert set(_run(env).failed) == {BROKEN}
         rejected_q = qa.items[reject_n].question
         mcq_questions = [i["question"] for t in ("mcq", "mcq_openended") for i in _dataset_items(env.results, t)]
         assert mcq_questions and not [q for q in mcq_questions if q.startswith(rejected_q)]
