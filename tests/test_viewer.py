@@ -28,7 +28,7 @@ from vr_assets.config import Spec
 from vr_assets.records import QAItem, QAResult, TaskExports
 from vr_assets.reviews import ItemEdit, apply_reviews, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore
-from vr_assets.viewer.index import DatasetIndex, Query, query
+from vr_assets.viewer.index import DatasetIndex, Facets, Query, query
 from vr_assets.viewer.links import video_page_url
 from vr_assets.viewer.server import Viewer, ViewerServer
 
@@ -243,6 +243,8 @@ def test_index_rereads_only_what_changed_and_flags_failed_checks(tmp_path: Path)
     assert index.refresh(force=True)["rebuilt"] == 1
     assert index.row(key) is not None and index.row(key).rejected == 1  # type: ignore[union-attr]
     assert [r["key"] for r in query(index, Query(review="rejected"))["rows"]] == [key]
+    assert index.facets() == Facets(index.rows()).as_dict()  # kept row by row, equal to a recount
+    assert index.facets()["review"] == {"none": 29, "partial": 1, "rejected": 1}
     index.save()
     # a new process starts from index.json: nothing to read again
     again = DatasetIndex(results)

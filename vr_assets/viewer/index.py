@@ -176,7 +176,7 @@ class DatasetIndex:
         self._sigs: dict[str, list[Any]] = {}
         self._checked = 0.0
         self._loaded_cache = False
-        self._facets: dict[str, dict[str, int]] | None = None
+        self._facets: Facets | None = None
         self._dirty = False
         self._saved = time.monotonic()
         self._sorted: list[str] | None = None
@@ -239,17 +239,25 @@ class DatasetIndex:
             rebuilt = 0
             for key in todo:
                 if key not in self._videos:
-                    if self._rows.pop(key, None) is not None:
+                    gone = self._rows.pop(key, None)
+                    if gone is not None:
                         self._sigs.pop(key, None)
                         self._sorted = None
+                        if self._facets is not None:
+                            self._facets.remove(gone)
                     continue
                 sig = self._signature(key)
                 if self._sigs.get(key) == sig and key in self._rows:
                     continue
                 present = {a for a in STEP_ASSETS if self.folders[a].files.get(key)}
-                if key not in self._rows:
+                old = self._rows.get(key)
+                if old is None:
                     self._sorted = None
-                self._rows[key] = build_row(self.results, key, self._videos[key], present)
+                new = self._rows[key] = build_row(self.results, key, self._videos[key], present)
+                if self._facets is not None:
+                    if old is not None:
+                        self._facets.remove(old)
+                    self._facets.add(new)
                 self._sigs[key] = sig
                 rebuilt += 1
             # the file is for the next start; rewriting megabytes for each review saved is not worth it
@@ -257,8 +265,8 @@ class DatasetIndex:
                 self._save_cache()
             elif rebuilt:
                 self._dirty = True
-            if self._apply_failures() or rebuilt or self._sorted is None:
-                self._facets = None
+            self._apply_failures()
+            if rebuilt or self._sorted is None:
                 self._row_list = None
             self.last_refresh = {"list_s": t_list, "rebuilt": rebuilt, "total_s": time.perf_counter() - t0}
             return self.last_refresh
@@ -279,6 +287,8 @@ class DatasetIndex:
             if row.outcome in ("annotated", "stopped"):
                 continue
             before = (row.outcome, row.reason)
+            if self._facets is not None:
+                self._facets.remove(row)
             hit = failed.get(key)
             newest = max((self.folders[a].files.get(key, 0) for a in STEP_ASSETS), default=0) / 1e9
             if hit is not None and hit[0] >= newest:
@@ -286,6 +296,8 @@ class DatasetIndex:
             elif row.outcome == "failed":  # a later record: it ran again since
                 row.outcome = "incomplete" if row.last_step else "pending"
                 row.reason = f"no record after {row.last_step}" if row.last_step else ""
+            if self._facets is not None:
+                self._facets.add(row)
             changed |= before != (row.outcome, row.reason)
         return changed
 
@@ -303,8 +315,8 @@ class DatasetIndex:
         rows = self.rows()
         with self._lock:
             if self._facets is None:
-                self._facets = facets(rows)
-            return self._facets
+                self._facets = Facets(rows)
+            return self._facets.as_dict()
 
     def row(self, key: str) -> VideoRow | None:
         self.refresh()
@@ -357,23 +369,34 @@ def _filtered(q: Query) -> bool:
     return bool(q.q.strip() or q.mode or q.task or q.check or q.review or q.outcome)
 
 
-def facets(rows: Iterable[VideoRow]) -> dict[str, dict[str, int]]:
-    """Counts per filter value over all videos, for the filter menus."""
-    out: dict[str, Counter[str]] = {k: Counter() for k in ("mode", "outcome", "task", "check", "review")}
-    for r in rows:
-        out["mode"][r.mode or "unknown"] += 1
-        out["outcome"][r.outcome] += 1
-        out["review"][r.review_state] += 1
-        for flag in ("rejected", "edited", "orphaned"):
-            if getattr(r, flag):
-                out["review"][flag] += 1
-        for t in r.items_per_task:
-            out["task"][t] += 1
-        for c in r.check_failures:
-            out["check"][c] += 1
-        if r.check_failures:
-            out["check"]["any"] += 1
-    return {k: dict(sorted(v.items())) for k, v in out.items()}
+def facet_values(r: VideoRow) -> list[tuple[str, str]]:
+    """(filter, value) pairs one row counts for in the filter menus."""
+    out = [("mode", r.mode or "unknown"), ("outcome", r.outcome), ("review", r.review_state)]
+    out += [("review", flag) for flag in ("rejected", "edited", "orphaned") if getattr(r, flag)]
+    out += [("task", t) for t in r.items_per_task]
+    out += [("check", c) for c in r.check_failures]
+    if r.check_failures:
+        out.append(("check", "any"))
+    return out
+
+
+class Facets:
+    """Counts per filter value over all videos, kept up to date row by row (a change does not recount 10 000)."""
+
+    def __init__(self, rows: Iterable[VideoRow] = ()) -> None:
+        self.counts: dict[str, Counter[str]] = {k: Counter() for k in ("mode", "outcome", "task", "check", "review")}
+        for r in rows:
+            self.add(r)
+
+    def add(self, r: VideoRow, sign: int = 1) -> None:
+        for name, value in facet_values(r):
+            self.counts[name][value] += sign
+
+    def remove(self, r: VideoRow) -> None:
+        self.add(r, -1)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {k: {v: n for v, n in sorted(c.items()) if n > 0} for k, c in self.counts.items()}
 
 
 def query(index: DatasetIndex, q: Query) -> dict[str, Any]:
