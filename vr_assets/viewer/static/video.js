@@ -71,9 +71,14 @@ function timeline() {
       class: cls.join(" "), "data-item": item.index, "data-start": it.start_sec, "data-end": it.end_sec,
       title: `#${item.index + 1} ${it.question}`,
       style: `left:${pct(it.start_sec, d)};width:${pct(it.end_sec - it.start_sec, d)}`,
-      text: `Q${item.index + 1} ${fmt(it.start_sec)}–${fmt(it.end_sec)}`,
+      text: `Q${item.index + 1}`,
       onclick: () => playSpan(it.start_sec, it.end_sec),
     }));
+    // the span's label beside it, readable however short the span is
+    const side = it.end_sec / (d || 1) < 0.7 ? `left:calc(${pct(it.end_sec, d)} + 6px)`
+      : `right:calc(100% - ${pct(it.start_sec, d)} + 6px)`;
+    t.append(el("span", { class: "spanlbl", style: side,
+      text: `Q${item.index + 1} ${item.qa_type} ${fmt(it.start_sec)}–${fmt(it.end_sec)}` }));
     tl.append(t);
   }
   tl.append(el("div", { class: "playhead", id: "playhead" }));
