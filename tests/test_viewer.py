@@ -25,7 +25,8 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from tests.fixtures_ui import CHROMIUM, REPO
 from vr_assets.config import Spec
-from vr_assets.records import QAItem, QAResult, TaskExports
+from vr_assets.records import QAItem, QAResult, TaskExports, VideoSource
+from vr_assets.registry import VideoRegistry
 from vr_assets.reviews import ItemEdit, apply_reviews, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore
 from vr_assets.viewer.index import DatasetIndex, Facets, Query, query
@@ -259,6 +260,33 @@ def test_index_rereads_only_what_changed_and_flags_failed_checks(tmp_path: Path)
                for i, task in zip(flagged, ("open_qa", "causal_linkage", "temporal_description", "scene_description",
                                             "video_summarization"), strict=True))
     assert detail["checks"] == {"reasoning_present": [mock.ANY] * 5}
+
+
+def test_unplayable_source_gets_a_browser_copy_once(tmp_path: Path, synthetic_videos: dict[str, Path]) -> None:
+    """An MKV whose prepared copy is gone (a finished video's media cache is dropped) plays from an H.264 MP4
+    the viewer makes on first view, once; a file ffmpeg cannot read is a clear error naming the video."""
+    results = tmp_path / "results"
+    notes = tmp_path / "notes.avi"
+    shutil.copy(synthetic_videos["text_as_mp4"], notes)  # a text file, named like a video
+    videos = {"clip.mkv": synthetic_videos["mkv_upper"], "notes.avi": notes}
+    VideoRegistry(results).sync([VideoSource(key=k, path=str(p), source="video_root", rel_path=k)
+                                 for k, p in videos.items()])
+    server = ViewerServer(Spec(results_dir=str(results)), port=0, host="127.0.0.1", failures=False).start()
+    try:
+        detail = json.loads(_get(f"{server.url}/api/video/clip.mkv")[2])
+        assert detail["media"]["kind"].startswith("browser copy") and not Path(detail["media"]["file"]).exists()
+        status, headers, head = _get(f"{server.url}/media/clip.mkv", {"Range": "bytes=0-15"})
+        copy = Path(detail["media"]["file"])
+        assert status == 206 and head[4:8] == b"ftyp" and copy.is_file()
+        assert headers["Content-Range"] == f"bytes 0-15/{copy.stat().st_size}"
+        made = copy.stat().st_mtime_ns
+        assert _get(f"{server.url}/media/clip.mkv")[0] == 200 and copy.stat().st_mtime_ns == made
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _get(f"{server.url}/media/notes.avi")
+        message = json.loads(err.value.read())["error"]
+        assert err.value.code == 422 and message.startswith("video notes.avi (") and "browser copy" in message
+    finally:
+        server.stop()
 
 
 def test_viewer_bench_runs(tmp_path: Path) -> None:

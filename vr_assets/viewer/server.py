@@ -35,6 +35,7 @@ from vr_assets.reviews import ItemEdit, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore
 from vr_assets.viewer.failures import DagsterFailures
 from vr_assets.viewer.index import DatasetIndex, Query, check_failures, query
+from vr_assets.viewer.media import BrowserCopyError, browser_copy, browser_copy_path
 
 STATIC = Path(__file__).resolve().parent / "static"
 BROWSER_CONTAINERS = {".mp4", ".m4v", ".webm", ".mov"}
@@ -68,8 +69,9 @@ class Viewer:
         except KeyError:
             raise NotFound(f"no video {key!r} in {self.registry.path}") from None
 
-    def media_file(self, key: str, want: str = "") -> tuple[Path, str]:
-        """(file, what it is): the source when a browser plays it, else step 0's prepared copy."""
+    def media_file(self, key: str, want: str = "", *, make: bool = True) -> tuple[Path, str]:
+        """(file, what it is): the source when a browser plays it, else step 0's prepared copy while it is
+        still cached, else the viewer's own browser copy (made here unless `make` is off)."""
         video = self.video(key)
         src = Path(video.path)
         fr = self.store.read_optional("filter_result", key)
@@ -83,7 +85,9 @@ class Viewer:
         if copies:
             return copies[-1], "prepared copy"
         if src.is_file():
-            return src, "source (its format may not play in a browser)"
+            if not make:
+                return browser_copy_path(self.results, key, src), "browser copy (H.264 MP4, made on first view)"
+            return browser_copy(self.results, key, src, self.spec.media.ffmpeg), "browser copy (H.264 MP4)"
         raise NotFound(f"video {key}: neither {src} nor a prepared copy exists")
 
     def items(self, key: str) -> list[QAItem]:
@@ -125,9 +129,8 @@ class Viewer:
                 entry["edited"] = edited.model_dump()
                 entry["edited_problems"] = problems(edited)
             items.append(entry)
-        media = None
         try:
-            path, what = self.media_file(key)
+            path, what = self.media_file(key, make=False)
             media = {"url": f"/media/{key}", "kind": what, "file": str(path)}
         except NotFound as e:
             media = {"url": None, "kind": str(e), "file": None}
@@ -285,6 +288,8 @@ def _handler(viewer: Viewer, log_requests: bool) -> type[BaseHTTPRequestHandler]
                 pass  # the player dropped a range request it no longer needs (a seek)
             except NotFound as e:
                 self._error(404, str(e))
+            except BrowserCopyError as e:
+                self._error(422, str(e))
             except (ValidationError, ValueError) as e:
                 self._error(400, str(e).splitlines()[0] if str(e) else type(e).__name__)
             except Exception as e:  # one bad request must not take the viewer down
