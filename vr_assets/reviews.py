@@ -9,9 +9,12 @@ is reported as orphaned instead of silently applied to something else.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -93,13 +96,26 @@ def load_reviews(results_dir: str | Path, key: str) -> VideoReviews:
 _write_lock = threading.Lock()
 
 
+@contextmanager
+def _locked(results_dir: str | Path) -> Iterator[None]:
+    """One writer at a time, across the viewer's threads and any other process writing reviews."""
+    folder = reviews_dir(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _write_lock, open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def save_review(results_dir: str | Path, key: str, item: QAItem, action: Action | None,
                 edit: ItemEdit | None = None, note: str = "") -> VideoReviews:
     """Record (or, with action None, withdraw) one item's review; read-modify-write under a lock, written
     atomically."""
     if action == "edit" and (edit is None or not edit.model_dump(exclude_none=True)):
         raise ValueError(f"video {key}: an edit review needs at least one edited field")
-    with _write_lock:
+    with _locked(results_dir):
         current = load_reviews(results_dir, key)
         k = item_key(item)
         if action is None:

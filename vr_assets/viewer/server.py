@@ -18,6 +18,7 @@ import json
 import mimetypes
 import os
 import re
+import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -338,6 +339,11 @@ def serve(spec: Spec, port: int | None = None, host: str | None = None) -> None:
     server.viewer.index.refresh(force=True)
     rows = server.viewer.index.rows()
     print(f"{len(rows)} videos; viewer at {server.url}  (^C to stop)", flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # the same clean stop as ^C: the index is saved for the next start
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
