@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -356,7 +357,7 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
         reject_n = next(n for n, i in enumerate(qa.items) if i.qa_type == "mcq")
         edit_n = next(n for n, i in enumerate(qa.items) if i.qa_type == "open_qa")
         page.locator(f'.item[data-index="{reject_n}"] button.rej').click()
-        expect(page.locator(f'.item[data-index="{reject_n}"]')).to_have_class("item rejected")
+        expect(page.locator(f'.item[data-index="{reject_n}"]')).to_have_class(re.compile(r"\brejected\b"))
         card = page.locator(f'.item[data-index="{edit_n}"]')
         card.locator("button.edt").click()
         new_answer = "Two people cross the intersection and stop near the camera."
@@ -364,9 +365,15 @@ def test_review_in_the_browser(annotated: Any, viewer: ViewerServer, chromium: A
         card.get_by_role("button", name="Save edit").click()
         expect(page.locator(f'.item[data-index="{edit_n}"] .badge.b-edit')).to_be_visible()
         expect(page.locator(f'.item[data-index="{edit_n}"] .ans')).to_contain_text(new_answer)
+        # the keyboard: j moves to the next item, a accepts it
+        page.locator(f'.item[data-index="{edit_n}"] .q').click()
+        page.keyboard.press("j")
+        expect(page.locator(f'.item[data-index="{edit_n + 1}"]')).to_have_class(re.compile(r"\bcurrent\b"))
+        page.keyboard.press("a")
+        expect(page.locator(f'.item[data-index="{edit_n + 1}"] .badge.b-accept')).to_be_visible()
         shot(page, "video_reviewed")
         saved = load_reviews(env.results, ANOMALY).reviews
-        assert {r.action for r in saved.values()} == {"reject", "edit"}
+        assert sorted(r.action for r in saved.values()) == ["accept", "edit", "reject"]
 
         # rebuild the dataset: the rejected item is gone, the edit is in the task file
         assert set(_run(env).failed) == {BROKEN}

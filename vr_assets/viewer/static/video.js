@@ -4,6 +4,7 @@ const key = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] |
 const player = document.getElementById("player");
 let data = null;
 let stopAt = null;
+let current = -1;  // the item the keyboard acts on (j/k to move)
 
 function el(tag, attrs = {}, ...kids) {
   const e = document.createElement(tag);
@@ -159,7 +160,8 @@ function editor(card, item) {
 function itemCard(item) {
   const it = effective(item);
   const act = state(item);
-  const card = el("div", { class: `item${act === "reject" ? " rejected" : ""}${act === "edit" ? " edited" : ""}`, "data-index": item.index, "data-key": item.key });
+  const card = el("div", { class: `item${act === "reject" ? " rejected" : ""}${act === "edit" ? " edited" : ""}${item.index === current ? " current" : ""}`, "data-index": item.index, "data-key": item.key });
+  card.addEventListener("click", () => select(item.index, false));
   const head = el("div", { class: "head" }, el("span", { class: "badge b-normal", text: item.qa_type }), el("span", { class: "muted", text: `#${item.index + 1}` }));
   if (act) head.append(el("span", { class: `badge b-${act}`, text: { accept: "accepted", reject: "rejected", edit: "edited" }[act] }));
   const problems = item.edited ? item.edited_problems : item.problems;
@@ -215,6 +217,7 @@ function render() {
   }
   const n = data.items.length, reviewed = data.items.filter(i => i.review).length;
   document.getElementById("items-title").textContent = `QA items (${n}, ${reviewed} reviewed)`;
+  document.getElementById("keys").hidden = !n;
   const items = document.getElementById("items");
   items.replaceChildren(...data.items.map(itemCard));
   for (const [k, why] of Object.entries(data.parse_failures || {})) items.append(el("div", { class: "problems" }, `${k}: not parsed: ${why}`));
@@ -224,6 +227,31 @@ function render() {
   document.getElementById("orphan-list").replaceChildren(...data.orphaned_reviews.map(o =>
     el("li", { text: `${o.action} (${o.at}) ${o.qa_type}: ${o.question} → ${o.answer}` })));
 }
+
+function select(n, scroll = true) {
+  if (!data || !data.items.length) return;
+  current = Math.max(0, Math.min(data.items.length - 1, n));
+  document.querySelectorAll(".item").forEach(c => c.classList.toggle("current", Number(c.dataset.index) === current));
+  const card = document.querySelector(`.item[data-index="${current}"]`);
+  if (scroll && card) card.scrollIntoView({ block: "nearest" });
+}
+
+// keys for going through a video's items quickly: j/k next/previous, a accept, r reject, e edit,
+// p play the item's time span, space play/pause
+document.addEventListener("keydown", e => {
+  if (!data || e.ctrlKey || e.metaKey || e.altKey || ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
+  const item = data.items[current];
+  const act = item ? state(item) : null;
+  if (e.key === "j") select(current + 1);
+  else if (e.key === "k") select(current - 1);
+  else if (e.key === "a" && item) sendReview(item, act === "accept" ? null : "accept");
+  else if (e.key === "r" && item) sendReview(item, act === "reject" ? null : "reject");
+  else if (e.key === "e" && item) { const card = document.querySelector(`.item[data-index="${current}"]`); if (card && !card.querySelector("form")) editor(card, item); }
+  else if (e.key === "p" && item) { const it = effective(item); if (it.start_sec !== null && it.end_sec !== null) playSpan(it.start_sec, it.end_sec); }
+  else if (e.key === " " && e.target === document.body) { player.paused ? player.play() : player.pause(); }
+  else return;
+  e.preventDefault();
+});
 
 function showError(msg) { const e = document.getElementById("error"); e.hidden = false; e.textContent = msg; }
 
