@@ -94,6 +94,14 @@ def _dataset_items(results: Path, task: str) -> list[dict[str, Any]]:
     return json.loads(p.read_text())["items"] if p.exists() else []
 
 
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("viewer_index_bench", REPO / "bench" / "viewer_index.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # ---------------------------------------------------------------- API, media, dataset (no browser)
 
 
@@ -161,13 +169,24 @@ def test_api_index_media_and_reviews_reach_the_dataset(annotated: Any, viewer: V
     assert "1 rejected (left out), 1 edited" in meta["report"]
 
 
-def test_unknown_video_and_item_are_clear_errors(viewer: ViewerServer) -> None:
-    with pytest.raises(urllib.error.HTTPError) as err:
-        _get(f"{viewer.url}/api/video/nope.mp4")
-    assert err.value.code == 404 and "no video 'nope.mp4'" in json.loads(err.value.read())["error"]
-    with pytest.raises(urllib.error.HTTPError) as err:
-        _post(f"{viewer.url}/api/video/{ANOMALY}/review", {"item_key": "0" * 16, "action": "reject"})
-    assert err.value.code == 404 and "no QA item with key" in json.loads(err.value.read())["error"]
+def test_unknown_video_and_item_are_clear_errors(tmp_path: Path) -> None:
+    results = _bench().make_results(tmp_path, 3)
+    server = ViewerServer(Spec(results_dir=str(results)), port=0, host="127.0.0.1", failures=False).start()
+    key = "site_01__cam1__clip_00001.mp4"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _get(f"{server.url}/api/video/nope.mp4")
+        assert err.value.code == 404 and "no video 'nope.mp4'" in json.loads(err.value.read())["error"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"{server.url}/api/video/{key}/review", {"item_key": "0" * 16, "action": "reject"})
+        assert err.value.code == 404 and "no QA item with key" in json.loads(err.value.read())["error"]
+        item = json.loads(_get(f"{server.url}/api/video/{key}")[2])["items"][0]
+        with pytest.raises(urllib.error.HTTPError) as err:  # an edit that changes nothing is no edit
+            _post(f"{server.url}/api/video/{key}/review",
+                  {"item_key": item["key"], "action": "edit", "edit": {"answer": item["answer"]}})
+        assert err.value.code == 400 and "at least one edited field" in json.loads(err.value.read())["error"]
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- reviews as data (no pipeline)
@@ -214,14 +233,6 @@ def test_reviews_survive_a_rerun_and_report_orphans(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the index with many records (no pipeline)
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("viewer_index_bench", REPO / "bench" / "viewer_index.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_index_rereads_only_what_changed_and_flags_failed_checks(tmp_path: Path) -> None:
