@@ -192,6 +192,17 @@ class ExportSettings(SpecModel):
     mcq_seed: str = Field("", description="extra seed text for MCQ option shuffling")
 
 
+class ViewerSettings(SpecModel):
+    """`vr-annotate view`: the dataset viewer and review page."""
+
+    base_url: str = Field(
+        "http://127.0.0.1:8765", description="where the viewer is reached; each video's task_exports metadata links "
+        "to <base_url>/video/<key>",
+    )
+    port: int = Field(8765, ge=0, le=65535, description="port `vr-annotate view` listens on unless --port is given")
+    host: str = Field("127.0.0.1", description="interface to listen on; 0.0.0.0 to share it on the network")
+
+
 class Pricing(SpecModel):
     """USD per million tokens."""
 
@@ -215,6 +226,7 @@ class Spec(SpecModel):
     data: DataSettings = Field(default_factory=DataSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     license: str = ""
     description_extra: str = ""
     prompts_module: str = Field("", description="dotted module with PROMPT_TEMPLATES (TAO style)")

@@ -22,8 +22,10 @@ from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.quality import QUALITY_VERSION, ExampleIndex
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
+from vr_assets.reviews import ReviewCounts, apply_reviews, review_report_markdown
 from vr_assets.store import ReadOnce
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
+from vr_assets.viewer.links import video_page_url
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
 REPORT_JSON = "dataset_report.json"
@@ -64,7 +66,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                       "skipped_items": len(skipped), "video_id": video_id,
                       "mcq_keep_teacher_order": sum(bool(s.keep_order) for s in result.mcq_sources),
                       "items_failing_checks": len(failing),
-                      "check_failures": MetadataValue.md(failures_markdown(failures))},
+                      "check_failures": MetadataValue.md(failures_markdown(failures)),
+                      "viewer": MetadataValue.url(video_page_url(spec.viewer.base_url, key))},
         )
         for outcome in check_exports(result, duration, failures=failures):
             yield outcome.result("task_exports")
@@ -78,14 +81,17 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
         description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
-        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report. MCQ options are "
-        "placed here so the answer letters are balanced over the dataset; the reasoning's letters move with them.",
+        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report. People's reviews "
+        "(vr-annotate view) are applied first; then MCQ options are placed so the answer letters are balanced over the "
+        "dataset (the reasoning's letters move with them), and the checks judge every item in its final form.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
         per_video: list[TaskExports] = []
         durations: dict[str, float] = {}  # video key -> probed duration, for the item checks
         stopped = 0
+        review_counts = ReviewCounts()
+        review_skipped: list[str] = []
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
         for k in keys:
@@ -100,9 +106,17 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             te: TaskExports | None = store.read_optional("task_exports", k)
             if te is None:
                 continue
-            if spec.export.exclude_failed_checks:
-                cap: Captions = store.read("captions", k)
-                durations[k] = cap.probe.duration_sec
+            cap: Captions = store.read("captions", k)
+            # reviews first, on the teacher's order (they are keyed by the original question and answer): a
+            # rejected QA item leaves with all its task items (an MCQ with its twin and source), an edited one
+            # goes through the step-4 rules again; placement and the checks below then see the final text
+            te, counts, review_skips = apply_reviews(
+                te, store.read_optional("qa", k), spec.results_dir,
+                video_id=shown(video_id_for(cap.video.path, spec.data.video_root)),
+            )
+            review_counts.add(counts)
+            review_skipped += review_skips
+            durations[k] = cap.probe.duration_sec
             per_video.append(te)
         # place the MCQ options (letters in the reasoning renamed) BEFORE the checks, so the checks judge
         # each item as it is written; then exclude (an MCQ with its twin and source), then write
@@ -119,6 +133,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         report = write_dataset(
             out_dir, per_video, formats=spec.export.formats, media_root=shown(spec.data.video_root) or None,
             license=spec.license, description_extra=extra, excluded=excluded, placement=placement,
+            skipped=review_skipped,
         )
         # the report as JSON beside the task files (the validator skips JSON without the tao format tag)
         write_json_atomic(out_dir / REPORT_JSON, report.model_dump(mode="json"))
@@ -126,7 +141,9 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
-        md = md.rstrip() + "\n\n" + videos_line + "\n"
+        md = md.rstrip() + "\n\n" + videos_line + "\n\n" + review_report_markdown(review_counts)
+        for orphan in review_counts.orphans:
+            context.log.warning(f"review of an item that no longer exists: {orphan}")
         if pipe.offline_teacher:
             md = f"## ⚠ {OFFLINE_NOTE}\n\n" + md
         total_items = sum(report.items_per_task.values())
@@ -147,6 +164,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "mcq_shuffled": report.mcq_placement.shuffled,
                 "mcq_kept_order": report.mcq_placement.kept_order,
                 "mcq_letter_balance": MetadataValue.json(report.mcq_letter_balance),
+                "reviewed_items": review_counts.reviewed,
+                "rejected_items": review_counts.rejected,
+                "edited_items": review_counts.edited,
+                "orphaned_reviews": review_counts.orphaned,
                 "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
