@@ -45,8 +45,8 @@ class PipelineEnv:
             "data": {"video_root": str(self.videos)},
             "results_dir": str(self.results),
             "workflow": {"max_workers": 4},
-            # pass sources through untouched so the teacher's verdicts match the files' bytes
-            "media": {"fps": None},
+            # pass sources through untouched (their sound too) so the teacher's verdicts match the files' bytes
+            "media": {"fps": None, "audio": "keep"},
             "license": "test-license",
             "description_extra": "pipeline test",
         }

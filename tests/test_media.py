@@ -420,11 +420,11 @@ def test_prepare_video(synthetic_videos, real_videos, tmp_path) -> None:
     out = tool.prepare_video(short, tmp_path / "short_prepared.mp4")  # 25 fps > 2 fps: re-encoded
     assert out == tmp_path / "short_prepared.mp4"
     check_clip(out, 4.0, 640, 2.0)
-    keep_rate = MediaTool(fps=None)
+    keep_rate = MediaTool(fps=None, audio=True)  # the sound kept: nothing to change (test_audio: dropping it)
     probe = keep_rate.probe(short)
     assert keep_rate.prepare_video(short, tmp_path / "unused.mp4", probe) == short  # already small mp4 H.264
     assert keep_rate.invocations == 1 and not (tmp_path / "unused.mp4").exists()
-    mkv = keep_rate.prepare_video(synthetic_videos["mkv_upper"], tmp_path / "from_mkv.mp4")  # container
+    mkv = MediaTool(fps=None).prepare_video(synthetic_videos["mkv_upper"], tmp_path / "from_mkv.mp4")  # container
     check_clip(mkv, 3.0, 640, 25.0)
     big = MediaTool(max_side=320, fps=None).prepare_video(real_videos["bikes"], tmp_path / "bikes_small.mp4")
     video = check_clip(big, 10.0, 320, 25.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,14 @@ def test_three_videos_end_to_end(make_pipeline: Any, synthetic_videos: dict[str,
     assert mcq["media_root"] == str(env.videos)
     assert {i["video_id"] for i in mcq["items"]} == {"site_a/cam1/clip.mp4", "site_b/cam1/clip.mp4"}
     assert mcq["metadata"]["license"] == "test-license"
+    # the teacher's "option X matches" moved with the options: it names the exported answer, and the same option
+    teacher = {i.question.strip(): i for k in (keys["anomaly"], keys["normal"]) for i in store.read("qa", k).items}
+    for item in mcq["items"]:
+        stem = item["question"].split("\n", 1)[0]
+        shown = dict(re.findall(r"^([A-D])\. (.+)$", item["question"], re.M))
+        named = re.search(r"option ([A-D]) matches", item["reasoning"])
+        assert named and named.group(1) == item["answer"], item
+        assert shown[item["answer"]] == teacher[stem].options["ABCD".index(teacher[stem].answer)]
 
     # TAO's per-step files are kept where TAO users look for them
     def lines(rel: str) -> list[dict[str, Any]]:
@@ -100,6 +109,8 @@ def test_three_videos_end_to_end(make_pipeline: Any, synthetic_videos: dict[str,
     meta = ds.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["total_model_calls"].value == sum(expected.values())
     assert "3 registered, 2 exported, 1 stopped at step 0" in str(meta["report"].value)
+    assert meta["mcq_shuffled"].value == len(mcq["items"]) and meta["mcq_kept_order"].value == 0
+    assert "**MCQ option order:**" in str(meta["report"].value)
 
 
 def test_resume_costs_nothing_and_new_video_runs_alone(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:

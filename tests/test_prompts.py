@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vr_assets.mcq_letters import scan
 from vr_assets.prompts import (
     MARKER,
     PLACEHOLDERS,
@@ -149,6 +150,21 @@ def test_qa_prompts_ask_about_the_video_not_the_text(pack_name: str) -> None:
             assert "exactly 4 distinct option" in pack.text(key)
         if key.endswith("_temporal_localization"):
             assert "MM:SS" in pack.text(key)
+
+
+@pytest.mark.parametrize("pack_name", SHIPPED)
+def test_mcq_prompts_ask_for_option_contents_and_show_a_format_only_example(pack_name: str) -> None:
+    pack = load_pack(pack_name)
+    for key in ("anomaly_mcq", "normal_mcq"):
+        text = pack.text(key)
+        assert "Name options by what they say, never by letter or position" in text, key
+        example = text.split("Format-only example", 1)[1].split("Return a JSON object", 1)[0]
+        fields = dict(re.findall(r"^(question|options|answer|reasoning): (.*)$", example, re.M))
+        assert set(fields) == {"question", "options", "answer", "reasoning"}, key
+        # every concrete detail is a placeholder: nothing a teacher could copy into another video
+        for name in ("question", "options", "reasoning"):
+            assert fields[name].count("<") >= 3 and fields[name].count("<") == fields[name].count(">"), (key, name)
+        assert scan(fields["reasoning"], 4).refs == [], f"{key}: the example reasoning names an option by letter"
 
 
 def test_render_requires_every_placeholder_value() -> None:

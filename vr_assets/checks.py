@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
-from vr_assets.records import Captions, ChunkCaptions, Highlight, TaskExports, TaskItem
+from vr_assets.quality import QUALITY_CHECKS, ExampleIndex, quality_problems
+from vr_assets.records import Captions, ChunkCaptions, Highlight, Record, TaskExports, TaskItem
 
 ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
@@ -64,10 +66,18 @@ def _seconds(value: str) -> float | None:
     return int(h or 0) * 3600 + int(mm) * 60 + float(ss)
 
 
+def _option_key(text: str) -> str:
+    """Option text as a reader compares it: case, punctuation and a leading article do not make it new."""
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    if words and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return " ".join(words)
+
+
 def mcq_problem(item: TaskItem, task: str) -> str | None:
     options = _OPTION_LINE.findall(item.question)
     letters = [letter for letter, _ in options]
-    texts = {t.strip().lower() for _, t in options}
+    texts = {_option_key(t) for _, t in options}
     if len(options) < 3 or len(texts) < len(options):
         return f"MCQ needs >= 3 distinct options, has {len(texts)}"
     letter = item.answer.strip()[:1] if task == "mcq_openended" else item.answer.strip()
@@ -97,8 +107,14 @@ def span_problem(item: TaskItem, duration: float) -> str | None:
     return None
 
 
-def rule_problems(task: str, item: TaskItem, duration: float) -> list[tuple[str, str]]:
-    """(check name, problem) for every error-level rule the item breaks; checks and dataset share it."""
+def item_problems(
+    task: str, item: TaskItem, duration: float, *, mode: str | None = None, examples: ExampleIndex | None = None
+) -> list[tuple[str, str]]:
+    """(check name, problem) for every item rule the item breaks, error- and warn-level alike.
+
+    `mode` and `examples` (the pack's prompt examples) let the leakage rule compare the item with
+    the example of the very prompt that wrote it; without them that rule is skipped.
+    """
     found: list[tuple[str, str | None]] = []
     if task in ("mcq", "mcq_openended"):
         found.append(("mcq_well_formed", mcq_problem(item, task)))
@@ -111,12 +127,62 @@ def rule_problems(task: str, item: TaskItem, duration: float) -> list[tuple[str,
     if _META_TALK.search(item.question) or _META_TALK.search(item.answer):
         found.append(("no_caption_talk", f"talks about the caption/description instead of the video: "
                       f"{item.question[:80]!r}"))
-    return [(name, p) for name, p in found if p]
+    out = [(name, p) for name, p in found if p]
+    return out + quality_problems(task, item, duration, mode=mode, examples=examples)
 
 
-def item_errors(task: str, item: TaskItem, duration: float) -> list[str]:
+def rule_problems(
+    task: str, item: TaskItem, duration: float, *, mode: str | None = None, examples: ExampleIndex | None = None
+) -> list[tuple[str, str]]:
+    """(check name, problem) for every error-level rule the item breaks; checks and dataset share it."""
+    return [(n, p) for n, p in item_problems(task, item, duration, mode=mode, examples=examples)
+            if EXPORT_CHECKS[n][0] == ERROR]
+
+
+def item_errors(
+    task: str, item: TaskItem, duration: float, *, mode: str | None = None, examples: ExampleIndex | None = None
+) -> list[str]:
     """Error-level problems: items that would teach a model something wrong."""
-    return [p for _, p in rule_problems(task, item, duration)]
+    return [p for _, p in rule_problems(task, item, duration, mode=mode, examples=examples)]
+
+
+class ItemFailure(Record):
+    """One rule one item breaks: what the task_exports metadata lists and the dataset report keeps."""
+
+    video_key: str
+    task: str
+    index: int
+    rule: str
+    severity: Literal["error", "warn"]  # error: left out of the dataset (export.exclude_failed_checks); warn: kept
+    reason: str
+    question: str
+
+
+def item_failures(te: TaskExports, duration: float, examples: ExampleIndex | None = None) -> list[ItemFailure]:
+    """Every item rule every item of one video breaks, in task and item order."""
+    out: list[ItemFailure] = []
+    for task, items in te.tasks.items():
+        for n, it in enumerate(items):
+            for rule, reason in item_problems(task, it, duration, mode=te.mode, examples=examples):
+                out.append(ItemFailure(
+                    video_key=te.video_key, task=task, index=n, rule=rule, reason=reason,
+                    severity="error" if EXPORT_CHECKS[rule][0] == ERROR else "warn",
+                    question=" ".join(it.question.split("\n", 1)[0].split())[:100],
+                ))
+    return out
+
+
+def failures_markdown(failures: list[ItemFailure], limit: int = 60) -> str:
+    """A table of failing items for the Dagster UI: item, rule, severity, reason, question."""
+    if not failures:
+        return "no item fails a check"
+    rows = ["| item | rule | severity | reason | question |", "|---|---|---|---|---|"]
+    for f in failures[:limit]:
+        cells = (f"{f.task}[{f.index}]", f.rule, f.severity, f.reason, f.question)
+        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    if len(failures) > limit:
+        rows.append(f"| … | {len(failures) - limit} more | | | |")
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- per-asset checks
@@ -142,6 +208,7 @@ EXPORT_CHECKS = {
     "no_caption_talk": (ERROR, "No question or answer talks about 'the caption'/'the description' instead of the "
                         "video."),
     "no_duplicate_questions": (WARN, "No question appears twice within the video."),
+    **QUALITY_CHECKS,
 }
 EXPORT_SPECS = [AssetCheckSpec(name, asset="task_exports", description=d) for name, (_, d) in EXPORT_CHECKS.items()]
 
@@ -182,14 +249,18 @@ def check_highlight(h: Highlight, duration: float) -> list[Outcome]:
     return [o]
 
 
-def check_exports(te: TaskExports, duration: float) -> list[Outcome]:
+def check_exports(
+    te: TaskExports, duration: float, examples: ExampleIndex | None = None,
+    failures: list[ItemFailure] | None = None,
+) -> list[Outcome]:
+    """One outcome per export check; `failures` (from `item_failures`) saves computing the item rules twice."""
     outcomes = {name: Outcome(name, sev, d) for name, (sev, d) in EXPORT_CHECKS.items()}
+    for f in failures if failures is not None else item_failures(te, duration, examples):
+        outcomes[f.rule].failures.append(f"{f.task}[{f.index}]: {f.reason}")
     seen: set[str] = set()
     for task, items in te.tasks.items():
         for n, item in enumerate(items):
             where = f"{task}[{n}]"
-            for name, problem in rule_problems(task, item, duration):
-                outcomes[name].failures.append(f"{where}: {problem}")
             if task.endswith("_openended"):
                 continue  # the open-ended twin repeats its closed question on purpose
             q = question_stem(item.question)

@@ -66,6 +66,17 @@ class ModelSpec(SpecModel):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     limits: RateLimits = Field(default_factory=RateLimits)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    context_cache: Literal["auto", "off"] = Field(
+        "auto", description="Gemini with uploads: a video asked several questions about as a whole (steps 0 and "
+        "1a) gets one explicit context cache holding its upload, created once, read by each of those calls at "
+        "the cached-input price and deleted with the upload after the video's last step. auto: only where "
+        "`prices` says it pays (needs the model's cached_input_per_mtok and cache_storage_per_mtok_hour, known "
+        "for a few models); off: never. Implicit caching (free, not guaranteed) applies either way",
+    )
+    context_cache_ttl_s: float = Field(
+        600.0, gt=0, description="lifetime of an explicit context cache unless deleted first; the break-even "
+        "counts its storage for this long. An expired cache is recreated once when a later call needs it",
+    )
 
     @property
     def model_name(self) -> str:
@@ -110,6 +121,17 @@ class MediaSettings(SpecModel):
         "video's JPEG frames), no upload round trip, ~5x the bytes. OpenAI-compatible servers always get inline "
         "media",
     )
+    audio: Literal["keep", "drop"] | None = Field(
+        None, description="the video's sound in what the model gets. keep: the downscaled copy, its chunks and "
+        "clip carry the audio re-encoded small (mono AAC, `audio_kbps`, 16 kHz; a source small enough to go as "
+        "it is keeps its own sound; a source without sound simply has none); drop: video only. null: keep for "
+        "a Gemini VLM (Gemini hears a video's audio track, ~32 tokens/s), drop for an OpenAI-compatible server: "
+        "vision-language models served by vLLM or NIM (Qwen-VL, Cosmos) read "
+        "the frames only, so the sound would be bytes sent for nothing; set keep for a model that hears it (an "
+        "omni model such as Qwen2.5-Omni with `use_audio_in_video`). A long video sent as JPEG frames (inline, "
+        "OpenAI) has no sound either way",
+    )
+    audio_kbps: int = Field(24, ge=8, le=256, description="bitrate of the kept audio (mono AAC, 16 kHz)")
     inline_limit_mb: float = Field(20.0, gt=0, description="Gemini: larger files go through the Files API")
     max_live_uploads: int = Field(
         8, ge=1, description="Gemini Files API uploads one process keeps alive at once, at least the VLM's "
@@ -170,12 +192,31 @@ class ExportSettings(SpecModel):
     mcq_seed: str = Field("", description="extra seed text for MCQ option shuffling")
 
 
+class ViewerSettings(SpecModel):
+    """`vr-annotate view`: the dataset viewer and review page."""
+
+    base_url: str = Field(
+        "http://127.0.0.1:8765", description="where the viewer is reached; each video's task_exports metadata links "
+        "to <base_url>/video/<key>",
+    )
+    port: int = Field(8765, ge=0, le=65535, description="port `vr-annotate view` listens on unless --port is given")
+    host: str = Field("127.0.0.1", description="interface to listen on; 0.0.0.0 to share it on the network")
+
+
 class Pricing(SpecModel):
     """USD per million tokens."""
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     thinking_per_mtok: float | None = Field(None, description="defaults to the output price")
+    cached_input_per_mtok: float | None = Field(
+        None, description="Gemini: prompt tokens read from a context cache. null: Google's published price for "
+        "the models in providers.usage.KNOWN_CACHE_PRICES, else the input price",
+    )
+    cache_storage_per_mtok_hour: float | None = Field(
+        None, description="Gemini: keeping an explicit context cache, per million tokens per hour. null: the "
+        "published price for known models, else unknown (then no explicit cache is made: it cannot be judged)",
+    )
 
 
 class Spec(SpecModel):
@@ -185,6 +226,7 @@ class Spec(SpecModel):
     data: DataSettings = Field(default_factory=DataSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     license: str = ""
     description_extra: str = ""
     prompts_module: str = Field("", description="dotted module with PROMPT_TEMPLATES (TAO style)")

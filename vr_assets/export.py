@@ -1,10 +1,17 @@
 """Step 4: turn parsed QA items into training tasks, and write the dataset files.
 
-Task rules follow the reference step 4 (bucket by prompt key, MCQ option shuffle seeded by the
-question text, Yes/No short answers, a JSON time span for temporal localization, passthrough for
-the descriptive tasks) so a TAO user gets the same files; where the reference writes bad items we
-skip them with a readable reason instead (MCQ answer letter that names no option, fewer than two
-options; BCQ answers such as "Not sure" that only *start* with "no").
+Task rules follow the reference step 4 (bucket by prompt key, Yes/No short answers, a JSON time
+span for temporal localization, passthrough for the descriptive tasks) so a TAO user gets the same
+files; where the reference writes bad items we skip them with a readable reason instead (MCQ answer
+letter that names no option, fewer than two options; BCQ answers such as "Not sure" that only
+*start* with "no").
+
+MCQ options differ from the reference on purpose: the reference shuffles them by the question
+text and leaves the reasoning alone, so "Option B is correct" ends up under answer A, and the
+letters are only as balanced as chance makes them.  Here the per-video record keeps the teacher's
+order; the dataset pass (:func:`place_mcq_options`) assigns each MCQ's answer letter round robin
+over the whole dataset and renames the letters in the reasoning with the options
+(:mod:`vr_assets.mcq_letters`); an MCQ whose letters are ambiguous keeps the teacher's order.
 
 Writers:
 
@@ -28,20 +35,25 @@ mid-write leaves the previous file intact and a reader never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date as _date
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from vr_assets.records import Mode, QAItem, Record, TaskExports, TaskItem
+from vr_assets.mcq_letters import keep_order_reason, remap
+from vr_assets.records import McqSource, Mode, QAItem, Record, TaskExports, TaskItem
 from vr_assets.store import atomic_write
+
+if TYPE_CHECKING:  # checks.py pulls in Dagster; the export needs only the record's fields
+    from vr_assets.checks import ItemFailure
 
 FORMAT = "tao-vl-reason-v1.0"
 
@@ -226,15 +238,14 @@ def _short(text: str, n: int = 70) -> str:
     return flat if len(flat) <= n else flat[: n - 1] + "…"
 
 
-def task_items_for_video(
-    items: list[QAItem], video_id: str, seed_extra: str = ""
-) -> tuple[dict[str, list[TaskItem]], list[str]]:
-    """Apply the step-4 rules to one video's QA items.
+def _video_items(items: list[QAItem], video_id: str) -> tuple[dict[str, list[TaskItem]], list[McqSource], list[str]]:
+    """Apply the step-4 rules to one video's QA items, MCQ options in the teacher's order.
 
-    Returns the items per task (non-empty tasks only, in ``TASKS`` order) and one readable reason
-    per item that could not become a training item.
+    Returns the items per task (non-empty tasks only, in ``TASKS`` order), the MCQ sources aligned
+    with ``tasks["mcq"]``, and one readable reason per item that could not become a training item.
     """
     out: dict[str, list[TaskItem]] = {t: [] for t in TASKS}
+    sources: list[McqSource] = []
     skipped: list[str] = []
 
     def skip(qa: QAItem, why: str) -> None:
@@ -259,11 +270,17 @@ def task_items_for_video(
             if correct is None:
                 skip(qa, f"MCQ answer {_short(qa.answer, 20)!r} names no option")
                 continue
-            order = shuffled_order(question, len(options), seed_extra)
-            letter = _letter(order.index(correct))
-            body = question + "\n" + "\n".join(f"{_letter(i)}. {options[j]}" for i, j in enumerate(order))
-            add("mcq", _with_instruction(body, "mcq"), letter, reasoning)
-            add("mcq_openended", _with_instruction(body, "mcq_openended"), f"{letter}. {options[correct]}", reasoning)
+            source = McqSource(
+                question=question,
+                options=options,
+                correct=correct,
+                reasoning=reasoning,
+                keep_order=keep_order_reason(question, options, reasoning),
+            )
+            sources.append(source)
+            closed, open_ended = render_mcq(video_id, source, list(range(len(options))), reasoning)
+            out["mcq"].append(closed)
+            out["mcq_openended"].append(open_ended)
         elif bucket == "bcq":
             m = _YES_NO.match(qa.answer)
             if not m:
@@ -291,15 +308,228 @@ def task_items_for_video(
                 opts = _clean_options(qa.options)
                 question = question + "\n" + "\n".join(f"{_letter(i)}. {o}" for i, o in enumerate(opts))
             add(bucket, question, qa.answer.strip(), reasoning)
-    return {t: v for t, v in out.items() if v}, skipped
+    return {t: v for t, v in out.items() if v}, sources, skipped
+
+
+def render_mcq(video_id: str, source: McqSource, order: list[int], reasoning: str) -> tuple[TaskItem, TaskItem]:
+    """The mcq and mcq_openended items of one MCQ shown in ``order`` (position -> teacher's option index)."""
+    options = source.options
+    letter = _letter(order.index(source.correct))
+    body = source.question + "\n" + "\n".join(f"{_letter(i)}. {options[j]}" for i, j in enumerate(order))
+    return (
+        TaskItem(video_id=video_id, question=_with_instruction(body, "mcq"), answer=letter, reasoning=reasoning),
+        TaskItem(
+            video_id=video_id,
+            question=_with_instruction(body, "mcq_openended"),
+            answer=f"{letter}. {options[source.correct]}",
+            reasoning=reasoning,
+        ),
+    )
+
+
+def order_with_answer_at(source: McqSource, target: int, seed_extra: str = "") -> list[int]:
+    """The question-seeded shuffle, then the correct option swapped into position ``target``."""
+    order = shuffled_order(source.question, len(source.options), seed_extra)
+    at = order.index(source.correct)
+    order[at], order[target] = order[target], order[at]
+    return order
+
+
+def moved_reasoning(source: McqSource, order: list[int]) -> str:
+    """The reasoning with its option letters renamed for ``order``; raises AmbiguousLetters if unsafe."""
+    mapping = {_letter(j): _letter(i) for i, j in enumerate(order)}
+    names = "\n".join([source.question, *source.options])
+    return remap(source.reasoning, mapping, len(source.options), names)
+
+
+class McqPlacement(Record):
+    """What the dataset pass did with the MCQ options."""
+
+    shuffled: int = 0
+    kept_order: int = 0
+    kept_order_reasons: list[str] = Field(default_factory=list)
+    shuffled_letter_balance: dict[str, int] = Field(default_factory=dict)
+    balance_by_option_count: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="option count -> answer letters of the shuffled MCQs with that many options"
+    )
+
+
+def _placement_key(seed_extra: str, video_key: str, index: int, question: str) -> str:
+    return hashlib.sha256(f"{seed_extra}\0{video_key}\0{index}\0{question}".encode()).hexdigest()
+
+
+def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tuple[list[TaskExports], McqPlacement]:
+    """Move every movable MCQ's options so the answer letters are balanced over the whole dataset.
+
+    The movable MCQs (no ambiguous letter in their text) are ranked by a hash of video key and
+    question, and within each option count the k-th gets its answer at letter ``k mod n``: exactly
+    balanced (counts differ by at most one per option count), the same files for the same inputs, and
+    no tie between a letter and an item's position in its video.  The other options follow the
+    question-seeded shuffle; the reasoning's letters are renamed to match.  MCQs whose letters are
+    ambiguous keep the teacher's order and are counted.  Videos stored without sources (older
+    records) are left as they are.
+    """
+    placement = McqPlacement()
+    movable: list[tuple[str, int, int]] = []  # (hash key, video index, item index)
+    for v, te in enumerate(per_video):
+        if not te.mcq_sources or len(te.mcq_sources) != len(te.tasks.get("mcq", [])):
+            continue
+        for i, source in enumerate(te.mcq_sources):
+            # judged again here, not read from the record: the dataset always uses the current scanner
+            why = keep_order_reason(source.question, source.options, source.reasoning)
+            if why:
+                placement.kept_order += 1
+                placement.kept_order_reasons.append(f"{te.video_key} {_short(source.question, 50)!r}: {why}")
+            else:
+                movable.append((_placement_key(seed_extra, te.video_key, i, source.question), v, i))
+    targets: dict[tuple[int, int], int] = {}
+    seen_per_n: Counter[int] = Counter()
+    for _, v, i in sorted(movable):
+        n = len(per_video[v].mcq_sources[i].options)
+        targets[(v, i)] = seen_per_n[n] % n
+        seen_per_n[n] += 1
+
+    letters: Counter[str] = Counter()
+    by_count: dict[int, Counter[str]] = {}
+    out: list[TaskExports] = []
+    for v, te in enumerate(per_video):
+        if not any((v, i) in targets for i in range(len(te.mcq_sources))):
+            out.append(te)
+            continue
+        closed: list[TaskItem] = []
+        open_ended: list[TaskItem] = []
+        for i, source in enumerate(te.mcq_sources):
+            video_id = te.tasks["mcq"][i].video_id
+            order, reasoning = list(range(len(source.options))), source.reasoning
+            if (v, i) in targets:
+                order = order_with_answer_at(source, targets[(v, i)], seed_extra)
+                reasoning = moved_reasoning(source, order)  # cannot raise: keep_order_reason found no ambiguity
+                placement.shuffled += 1
+                letters[_letter(targets[(v, i)])] += 1
+                by_count.setdefault(len(order), Counter())[_letter(targets[(v, i)])] += 1
+            c, o = render_mcq(video_id, source, order, reasoning)
+            closed.append(c)
+            open_ended.append(o)
+        tasks = dict(te.tasks)
+        tasks["mcq"] = closed
+        if "mcq_openended" in tasks:
+            tasks["mcq_openended"] = open_ended
+        out.append(te.model_copy(update={"tasks": tasks}))
+    placement.shuffled_letter_balance = dict(sorted(letters.items()))
+    placement.balance_by_option_count = {str(n): dict(sorted(c.items())) for n, c in sorted(by_count.items())}
+    return out, placement
+
+
+def without_items(te: TaskExports, drop: Mapping[str, set[int]]) -> tuple[TaskExports, int]:
+    """``te`` without the given item indices per task; returns it and how many items went.
+
+    An MCQ goes with its open-ended twin and its source, so the three lists stay aligned.
+    """
+    twins = set(drop.get("mcq", set())) | set(drop.get("mcq_openended", set()))
+    drop = {**drop, "mcq": twins, "mcq_openended": twins} if twins else drop
+    tasks: dict[str, list[TaskItem]] = {}
+    removed = 0
+    for task, items in te.tasks.items():
+        gone = drop.get(task, set())
+        kept = [item for n, item in enumerate(items) if n not in gone]
+        removed += len(items) - len(kept)
+        if kept:
+            tasks[task] = kept
+    sources = te.mcq_sources
+    if twins and len(sources) == len(te.tasks.get("mcq", [])):
+        sources = [s for n, s in enumerate(sources) if n not in twins]
+    return te.model_copy(update={"tasks": tasks, "mcq_sources": sources}), removed
+
+
+def without_failing_items(
+    te: TaskExports, failures: Iterable[ItemFailure]
+) -> tuple[TaskExports, list[ExcludedItem]]:
+    """``te`` minus the items failing an error-level rule, and every left-out item with its reasons.
+
+    The one way the dataset excludes items: it goes through :func:`without_items`, so an MCQ leaves
+    with its open-ended twin and its source (the twin is listed with the reason it went too).
+    """
+    reasons: dict[tuple[str, int], list[str]] = {}
+    for f in failures:
+        if f.severity == "error":
+            reasons.setdefault((f.task, f.index), []).append(f"{f.rule}: {f.reason}")
+    if not reasons:
+        return te, []
+    drop: dict[str, set[int]] = {}
+    for task, n in reasons:
+        drop.setdefault(task, set()).add(n)
+    twins = drop.get("mcq", set()) | drop.get("mcq_openended", set())
+    out: list[ExcludedItem] = []
+    for task, items in te.tasks.items():
+        for n, it in enumerate(items):
+            why = reasons.get((task, n))
+            if why is None and task in ("mcq", "mcq_openended") and n in twins:
+                other = "mcq_openended" if task == "mcq" else "mcq"
+                why = [f"twin_excluded: its twin {other}[{n}] failed " + ", ".join(
+                    r.split(":", 1)[0] for r in reasons[(other, n)])]
+            if why is not None:
+                question = " ".join(it.question.split("\n", 1)[0].split())[:120]
+                out.append(ExcludedItem(video_key=te.video_key, task=task, question=question, reasons=why))
+    kept, removed = without_items(te, drop)
+    assert removed == len(out), (removed, len(out))  # every item that went is listed, and only those
+    return kept, out
+
+
+def place_and_exclude(
+    per_video: list[TaskExports],
+    judge: Callable[[TaskExports], list[ItemFailure]] | None,
+    seed_extra: str = "",
+) -> tuple[list[TaskExports], McqPlacement, list[ExcludedItem]]:
+    """The dataset pass: MCQ options placed first, then the items ``judge`` fails left out.
+
+    The checks judge the items as they will be written, after the shuffle renamed the letters in
+    the reasoning (``mcq_answer_matches_reasoning`` compares the placed answer with the remapped
+    verdict).  Leaving an MCQ out shifts the round robin, so the rest is placed again from the
+    teacher's order and judged again, until a round leaves nothing out: the written letters stay
+    exactly balanced and every written item was judged in the form it is written.  ``judge=None``
+    (``export.exclude_failed_checks: false``) only places.
+    """
+    kept = list(per_video)  # teacher's order: placement always starts from the sources
+    excluded: list[ExcludedItem] = []
+    while True:
+        placed, placement = place_mcq_options(kept, seed_extra)
+        if judge is None:
+            return placed, placement, excluded
+        again = False
+        for v, te in enumerate(placed):
+            # placing keeps every item's index (and its question line), so the failures found on the
+            # placed record name the same items in the teacher's order
+            kept[v], left_out = without_failing_items(kept[v], judge(te))
+            excluded += left_out
+            again = again or bool(left_out)
+        if not again:
+            return placed, placement, excluded
+
+
+def task_items_for_video(
+    items: list[QAItem], video_id: str, seed_extra: str = ""
+) -> tuple[dict[str, list[TaskItem]], list[str]]:
+    """Step 4 for one video as if it were the whole dataset: MCQ options placed and balanced.
+
+    Returns the items per task (non-empty tasks only, in ``TASKS`` order) and one readable reason
+    per item that could not become a training item.
+    """
+    tasks, sources, skipped = _video_items(items, video_id)
+    alone = TaskExports(video_key=video_id, mode="normal", tasks=tasks, mcq_sources=sources)
+    (placed,), _ = place_mcq_options([alone], seed_extra)
+    return placed.tasks, skipped
 
 
 def task_exports_for_video(
-    video_key: str, mode: Mode, items: list[QAItem], video_id: str, seed_extra: str = ""
+    video_key: str, mode: Mode, items: list[QAItem], video_id: str
 ) -> tuple[TaskExports, list[str]]:
-    """The per-video asset record plus the skip reasons (for metadata and the report)."""
-    tasks, skipped = task_items_for_video(items, video_id, seed_extra)
-    return TaskExports(video_key=video_key, mode=mode, tasks=tasks), skipped
+    """The per-video asset record (MCQ options in the teacher's order, with their sources) and the skip reasons.
+
+    The options are placed by :func:`place_mcq_options` in the dataset pass, where the answer
+    letters can be balanced over every video.
+    """
+    tasks, sources, skipped = _video_items(items, video_id)
+    return TaskExports(video_key=video_key, mode=mode, tasks=tasks, mcq_sources=sources), skipped
 
 
 # ---------------------------------------------------------------- atomic writing
@@ -489,13 +719,24 @@ def write_sharegpt(
 # ---------------------------------------------------------------- report
 
 
+class ExcludedItem(Record):
+    """An item the dataset left out because it failed error-level checks, with every reason."""
+
+    video_key: str
+    task: str
+    question: str
+    reasons: list[str] = Field(description="'rule: short reason', one per failed error-level rule")
+
+
 class DatasetReport(Record):
     """What the dataset asset shows: how much of what, how balanced, and what was left out."""
 
     items_per_task: dict[str, int]
     videos_per_mode: dict[str, int]
     mcq_letter_balance: dict[str, int]
+    mcq_placement: McqPlacement = Field(default_factory=McqPlacement)
     excluded_items: int = 0
+    excluded: list[ExcludedItem] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
 
@@ -506,15 +747,20 @@ def build_dataset_report(
     files: Iterable[str | Path] = (),
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
+    placement: McqPlacement | None = None,
+    excluded: Iterable[ExcludedItem] = (),
 ) -> DatasetReport:
     merged = items_by_task(per_video)
+    excluded = list(excluded)
     modes = Counter(v.mode for v in per_video)
     letters = Counter(i.answer for i in merged.get("mcq", []))
     return DatasetReport(
         items_per_task={t: len(v) for t, v in merged.items() if v},
         videos_per_mode={m: modes.get(m, 0) for m in ("anomaly", "normal")},
         mcq_letter_balance=dict(sorted(letters.items())),
-        excluded_items=excluded_items,
+        mcq_placement=placement or McqPlacement(),
+        excluded_items=excluded_items or len(excluded),
+        excluded=excluded,
         skipped=list(skipped),
         files=[str(f) for f in files],
     )
@@ -530,10 +776,20 @@ def write_dataset(
     description_extra: str,
     skipped: Iterable[str] = (),
     excluded_items: int = 0,
+    excluded: Iterable[ExcludedItem] = (),
     reasoning: ReasoningPlacement = "think",
+    mcq_seed: str = "",
+    placement: McqPlacement | None = None,
 ) -> DatasetReport:
-    """Every requested format into ``out_dir`` (tao task files at its top, so it validates as is)."""
+    """Every requested format into ``out_dir`` (tao task files at its top, so it validates as is).
+
+    The MCQ options are placed first (:func:`place_mcq_options`, seeded with ``mcq_seed``), so every
+    format carries the same balanced letters; with ``placement`` given, ``per_video`` is already
+    placed (:func:`place_and_exclude`, which judged the placed items) and is written as it is.
+    """
     out_dir = Path(out_dir)
+    if placement is None:
+        per_video, placement = place_mcq_options(per_video, mcq_seed)
     files: list[Path] = []
     wanted = set(formats)
     if "tao" in wanted:
@@ -547,14 +803,19 @@ def write_dataset(
     if "sharegpt" in wanted:
         write_sharegpt(out_dir / "sharegpt.json", per_video, media_root, reasoning=reasoning, dataset_info=True)
         files += [out_dir / "sharegpt.json", out_dir / "dataset_info.json"]
-    return build_dataset_report(per_video, files=files, skipped=skipped, excluded_items=excluded_items)
+    return build_dataset_report(
+        per_video, files=files, skipped=skipped, excluded_items=excluded_items, placement=placement,
+        excluded=excluded,
+    )
 
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def dataset_report_markdown(report: DatasetReport, usage_table_md: str = "", max_skipped: int = 50) -> str:
+def dataset_report_markdown(
+    report: DatasetReport, usage_table_md: str = "", max_skipped: int = 50, max_kept: int = 10
+) -> str:
     """The report as markdown for the Dagster UI (asset metadata)."""
     total = sum(report.items_per_task.values())
     lines = [f"### Dataset: {total} items in {len(report.items_per_task)} tasks", ""]
@@ -568,7 +829,26 @@ def dataset_report_markdown(report: DatasetReport, usage_table_md: str = "", max
             "**MCQ answer letters:** "
             + ", ".join(f"{k} {v} ({100 * v / n_mcq:.0f}%)" for k, v in report.mcq_letter_balance.items()),
         ]
-    lines += ["", f"**Excluded by checks:** {report.excluded_items}", "", f"**Skipped items:** {len(report.skipped)}"]
+    mp = report.mcq_placement
+    if mp.shuffled or mp.kept_order:
+        by_count = mp.balance_by_option_count.items()
+        moved = "; ".join(f"{n} options: " + ", ".join(f"{k} {v}" for k, v in c.items()) for n, c in by_count)
+        lines += [
+            "",
+            f"**MCQ option order:** {mp.shuffled} shuffled (answer letters {moved or 'none'}), "
+            f"{mp.kept_order} kept the teacher's order (ambiguous option letters or positions)",
+        ]
+        lines += [f"- {_md_cell(r)}" for r in mp.kept_order_reasons[:max_kept]]
+        if len(mp.kept_order_reasons) > max_kept:
+            lines.append(f"- … and {len(mp.kept_order_reasons) - max_kept} more")
+    lines += ["", f"**Excluded by checks:** {report.excluded_items}"]
+    if report.excluded:
+        lines += ["", "| video | task | failed checks | question |", "|---|---|---|---|"]
+        lines += [f"| {_md_cell(e.video_key)} | {e.task} | {_md_cell('; '.join(e.reasons))} | {_md_cell(e.question)} |"
+                  for e in report.excluded[:max_skipped]]
+        if len(report.excluded) > max_skipped:
+            lines.append(f"| … | | {len(report.excluded) - max_skipped} more | |")
+    lines += ["", f"**Skipped items:** {len(report.skipped)}"]
     if report.skipped:
         lines += [""] + [f"- {_md_cell(s)}" for s in report.skipped[:max_skipped]]
         if len(report.skipped) > max_skipped:

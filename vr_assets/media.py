@@ -11,6 +11,7 @@ packets (demux only). Separate inputs per sample were measured too: each keeps a
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import os
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import ffmpeg as ff
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from vr_assets.fsnames import fs_bytes, is_clean, printable
 from vr_assets.records import VideoProbe
 
 GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
@@ -40,6 +42,9 @@ FRAME_TAIL_SEC = 1.0  # read past a group's last target when the frame rate is u
 MIN_SEEK_SAVING_SEC = 0.5  # start a new seeking entry only if it skips at least this much decoding
 MAX_TIMELINE_SEC = 2.0e6  # image2 numbers frames with a 32-bit int: ms pts must stay below 2^31
 STDERR_TAIL_LINES = 6
+FS_TOKEN = "vr-fs-bytes:"  # an argument naming a file whose name is not UTF-8 (see `_arg`)
+MIN_CHUNK_SEC = 1.0  # plan_chunks starts a chunk only with this much video left: a shorter video has none
+AUDIO_RATE = 16000  # Hz: speech models listen at 16 kHz; Gemini keeps ~1 kbit/s mono of an upload's sound anyway
 
 _MIME_BY_EXT = {
     ".mp4": "video/mp4",
@@ -69,7 +74,7 @@ class MediaError(Exception):
         self.path = str(path)
         self.operation = operation
         self.cause = cause
-        super().__init__(f"{operation} failed for {self.path}: {cause}")
+        super().__init__(f"{operation} failed for {printable(self.path)}: {cause}")  # one line whatever the name
 
     def __reduce__(self) -> tuple[type[MediaError], tuple[str, str, str]]:  # survives Dagster's process hops
         return type(self), (self.path, self.operation, self.cause)
@@ -84,7 +89,7 @@ def plan_chunks(duration: float, chunk_duration: float) -> list[tuple[int, float
         raise ValueError(f"chunk_duration must be positive, got {chunk_duration}")
     chunks: list[tuple[int, float, float]] = []
     index = 0
-    while (start := index * chunk_duration) + 1 <= duration:  # multiply, not accumulate: no float drift
+    while (start := index * chunk_duration) + MIN_CHUNK_SEC <= duration:  # multiply, not accumulate: no float drift
         chunks.append((index, round(start, 6), round(min(start + chunk_duration, duration), 6)))
         index += 1
     return chunks
@@ -256,6 +261,26 @@ def _segment_opts(cuts: str) -> dict[str, Any]:
     }
 
 
+def _arg(path: Path | str) -> str:
+    """A path as an ffmpeg-python argument. ffmpeg-python hashes its arguments as UTF-8, so a name that is not
+    UTF-8 travels as a token that `MediaTool._run` turns back into the name (subprocess passes its bytes)."""
+    text = str(path)
+    return text if is_clean(text) else FS_TOKEN + base64.urlsafe_b64encode(fs_bytes(text)).decode("ascii")
+
+
+def _unarg(arg: str) -> str:
+    return os.fsdecode(base64.urlsafe_b64decode(arg[len(FS_TOKEN):])) if arg.startswith(FS_TOKEN) else arg
+
+
+def _one_line_name(path: Path, tmp: Path) -> Path:
+    """`path`, or for a name with a line break (an ffconcat listing is read line by line) a symlink to it in `tmp`."""
+    if "\n" not in str(path) and "\r" not in str(path):
+        return path
+    alias = tmp / f"source{path.suffix if path.suffix.isascii() else ''}"
+    alias.symlink_to(path)
+    return alias
+
+
 def _concat_quote(path: Path) -> str:
     return "'" + str(path).replace("'", "'\\''") + "'"
 
@@ -339,6 +364,18 @@ def _scan_video(container: Any, stream: Any) -> tuple[list[dict[str, Any]], floa
     return packets, rotation or 0.0
 
 
+def file_has_audio(path: Path | str) -> bool:
+    """Whether a media file has an audio stream (PyAV, in-process, reads the header only); an unreadable
+    file has none (the step that decodes it reports why)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return any(s.type == "audio" for s in container.streams)
+    except (av.FFmpegError, OSError):
+        return False
+
+
 # ---------------------------------------------------------------- the tool
 
 
@@ -380,6 +417,11 @@ class MediaTool(BaseModel):
         "to (-skip_frame noref): the fps filter drops most of them anyway; each kept frame is decoded exactly",
     )
     timeout_s: float = Field(900.0, gt=0, description="per ffmpeg process")
+    audio: bool = Field(
+        False, description="keep the sound: the copy, chunks and clips carry the source's audio re-encoded small "
+        "(mono AAC at `audio_kbps`, AUDIO_RATE Hz); a source without audio gives files without. False: video only",
+    )
+    audio_kbps: int = Field(24, ge=8, le=256, description="bitrate of the kept audio")
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _invocations: int = PrivateAttr(default=0)
@@ -414,6 +456,9 @@ class MediaTool(BaseModel):
         video = videos[0]
         duration = _positive(video.get("duration")) or _positive(fmt.get("duration"))
         if duration is None:
+            fmt_name = str(fmt.get("format_name", ""))
+            if fmt_name.endswith("_pipe") or fmt_name == "image2":  # a picture (png_pipe, jpeg_pipe ...)
+                raise MediaError(path, "probe", f"a still image ({fmt_name}), not a video")
             raise MediaError(path, "probe", "zero or unknown duration (not a playable video)")
         width, height = int(video.get("width") or 0), int(video.get("height") or 0)
         if abs(_rotation(video)) % 180 == 90:
@@ -518,8 +563,8 @@ class MediaTool(BaseModel):
         with self._staging(out_dir) as tmp:
             # a cut at the last window's end too: a sub-second tail the plan drops becomes an extra piece
             cuts = ",".join(_num(t) for t in [*(start for _, start, _ in chunks[1:]), chunks[-1][2]])
-            output = ff.input(str(path), **self._decoder_opts()).output(
-                str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), c="copy"
+            output = ff.input(_arg(path), **self._decoder_opts(audio=self.audio)).output(
+                _arg(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), c="copy"
             )
             self._run(output, path, "split chunks")
             parts = sorted(tmp.glob("seg_*.mp4"))
@@ -551,22 +596,31 @@ class MediaTool(BaseModel):
     ) -> Path:
         """Whole video, downscaled and fps-reduced, for models; the source itself when it is already small.
 
-        `keyframes` (the later chunk starts) lets `split_copy` cut the chunks from this file without re-encoding.
+        With `audio` the sound goes along re-encoded small; a source passed through keeps its own. Without,
+        a small source that has sound is stream-copied without it. `keyframes` (the later chunk starts)
+        lets `split_copy` cut the chunks from this file without re-encoding.
         """
         path, out = Path(path), Path(out)
         info = probe or self.probe(path)
         small = self.max_side is None or max(info.width, info.height) <= self.max_side
         slow = self.fps is None or (0 < info.fps <= self.fps + 0.01)
-        if small and slow and path.suffix.lower() in PASSTHROUGH_CONTAINERS and info.video_codec in PASSTHROUGH_CODECS:
-            return path
+        as_is = path.suffix.lower() in PASSTHROUGH_CONTAINERS and info.video_codec in PASSTHROUGH_CODECS
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
         extra: dict[str, Any] = {"force_key_frames": ",".join(_num(t) for t in keyframes)} if keyframes else {}
         try:
-            stream = ff.input(str(path), **self._decoder_opts(info.fps))
-            output = self._filters(stream.video).output(
-                str(part), f="mp4", **self._x264_opts(), movflags="+faststart", **extra
-            )
+            if small and slow and as_is:
+                if self.audio or not info.has_audio:
+                    return path  # sent as it is, its own sound included: no work, no second file
+                # the picture is fine as it is; only the sound goes (one stream copy, no decoding)
+                output = ff.input(_arg(path), an=None, sn=None, dn=None).output(
+                    _arg(part), f="mp4", vcodec="copy", movflags="+faststart"
+                )
+            else:
+                stream = ff.input(_arg(path), **self._decoder_opts(info.fps, audio=self.audio))
+                streams = [self._filters(stream.video)] + ([stream.audio] if self.audio and info.has_audio else [])
+                output = ff.output(*streams, _arg(part), f="mp4", **self._x264_opts(), movflags="+faststart",
+                                   **extra, **self._sound_opts(info.has_audio))
             self._run(output, path, "prepare video")
             os.replace(part, out)
         finally:
@@ -620,10 +674,11 @@ class MediaTool(BaseModel):
         finals = [out_dir / f"frame_{i:03d}.jpg" for i in range(len(times))]
         with self._staging(out_dir) as tmp:
             entries, picks = ["ffconcat version 1.0"], []
+            listed = _concat_quote(_one_line_name(path.resolve(), tmp)) if len(groups) > 1 else ""
             for k, group in enumerate(groups):
                 first = group[0]
                 entries += [
-                    f"file {_concat_quote(path.resolve())}",
+                    f"file {listed}",
                     f"inpoint {_num((origin or 0.0) + first)}",  # concat points are file timestamps
                     f"outpoint {_num((origin or 0.0) + group[-1] + tail)}",
                     f"duration {_num(span)}",
@@ -633,14 +688,15 @@ class MediaTool(BaseModel):
                     picks.append(f"gte(t,{at})*(isnan(prev_t)+lt(prev_t,{at}))")
             if len(groups) == 1:  # one run: a plain input seek, times relative to the start like -ss everywhere
                 first = targets[0]
-                stream = ff.input(str(path), ss=_num(first), t=_num(targets[-1] - first + tail), **self._decoder_opts())
+                span_t = _num(targets[-1] - first + tail)
+                stream = ff.input(_arg(path), ss=_num(first), t=span_t, **self._decoder_opts())
             else:
                 listing = tmp / "entries.ffconcat"
-                listing.write_text("\n".join(entries) + "\n")
-                stream = ff.input(str(listing), f="concat", safe=0, copyts=None, **self._decoder_opts())
+                listing.write_bytes(fs_bytes("\n".join(entries) + "\n"))  # a name's own bytes, UTF-8 or not
+                stream = ff.input(_arg(listing), f="concat", safe=0, copyts=None, **self._decoder_opts())
             video = self._scale(stream.video.filter("select", "+".join(picks)))
             output = video.output(
-                str(tmp / "f_%015d.jpg"),
+                _arg(tmp / "f_%015d.jpg"),
                 fps_mode="passthrough",
                 enc_time_base="1/1000",
                 frame_pts=1,  # file names carry the pts in ms: the way back to the entry and the time
@@ -683,11 +739,15 @@ class MediaTool(BaseModel):
     def _segment_pass(self, path: Path, chunks: Sequence[tuple[int, float, float]], tmp: Path) -> list[Path]:
         origin, last_end = chunks[0][1], chunks[-1][2]
         cuts = ",".join(_num(start - origin) for _, start, _ in chunks[1:])
+        sound = self._has_audio(path)
         stream = ff.input(
-            str(path), ss=_num(origin), t=_num(last_end - origin), **self._decoder_opts(self._known_fps(path))
+            _arg(path), ss=_num(origin), t=_num(last_end - origin),
+            **self._decoder_opts(self._known_fps(path), audio=sound),
         )
-        output = self._filters(stream.video).output(
-            str(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts()
+        streams = [self._filters(stream.video)] + ([stream.audio] if sound else [])
+        output = ff.output(
+            *streams, _arg(tmp / "seg_%03d.mp4"), **_segment_opts(cuts), force_key_frames=cuts, **self._x264_opts(),
+            **self._sound_opts(sound),
         )
         self._run(output, path, "cut chunks")
         return [tmp / f"seg_{k:03d}.mp4" for k in range(len(chunks))]
@@ -701,11 +761,14 @@ class MediaTool(BaseModel):
     ) -> list[Path]:
         parts = list(names) if names is not None else [tmp / f"win_{index:03d}.mp4" for index, _, _ in windows]
         outputs = []
-        decoder = self._decoder_opts(self._known_fps(path))
+        sound = self._has_audio(path)
+        decoder = self._decoder_opts(self._known_fps(path), audio=sound)
         for (_, start, end), part in zip(windows, parts, strict=True):
-            stream = ff.input(str(path), ss=_num(start), t=_num(end - start), **decoder)
+            stream = ff.input(_arg(path), ss=_num(start), t=_num(end - start), **decoder)
+            streams = [self._filters(stream.video)] + ([stream.audio] if sound else [])
             outputs.append(
-                self._filters(stream.video).output(str(part), f="mp4", movflags="+faststart", **self._x264_opts())
+                ff.output(*streams, _arg(part), f="mp4", movflags="+faststart", **self._x264_opts(),
+                          **self._sound_opts(sound))
             )
         self._run(ff.merge_outputs(*outputs), path, "cut clip" if names is not None else "cut chunks")
         return parts
@@ -732,18 +795,36 @@ class MediaTool(BaseModel):
             opts["threads"] = self.threads
         return opts
 
+    def _audio_opts(self) -> dict[str, Any]:
+        """The kept sound, small: mono AAC (ffmpeg's own encoder, in every build) at a speech sample rate."""
+        return {"acodec": "aac", "ac": 1, "ar": AUDIO_RATE, "b:a": f"{self.audio_kbps}k"}
+
+    def _sound_opts(self, has_audio: bool) -> dict[str, Any]:
+        return self._audio_opts() if self.audio and has_audio else {}
+
+    def _has_audio(self, path: Path) -> bool:
+        """Whether outputs cut from `path` carry sound: kept, and the file has some (an earlier probe of it,
+        else a look at its streams in-process)."""
+        if not self.audio:
+            return False
+        known = self._remembered(path).probe
+        if known is not None:
+            return known.has_audio
+        return file_has_audio(path)
+
     def _known_fps(self, path: Path) -> float | None:
         known = self._remembered(path).probe
         return known.fps if known is not None else None
 
-    def _decoder_opts(self, source_fps: float | None = None) -> dict[str, Any]:
-        """Input options: only the video stream is wanted; with the source's rate known, the frame skip.
+    def _decoder_opts(self, source_fps: float | None = None, *, audio: bool = False) -> dict[str, Any]:
+        """Input options: the video stream (and with `audio` the sound); with the source's rate known, the
+        frame skip.
 
         The skipped frames are non-reference B frames, single or in short runs between the frames others
         predict from, so at half the source rate or less the fps filter still finds a decoded frame a few
         source frames from each output time; every frame it keeps is decoded exactly.
         """
-        opts: dict[str, Any] = {"an": None, "sn": None, "dn": None}
+        opts: dict[str, Any] = {"sn": None, "dn": None} if audio else {"an": None, "sn": None, "dn": None}
         if self.skip_nonref and self.fps is not None and source_fps and source_fps >= 2 * self.fps:
             opts["skip_frame"] = "noref"
         if self.threads:
@@ -758,7 +839,7 @@ class MediaTool(BaseModel):
 
     def _run(self, node: Any, path: Path, operation: str) -> None:
         exe = find_ffmpeg(self.ffmpeg)
-        compiled = node.compile(cmd=exe)
+        compiled = [_unarg(a) for a in node.compile(cmd=exe)]
         args = [compiled[0], *GLOBAL_ARGS, *compiled[1:]]
         self._count()
         try:

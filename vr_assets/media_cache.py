@@ -35,7 +35,23 @@ def media_settings(spec: Spec) -> dict[str, Any]:
     return {
         "ffmpeg": m.ffmpeg, "ffprobe": m.ffprobe, "max_side": m.max_side, "fps": m.fps,
         "threads": m.ffmpeg_threads, "skip_nonref": m.skip_nonref_frames,
+        "audio": keeps_audio(spec), "audio_kbps": m.audio_kbps,
     }
+
+
+def keeps_audio(spec: Spec) -> bool:
+    """`media.audio`, with its default resolved: keep for a Gemini VLM (it hears the track), drop for an
+    OpenAI-compatible one (vision-language servers read the frames only)."""
+    choice = spec.media.audio
+    if choice is None:
+        return spec.vlm.backend == "gemini"
+    return choice == "keep"
+
+
+def audio_version(spec: Spec) -> str:
+    """The audio setting as it enters the code version of every step whose media it changes (0, 1a, 1b,
+    1c): the model hears something else, so their answers may differ."""
+    return f"audio-keep-{spec.media.audio_kbps}k" if keeps_audio(spec) else "audio-drop"
 
 
 def chunk_plan(spec: Spec, duration: float) -> tuple[float, list[tuple[int, float, float]]]:
@@ -84,7 +100,8 @@ def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
 
 def _copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> tuple[Path, list[float]]:
     keyframes = copy_keyframes(spec, probe.duration_sec)
-    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes)}.mp4"
+    sound = (tool.audio_kbps,) if tool.audio else ()  # absent when dropped: earlier copies keep their names
+    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes, *sound)}.mp4"
     return cache / name, keyframes
 
 

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vr_assets.fsnames import FsText, printable
+
 Mode = Literal["anomaly", "normal"]
 QAType = Literal[
     "mcq",
@@ -44,11 +46,50 @@ class VideoSource(Record):
     """One video as found by discovery; the partition registry stores these."""
 
     key: str = Field(description="Dagster partition key")
-    path: str = Field(description="absolute path of the video file")
-    source: str = Field(description="'video_root' or the JSONL file it came from")
-    rel_path: str = Field(description="path relative to its source root; TAO's `video` field")
+    path: FsText = Field(description="absolute path of the video file")
+    source: FsText = Field(description="'video_root' or the JSONL file it came from")
+    rel_path: FsText = Field(description="path relative to its source root; TAO's `video` field")
     mode: Mode | None = Field(default=None, description="per-line mode from JSONL; wins over step 0")
     extra: dict[str, object] = Field(default_factory=dict, description="other JSONL fields, kept verbatim")
+
+
+FindingKind = Literal[
+    "dangling_symlink", "symlink_loop", "folder", "symlinked_folder", "unreadable_folder", "not_a_file",
+    "same_file", "bad_jsonl_line",
+]
+
+
+class DiscoveryFinding(Record):
+    """An entry discovery did not make a video of, and why in one line (instead of skipping it without a word)."""
+
+    path: FsText = Field(description="the entry as found (a JSONL file for its bad lines)")
+    kind: FindingKind
+    reason: str = Field(description="one line, printable: names in it are `fsnames.printable`")
+
+    def line(self) -> str:
+        return f"{printable(self.path)}: {self.reason}"
+
+
+class Discovery(Record):
+    """What one discovery found: the videos, and the entries it skipped with their reasons."""
+
+    videos: list[VideoSource] = Field(default_factory=list)
+    skipped: list[DiscoveryFinding] = Field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped entries per kind."""
+        out: dict[str, int] = {}
+        for f in self.skipped:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        """One line for the CLI, e.g. `12 videos found; 3 entries skipped (2 dangling_symlink, 1 folder)`."""
+        text = f"{len(self.videos)} videos found"
+        if self.skipped:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items()))
+            text += f"; {len(self.skipped)} entries skipped ({kinds})"
+        return text
 
 
 class VideoProbe(Record):
@@ -79,6 +120,11 @@ class CallUsage(Record):
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
+    cached_tokens: int = Field(0, description="of the prompt tokens, those read from a context cache (cheaper)")
+    cache_write_tokens: int = Field(
+        0, description="tokens this call put in an explicit context cache it made: billed as input, plus their "
+        "storage for the cache's TTL (in cost_usd)",
+    )
     latency_s: float = 0.0
     retries: int = 0
     cost_usd: float = 0.0
@@ -93,6 +139,7 @@ class UsageSummary(Record):
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
+    cached_tokens: int = 0
     retries: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
@@ -108,6 +155,7 @@ class UsageSummary(Record):
             prompt_tokens=sum(c.prompt_tokens for c in paid),
             output_tokens=sum(c.output_tokens for c in paid),
             thinking_tokens=sum(c.thinking_tokens for c in paid),
+            cached_tokens=sum(c.cached_tokens for c in paid),
             retries=sum(c.retries for c in paid),
             cost_usd=round(sum(c.cost_usd for c in paid), 6),
             latency_s=round(sum(c.latency_s for c in paid), 3),
@@ -294,9 +342,27 @@ class TaskItem(Record):
     reasoning: str
 
 
+class McqSource(Record):
+    """One MCQ as the teacher wrote it (options cleaned, in the teacher's order), for the dataset pass to place."""
+
+    question: str
+    options: list[str]
+    correct: int = Field(description="index of the correct option in `options`")
+    reasoning: str
+    keep_order: str = Field(
+        default="", description="why the options must stay in the teacher's order (ambiguous letters); '' = may move"
+    )
+
+
 class TaskExports(Record):
-    """Step 4 for one video: its items per TAO task name."""
+    """Step 4 for one video: its items per TAO task name.
+
+    MCQ items are in the teacher's option order here; ``mcq_sources[i]`` is ``tasks["mcq"][i]`` (and
+    ``tasks["mcq_openended"][i]``) before the dataset pass moves its options, which it does over all
+    videos at once so the answer letters come out balanced.
+    """
 
     video_key: str
     mode: Mode
     tasks: dict[str, list[TaskItem]] = Field(default_factory=dict)
+    mcq_sources: list[McqSource] = Field(default_factory=list)

@@ -87,7 +87,8 @@ class VideoRegistry:
                 # Refresh fields (mode/extra may change in the JSONL) but keep the key.
                 current[key] = v.model_copy(update={"key": key})
                 by_path[v.path] = key
+            # JSON mode: a name that is not UTF-8 is stored as its bytes (`fsnames.FsText`), so it opens again
             atomic_write_text(
-                self.path, json.dumps({k: v.model_dump() for k, v in sorted(current.items())}, indent=1)
+                self.path, json.dumps({k: v.model_dump(mode="json") for k, v in sorted(current.items())}, indent=1)
             )
             return current, new

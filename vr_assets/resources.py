@@ -39,6 +39,8 @@ class TeacherResource(ConfigurableResource):
     retry_initial_delay_s: float = 1.0
     retry_max_delay_s: float = 60.0
     bad_output_attempts: int = 2
+    context_cache: str = "auto"
+    context_cache_ttl_s: float = 600.0
 
     @classmethod
     def from_spec(cls, role: str, ms: ModelSpec, spec: Spec) -> TeacherResource:
@@ -54,6 +56,8 @@ class TeacherResource(ConfigurableResource):
             "retry_initial_delay_s": ms.retry.initial_delay_s,
             "retry_max_delay_s": ms.retry.max_delay_s,
             "bad_output_attempts": ms.retry.bad_output_attempts,
+            "context_cache": ms.context_cache,
+            "context_cache_ttl_s": ms.context_cache_ttl_s,
         }
         if ms.backend == "gemini":
             g = ms.gemini
@@ -85,7 +89,9 @@ class TeacherResource(ConfigurableResource):
                 temperature=self.temperature, max_output_tokens=self.max_output_tokens, timeout=self.timeout,
                 base_url=self.base_url, api_version=self.api_version,
             )
-            return ModelSpec(backend="gemini", gemini=gemini, limits=limits, retry=retry)
+            return ModelSpec(backend="gemini", gemini=gemini, limits=limits, retry=retry,
+                             context_cache=self.context_cache,  # type: ignore[arg-type]
+                             context_cache_ttl_s=self.context_cache_ttl_s)
         openai = OpenAISettings(
             api_key=key, base_url=self.base_url, model_name=self.model, temperature=self.temperature,
             max_tokens=self.max_output_tokens, timeout=self.timeout,
@@ -136,6 +142,8 @@ class MediaResource(ConfigurableResource):
     fps: float | None = 2.0
     threads: int = 1
     skip_nonref: bool = True
+    audio: bool = False
+    audio_kbps: int = 24
 
     @classmethod
     def from_spec(cls, spec: Spec) -> MediaResource:

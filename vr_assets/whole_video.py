@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vr_assets.config import Spec
-from vr_assets.media import video_mime
-from vr_assets.media_cache import step0_fps
+from vr_assets.media import MIN_CHUNK_SEC, video_mime
+from vr_assets.media_cache import chunk_plan, step0_fps
 from vr_assets.parsing import excerpt, parse_classification, parse_relevance
 from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
@@ -29,12 +29,47 @@ CAPTION_KEYS = ("anomaly_global_caption", "normal_global_caption", "anomaly_dens
 RunCalls = Callable[[list[ModelCall], str], list[ModelAnswer]]
 
 
+class TooShortError(ValueError):
+    """A video no chunk can be cut from: any question about it would be paid for nothing."""
+
+
+def too_short_reason(spec: Spec, probe: VideoProbe) -> str | None:
+    """Why step 1b would cut no chunk from this video (decided by step 1b's own `chunk_plan`), or None."""
+    if chunk_plan(spec, probe.duration_sec)[1]:
+        return None
+    frames = probe.duration_sec * probe.fps
+    what = "a single frame (a still image)" if 0 < frames < 1.5 else f"{probe.duration_sec:.2f} s"
+    return f"too short to chunk: {what}; step 1b's first chunk needs {MIN_CHUNK_SEC:g} s"
+
+
+def probe_stop_reason(spec: Spec, probe: VideoProbe) -> str | None:
+    """Why step 0 stops this video on its probe alone, before any model call (too long, too short), or None."""
+    limit = spec.workflow.max_video_length_sec
+    if probe.duration_sec > limit:
+        return f"too long: {probe.duration_sec:.1f} s > workflow.max_video_length_sec {limit:.0f} s"
+    return too_short_reason(spec, probe)
+
+
 def whole_video_ref(spec: Spec, probe: VideoProbe, kind: str, paths: list[Path], video_key: str) -> MediaRef:
     """Step 0's media (`media_cache.step0_media`, sampled at `media_cache.step0_fps`) as the model gets it,
-    in steps 0 and 1a and in the prefetch's questions: one place, so their cache keys cannot drift apart."""
+    in steps 0 and 1a and in the prefetch's questions: one place, so their cache keys cannot drift apart.
+
+    Refused (`TooShortError`) for a video too short to chunk: step 0 stops it before asking, and whoever
+    asks ahead of step 0 (the prefetch) cannot pay for questions about it either.
+    """
+    if (short := too_short_reason(spec, probe)) is not None:
+        raise TooShortError(f"video {video_key}: {short}")
     mime = "image/jpeg" if kind == "frames" else video_mime(paths[0])
     fps = step0_fps(spec, probe, kind)
-    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps)  # type: ignore[arg-type]
+    return MediaRef(kind=kind, paths=paths, mime_type=mime, video_key=video_key, fps=fps,  # type: ignore[arg-type]
+                    reuses=whole_video_calls(spec))
+
+
+def whole_video_calls(spec: Spec) -> int:
+    """Questions a video that goes on gets about its whole copy: step 0's relevance and anomaly questions
+    (when asked) and step 1a's two captions. An explicit context cache is judged on this count (a video
+    that stops at step 0, or whose mode its JSONL line gives, is asked fewer)."""
+    return int(asks_relevance(spec)) + int(spec.workflow.mode == "auto") + len(CAPTION_KEYS) // 2
 
 
 def asks_relevance(spec: Spec) -> bool:

@@ -32,8 +32,9 @@ from vr_assets.assets.common import (
 )
 from vr_assets.call_cache import CachedModel
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
+from vr_assets.fsnames import printable
 from vr_assets.media import MediaError, MediaTool, video_mime, video_workdir
-from vr_assets.media_cache import chunk_plan, code_version, one_upload_per_video
+from vr_assets.media_cache import audio_version, chunk_plan, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
@@ -56,7 +57,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         code_version=code_version(
             "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
             wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
-            one_upload_per_video(spec),
+            one_upload_per_video(spec), audio_version(spec),
         ),
         kinds={"python", spec.vlm.backend},
         owners=["team:video-data"],
@@ -104,7 +105,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         group_name="step_1_captions",
         code_version=code_version(
             "chunk_captions/1", pipe.pack.fingerprint(CHUNK_KEYS), vlm_id, wf.chunk_duration_options, wf.max_chunks,
-            spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+            spec.media.max_side, spec.media.fps, one_upload_per_video(spec), audio_version(spec),
         ),
         kinds={"python", "ffmpeg", spec.vlm.backend},
         owners=["team:video-data"],
@@ -121,7 +122,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         video, duration = captions.video, captions.probe.duration_sec
         chunk_len, plan = chunk_plan(spec, duration)
         if not plan:
-            raise Failure(description=f"video {key} ({video.path}): too short to chunk ({duration:.2f} s)")
+            raise Failure(description=f"video {key} ({printable(video.path)}): too short to chunk ({duration:.2f} s)")
         model = vlm.client(spec)
         tool = media.tool()
         if model.clips_in_place:

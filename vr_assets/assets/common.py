@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from vr_assets.call_cache import CachedModel
 from vr_assets.config import Spec
+from vr_assets.fsnames import printable
 from vr_assets.media import MediaError, MediaTool
 from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_path, step0_media
 from vr_assets.parsing import excerpt as excerpt  # re-exported for the steps
@@ -74,7 +75,9 @@ def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str)
 
 
 def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:
-    return Failure(description=f"video {video.key} ({video.path}): {err}")
+    """One line naming the video, its file (a MediaError names it already) and the cause."""
+    where = "" if isinstance(err, MediaError) else f" ({printable(video.path)})"
+    return Failure(description=f"video {video.key}{where}: {err}")
 
 
 def full_video_media(pipe: Pipeline, video: VideoSource, probe: VideoProbe, tool: MediaTool) -> MediaRef:
@@ -116,6 +119,8 @@ def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
         "cost_usd": MetadataValue.float(s.cost_usd),
         "model_latency_s": MetadataValue.float(s.latency_s),
     }
+    if s.cached_tokens:  # read from a Gemini context cache, at the cached-input price
+        meta["context_cached_tokens"] = s.cached_tokens
     if s.uploaded_bytes or s.inline_bytes:
         meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
     return meta

@@ -1,4 +1,8 @@
-"""Step 0: probe the video, keep it or stop it here, decide anomaly vs normal."""
+"""Step 0: probe the video, keep it or stop it here, decide anomaly vs normal.
+
+What the probe alone decides (too long, too short to chunk; unreadable files fail in the probe) is decided
+before the first model call, so such a video costs nothing.
+"""
 
 
 from pathlib import Path
@@ -16,12 +20,20 @@ from vr_assets.assets.common import (
     run_calls,
     usage_metadata,
 )
-from vr_assets.media import MediaError
-from vr_assets.media_cache import code_version, one_upload_per_video
+from vr_assets.fsnames import printable
+from vr_assets.media import MIN_CHUNK_SEC, MediaError
+from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
-from vr_assets.whole_video import SCREENING_KEYS, ScreeningError, asks_relevance, known_mode, screen
+from vr_assets.whole_video import (
+    SCREENING_KEYS,
+    ScreeningError,
+    asks_relevance,
+    known_mode,
+    probe_stop_reason,
+    screen,
+)
 
 
 def build(pipe: Pipeline) -> AssetsDefinition:
@@ -33,6 +45,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         spec.vlm.gemini.temperature if spec.vlm.backend == "gemini" else spec.vlm.openai.temperature,
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+        audio_version(spec), MIN_CHUNK_SEC,  # the sound the model hears; the probe's too-short stop
     )
 
     @asset(
@@ -44,7 +57,8 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         owners=["team:video-data"],
         pool="vlm",
         description="Step 0. Probes the video once, asks the VLM whether it belongs to the domain and, in auto mode, "
-        "whether it shows an anomaly. A video that is off-domain or too long stops here (not a failure).",
+        "whether it shows an anomaly. A video that is off-domain, too long or too short to chunk stops here (not "
+        "a failure); what the probe decides (length) is decided before any model call.",
     )
     def filter_result(
         context: AssetExecutionContext, vlm: TeacherResource, media: MediaResource
@@ -58,11 +72,10 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             raise media_failure(video, e) from e
         mode, mode_source = known_mode(spec, video.mode)
         result: FilterResult
-        if probe.duration_sec > wf.max_video_length_sec:
+        if (stop := probe_stop_reason(spec, probe)) is not None:  # what the probe decides costs no call
             result = FilterResult(
                 video=video, probe=probe, proceed=False, mode=mode or "normal", mode_source=mode_source,
-                stop_reason=f"too long: {probe.duration_sec:.1f} s > workflow.max_video_length_sec "
-                f"{wf.max_video_length_sec:.0f} s",
+                stop_reason=stop,
             )
         else:
             model = vlm.client(spec)
@@ -100,7 +113,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
                 "decision": decision,
                 "mode": result.mode,
                 "duration_s": MetadataValue.float(probe.duration_sec),
-                "video": MetadataValue.path(video.path),
+                "video": MetadataValue.path(printable(video.path)),
                 "preview": MetadataValue.md(preview),
                 **usage_metadata(result.usage),
             },

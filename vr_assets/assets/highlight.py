@@ -19,7 +19,7 @@ from vr_assets.assets.common import (
 )
 from vr_assets.checks import HIGHLIGHT_SPECS, check_highlight
 from vr_assets.media import MediaError, highlight_window, video_mime, video_workdir
-from vr_assets.media_cache import code_version, one_upload_per_video
+from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.parsing import parse_timestamp
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import chunk_captions_str, fmt_seconds
@@ -42,7 +42,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         code_version=code_version(
             "highlight/1", pipe.pack.fingerprint(KEYS), enabled, spec.llm.backend, spec.llm.model_name,
             spec.vlm.backend, spec.vlm.model_name, wf.highlight_before_sec, wf.highlight_after_sec,
-            spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
+            spec.media.max_side, spec.media.fps, one_upload_per_video(spec), audio_version(spec),
         ),
         kinds={"python", "ffmpeg", spec.llm.backend},
         owners=["team:video-data"],

@@ -1,4 +1,4 @@
-"""Fake Gemini Developer API (the subset google-genai uses): generate, stream, count, Files API.
+"""Fake Gemini Developer API (the subset google-genai uses): generate, stream, count, Files API, caches.
 
 Follows the observed wire protocol of google-genai 3.x: success is HTTP 200 only, nested
 keys arrive in snake_case or camelCase, inline data is url-safe base64, and the resumable
@@ -11,7 +11,6 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import io
 import json
 import re
 import secrets
@@ -19,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ from vr_assets.fakes.server import (
     Reply,
     Route,
     http_error,
+    probe_media,
 )
 from vr_assets.fakes.teacher import Teacher
 
@@ -105,6 +106,7 @@ class UploadedFile:
     api_version: str = "v1beta"
     create_time: str = ""
     duration_s: float | None = None
+    has_audio: bool | None = None
     data: bytes = field(default=b"", repr=False)
 
     @property
@@ -130,6 +132,29 @@ class _FileTable(dict[str, UploadedFile]):
 
 
 @dataclass
+class CachedContent:
+    """An explicit context cache: contents (and system instruction) prepended to the requests naming it."""
+
+    id: str
+    model: str
+    contents: list[dict[str, Any]]
+    system: dict[str, Any] | None
+    tokens: int
+    expire_unix: float
+    create_time: str
+    display_name: str = ""
+    deleted: bool = False
+    reads: int = 0  # generateContent requests that named it
+
+    @property
+    def name(self) -> str:
+        return f"cachedContents/{self.id}"
+
+    def live(self) -> bool:
+        return not self.deleted and time.time() < self.expire_unix
+
+
+@dataclass
 class _Session:
     file_id: str
     api_version: str
@@ -146,10 +171,13 @@ class _GenInfo:
     text_chars: int
     media: list[tuple[str, str]]  # (sha256, mime)
     sampling: list[dict[str, float]]  # per media part: videoMetadata start/end/fps
+    audio: list[bool | None]  # per media part: whether the video carries sound
     schema: dict[str, Any] | None
     mime: str
     include_thoughts: bool
     max_tokens: int | None
+    cached_tokens: int = 0  # prompt tokens that came from the named cache
+    cache_name: str | None = None
 
 
 class FakeGemini(FakeServer):
@@ -167,6 +195,7 @@ class FakeGemini(FakeServer):
         *,
         processing_polls: int = 2,
         probe_durations: bool = True,
+        min_cache_tokens: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(teacher, latency_media_s, latency_text_s, faults, **kwargs)
@@ -174,6 +203,9 @@ class FakeGemini(FakeServer):
         self.processing_polls = processing_polls
         self.probe_durations = probe_durations
         self.uploaded: _FileTable = _FileTable()
+        #: the service refuses to cache less than this (1,024-4,096 tokens by model); 0 takes anything
+        self.min_cache_tokens = min_cache_tokens
+        self.caches: dict[str, CachedContent] = {}
         self._sessions: dict[str, _Session] = {}
         self._files_lock = threading.Lock()
         self._routes: list[Route] = [
@@ -197,6 +229,11 @@ class FakeGemini(FakeServer):
             ),
             ("GET", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.get", self._files_get),
             ("DELETE", re.compile(rf"/{_V}/files/(?P<fid>[^/:]+)"), "files.delete", self._files_delete),
+            ("POST", re.compile(rf"/{_V}/cachedContents"), "caches.create", self._cache_create),
+            ("GET", re.compile(rf"/{_V}/cachedContents"), "caches.list", self._cache_list),
+            ("GET", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.get", self._cache_get),
+            ("PATCH", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.update", self._cache_update),
+            ("DELETE", re.compile(rf"/{_V}/cachedContents/(?P<cid>[^/:]+)"), "caches.delete", self._cache_delete),
         ]
 
     # ------------------------------------------------------------ public helpers
@@ -204,6 +241,16 @@ class FakeGemini(FakeServer):
     def live_files(self) -> int:
         with self._files_lock:
             return sum(1 for f in self.uploaded.values() if not f.deleted)
+
+    def live_caches(self) -> int:
+        with self._files_lock:
+            return sum(1 for c in self.caches.values() if c.live())
+
+    def expire_caches(self) -> None:
+        """Every cache reaches its TTL now (the service then answers 404 for it)."""
+        with self._files_lock:
+            for c in self.caches.values():
+                c.expire_unix = min(c.expire_unix, time.time() - 1)
 
     def upload_bytes_by_sha(self) -> dict[str, int]:
         """Bytes of finalized uploads per content sha256 (deleted files included)."""
@@ -277,6 +324,8 @@ class FakeGemini(FakeServer):
         rec.prompt_text = info.prompt
         rec.media_sha256 = [sha for sha, _ in info.media]
         rec.media_sampling = info.sampling
+        rec.media_audio = info.audio
+        rec.cached_content = info.cache_name
         rec.schema_title = str(info.schema.get("title")) if info.schema and info.schema.get("title") else None
 
     # ------------------------------------------------------------ generate
@@ -288,8 +337,12 @@ class FakeGemini(FakeServer):
         texts: list[str] = []
         media: list[tuple[str, str]] = []
         sampling: list[dict[str, float]] = []
+        audio: list[bool | None] = []
         system = _get(body, "systemInstruction")
         blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
+        cache = self._cache_for_request(model, body) if _get(body, "cachedContent") else None
+        if cache is not None:  # its contents come first, as if the request had them
+            blocks = ([cache.system] if cache.system else []) + cache.contents + blocks
         for block in blocks:
             for part in block.get("parts") or []:
                 if not isinstance(part, dict) or part.get("thought"):
@@ -298,13 +351,16 @@ class FakeGemini(FakeServer):
                     texts.append(part["text"])
                 inline = _get(part, "inlineData")
                 if isinstance(inline, dict):
-                    media.append(self._inline_media(inline))
+                    sha, inline_mime, sound = self._inline_media(inline)
+                    media.append((sha, inline_mime))
                     sampling.append(self._sampling(part, None))
+                    audio.append(sound)
                 file_data = _get(part, "fileData")
                 if isinstance(file_data, dict):
-                    sha, file_mime, duration_s = self._file_media(file_data)
+                    sha, file_mime, duration_s, sound = self._file_media(file_data)
                     media.append((sha, file_mime))
                     sampling.append(self._sampling(part, duration_s))
+                    audio.append(sound)
         config = _get(body, "generationConfig") or {}
         mime = str(_get(config, "responseMimeType") or "text/plain")
         schema = (
@@ -321,13 +377,37 @@ class FakeGemini(FakeServer):
             text_chars=len(prompt),
             media=media,
             sampling=sampling,
+            audio=audio,
             schema=schema if mime in ("application/json", "text/x.enum") else None,
             mime=mime,
             include_thoughts=bool(_get(thinking, "includeThoughts")),
             max_tokens=int(max_tokens) if max_tokens else None,
+            cached_tokens=cache.tokens if cache is not None else 0,
+            cache_name=cache.name if cache is not None else None,
         )
 
-    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str]:
+    def _cache_for_request(self, model: str, body: dict[str, Any]) -> CachedContent:
+        """The live cache a request names; refused like the service: unknown or expired (404), another
+        model, or a request that also sets a system instruction, tools or tool config (400)."""
+        name = str(_get(body, "cachedContent"))
+        for field_name in ("systemInstruction", "tools", "toolConfig"):
+            if _get(body, field_name):
+                raise http_error(self.error_reply(
+                    400, "CachedContent can not be used with GenerateContent request setting system_instruction, "
+                    "tools or tool_config.\n\nProposed fix: move those values to CachedContent from "
+                    "GenerateContent request."))
+        with self._files_lock:
+            cache = self.caches.get(name.removeprefix("cachedContents/"))
+            if cache is None or not cache.live():
+                raise http_error(self.error_reply(404, f"CachedContent not found (or permission denied): {name}"))
+            if cache.model != model.removeprefix("models/"):
+                raise http_error(self.error_reply(
+                    400, f"Model used by GenerateContent request ({model}) and CachedContent ({cache.model}) "
+                    "has to be the same."))
+            cache.reads += 1
+            return cache
+
+    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str, bool | None]:
         mime = str(_get(inline, "mimeType") or "")
         if not mime:
             raise http_error(self.error_reply(400, "* inline_data.mime_type: mime type is required"))
@@ -337,7 +417,7 @@ class FakeGemini(FakeServer):
             raise http_error(self.error_reply(400, f"Invalid value at 'inline_data.data': {exc}")) from exc
         sha = hashlib.sha256(raw).hexdigest()
         self.note_inline(sha, len(raw))
-        return sha, mime
+        return sha, mime, self.has_audio(sha, raw, mime)
 
     def _sampling(self, part: dict[str, Any], duration_s: float | None) -> dict[str, float]:
         """A part's videoMetadata in seconds; a range that is empty or starts past the video's end is
@@ -368,13 +448,13 @@ class FakeGemini(FakeServer):
             )
         return out
 
-    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str, float | None]:
-        """(sha256, mime, duration in seconds when known) of a fileData part."""
+    def _file_media(self, file_data: dict[str, Any]) -> tuple[str, str, float | None, bool | None]:
+        """(sha256, mime, duration in seconds when known, whether it has sound) of a fileData part."""
         uri = str(_get(file_data, "fileUri") or "")
         mime = str(_get(file_data, "mimeType") or "")
         hit = _FILE_ID.search(uri)
         if hit is None:
-            return hashlib.sha256(uri.encode()).hexdigest(), mime, None  # e.g. a YouTube URL: fingerprint the URI
+            return hashlib.sha256(uri.encode()).hexdigest(), mime, None, None  # e.g. a YouTube URL: the URI
         fid = hit.group(1)
         with self._files_lock:
             f = self.uploaded.get(fid)
@@ -390,7 +470,7 @@ class FakeGemini(FakeServer):
                         status_name="FAILED_PRECONDITION",
                     )
                 )
-            return f.sha256, mime or f.mime_type, f.duration_s
+            return f.sha256, mime or f.mime_type, f.duration_s, f.has_audio
 
     def _usage(self, info: _GenInfo, answer_chars: int, think_chars: int) -> dict[str, Any]:
         text_tokens = info.text_chars // 4
@@ -400,13 +480,16 @@ class FakeGemini(FakeServer):
         prompt_tokens = sum(details.values())
         candidates = answer_chars // 4
         thoughts = think_chars // 4
-        return {
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": candidates,
             "thoughtsTokenCount": thoughts,
             "totalTokenCount": prompt_tokens + candidates + thoughts,
             "promptTokensDetails": [{"modality": m, "tokenCount": n} for m, n in details.items()],
         }
+        if info.cached_tokens:  # part of promptTokenCount, as the service reports it
+            usage["cachedContentTokenCount"] = min(info.cached_tokens, prompt_tokens)
+        return usage
 
     def _generate(self, ex: Exchange, fault: str | None) -> Reply:
         info: _GenInfo = ex.info
@@ -570,7 +653,12 @@ class FakeGemini(FakeServer):
     def _probe(self, f: UploadedFile) -> None:
         if f.duration_s is not None or not f.mime_type.startswith("video/"):
             return
-        f.duration_s = _probe_duration(f.data) if self.probe_durations else 0.0
+        if not self.probe_durations:
+            f.duration_s = 0.0
+            return
+        facts = probe_media(f.data)
+        f.duration_s = facts.duration_s if facts.duration_s is not None else _ffprobe_duration(f.data)
+        f.has_audio = facts.has_audio
 
     def _file_json(self, f: UploadedFile) -> dict[str, Any]:
         created = dt.datetime.strptime(f.create_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
@@ -626,6 +714,80 @@ class FakeGemini(FakeServer):
             f.data = b""
         return Reply.json({})
 
+    # ------------------------------------------------------------ caches
+
+    def _cache_create(self, ex: Exchange, fault: str | None) -> Reply:
+        body = ex.json if isinstance(ex.json, dict) else {}
+        model = str(body.get("model") or "").removeprefix("models/")
+        contents = body.get("contents")
+        if not model or not isinstance(contents, list) or not contents:
+            return self.error_reply(400, "* CreateCachedContentRequest: model and contents are required")
+        system = _get(body, "systemInstruction")
+        info = self._gen_info(model, {"contents": contents, "systemInstruction": system})  # files checked here
+        tokens = info.text_chars // 4 + MEDIA_TOKENS * len(info.media)
+        if tokens < self.min_cache_tokens:
+            return self.error_reply(
+                400, f"Cached content is too small. total_token_count={tokens}, min_total_token_count="
+                f"{self.min_cache_tokens}")
+        ttl = _get(body, "ttl")
+        hit = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(ttl)) if ttl is not None else None
+        if ttl is not None and hit is None:
+            return self.error_reply(400, f"Invalid value at 'cached_content.ttl' ({ttl!r})")
+        cache = CachedContent(
+            id=secrets.token_hex(8), model=model, contents=[c for c in contents if isinstance(c, dict)],
+            system=system if isinstance(system, dict) else None, tokens=tokens,
+            expire_unix=time.time() + (float(hit.group(1)) if hit else 3600.0), create_time=_ts(_now()),
+            display_name=str(_get(body, "displayName") or ""),
+        )
+        with self._files_lock:
+            self.caches[cache.id] = cache
+        return Reply.json(self._cache_json(cache))
+
+    def _cache_json(self, c: CachedContent) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": c.name,
+            "model": f"models/{c.model}",
+            "createTime": c.create_time,
+            "updateTime": c.create_time,
+            "expireTime": _ts(dt.datetime.fromtimestamp(c.expire_unix, dt.UTC)),
+            "usageMetadata": {"totalTokenCount": c.tokens},
+        }
+        if c.display_name:
+            out["displayName"] = c.display_name
+        return out
+
+    def _live_cache(self, cid: str) -> CachedContent:
+        c = self.caches.get(cid)
+        if c is None or not c.live():
+            raise http_error(self.error_reply(404, f"CachedContent not found (or permission denied): {cid}"))
+        return c
+
+    def _cache_get(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            return Reply.json(self._cache_json(self._live_cache(ex.params["cid"])))
+
+    def _cache_list(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            live = [self._cache_json(c) for c in self.caches.values() if c.live()]
+        return Reply.json({"cachedContents": live} if live else {})
+
+    def _cache_update(self, ex: Exchange, fault: str | None) -> Reply:
+        ttl = _get(ex.json, "ttl") if isinstance(ex.json, dict) else None
+        hit = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(ttl)) if ttl is not None else None
+        with self._files_lock:
+            c = self._live_cache(ex.params["cid"])
+            if hit is not None:
+                c.expire_unix = time.time() + float(hit.group(1))
+            return Reply.json(self._cache_json(c))
+
+    def _cache_delete(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            c = self.caches.get(ex.params["cid"])
+            if c is None or c.deleted:
+                return self.error_reply(404, f"CachedContent not found (or permission denied): {ex.params['cid']}")
+            c.deleted = True
+        return Reply.json({})
+
     def _download(self, ex: Exchange, fault: str | None) -> Reply:
         with self._files_lock:
             f = self._live(ex.params["fid"])
@@ -633,19 +795,8 @@ class FakeGemini(FakeServer):
         return Reply(body=data, content_type="application/octet-stream")
 
 
-def _probe_duration(data: bytes) -> float:
-    """Duration for videoMetadata; 0 when neither PyAV nor ffprobe can read the bytes.
-
-    In-process through PyAV (~ms): the service does this work on its own machines, so the fake should
-    not take an ffprobe process's CPU from the client it serves (the benchmark shares 2 cores)."""
-    try:
-        import av
-
-        with av.open(io.BytesIO(data)) as container:
-            if container.duration is not None:
-                return round(container.duration / 1_000_000, 3)
-    except Exception:  # noqa: BLE001 - no PyAV, or bytes it cannot read: try ffprobe, which may know better
-        pass
+def _ffprobe_duration(data: bytes) -> float:
+    """Duration for videoMetadata when PyAV (`probe_media`) could not tell; 0 when ffprobe cannot either."""
     ffprobe = shutil.which("ffprobe")
     if not ffprobe or not data:
         return 0.0

@@ -99,13 +99,14 @@ class FakeOpenAI(FakeServer):
             raise http_error(self.error_reply(400, "'messages' must be a non-empty array."))
         texts: list[str] = []
         media: list[str] = []
+        audio: list[bool | None] = []
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
                 texts.append(content)
             elif isinstance(content, list):
                 for part in content:
-                    self._part(part, texts, media)
+                    self._part(part, texts, media, audio)
         schema, title = self._schema(body)
         ex.info = {"prompt": "\n".join(texts), "media": media, "schema": schema}
         ex.has_media = bool(media)
@@ -113,9 +114,10 @@ class FakeOpenAI(FakeServer):
         rec.model = str(body.get("model") or "") or None
         rec.prompt_text = ex.info["prompt"]
         rec.media_sha256 = media
+        rec.media_audio = audio
         rec.schema_title = title
 
-    def _part(self, part: Any, texts: list[str], media: list[str]) -> None:
+    def _part(self, part: Any, texts: list[str], media: list[str], audio: list[bool | None]) -> None:
         if isinstance(part, str):
             texts.append(part)
             return
@@ -144,6 +146,7 @@ class FakeOpenAI(FakeServer):
         if decoded is not None:
             self.note_inline(sha, len(raw))
         media.append(sha)
+        audio.append(self.has_audio(sha, raw, decoded[1] or "") if decoded is not None else None)
 
     @staticmethod
     def _schema(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import logging
 import random
@@ -53,6 +54,9 @@ class RequestRecord:
     media_sha256: list[str] = field(default_factory=list)
     # per media part: its videoMetadata time range and rate in seconds ({} when none)
     media_sampling: list[dict[str, float]] = field(default_factory=list)
+    # per media part: whether the video has an audio stream (None: not a video, or unreadable)
+    media_audio: list[bool | None] = field(default_factory=list)
+    cached_content: str | None = None  # the explicit context cache a generate request named
     model: str | None = None
     schema_title: str | None = None
     prompt_text: str = ""
@@ -223,6 +227,7 @@ class FakeServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._seq = 0
+        self._audio_by_sha: dict[str, bool | None] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -343,6 +348,18 @@ class FakeServer:
     def note_inline(self, sha: str, nbytes: int) -> None:
         with self._lock:
             self.inline_bytes[sha] += nbytes
+
+    def has_audio(self, sha: str, data: bytes, mime: str) -> bool | None:
+        """Whether received video bytes carry sound, probed once per content hash (None: not a video)."""
+        if not mime.startswith("video/"):
+            return None
+        with self._lock:
+            if sha in self._audio_by_sha:
+                return self._audio_by_sha[sha]
+        found = probe_media(data).has_audio
+        with self._lock:
+            self._audio_by_sha[sha] = found
+        return found
 
     # ------------------------------------------------------------ dispatch
 
@@ -491,6 +508,28 @@ class FakeServer:
         h.close_connection = True
         with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True)
+class MediaFacts:
+    """What the fake reads from received media bytes, as the service would on its side."""
+
+    duration_s: float | None = None
+    has_audio: bool | None = None
+
+
+def probe_media(data: bytes) -> MediaFacts:
+    """Duration and whether there is an audio stream, in-process through PyAV (~ms); nothing for bytes it
+    cannot read. The service does this work on its own machines, so the fake should not take an ffprobe
+    process's CPU from the client it serves (the benchmark shares 2 cores)."""
+    try:
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            duration = round(container.duration / 1_000_000, 3) if container.duration is not None else None
+            return MediaFacts(duration, any(s.type == "audio" for s in container.streams))
+    except Exception:  # noqa: BLE001 - no PyAV, or bytes it cannot read
+        return MediaFacts()
 
 
 class _HttpError(Exception):

@@ -141,7 +141,7 @@ def get_model(
 def reset_registry() -> None:
     """Forget every shared teacher, client and limiter (tests; a fresh start in a long-lived process).
 
-    Uploads still alive are deleted first, best effort.
+    Uploads and context caches still alive are deleted first, best effort.
     """
     from vr_assets.providers import gemini, limits, openai_compat
 
@@ -151,7 +151,7 @@ def reset_registry() -> None:
         shared = list(gemini._SHARED.values())
         gemini._SHARED.clear()
     for sh in shared:
-        sh.uploads.close()
+        sh.close()
     with openai_compat._SHARED_LOCK:
         openai_compat._SHARED.clear()
     with limits._REGISTRY_LOCK:

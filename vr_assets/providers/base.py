@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vr_assets.config import MediaSettings, ModelSpec, Pricing, RetrySettings
 from vr_assets.providers.limits import RateLimiter
-from vr_assets.providers.usage import UsageLedger, cost_usd
+from vr_assets.providers.usage import UsageLedger, cache_write_usd, cost_usd, with_cache_prices
 from vr_assets.records import CallUsage
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ class MediaRef(BaseModel):
     start_s: float | None = Field(None, ge=0, description="a time range of the video instead of all of it")
     end_s: float | None = Field(None, gt=0)
     fps: float | None = Field(None, gt=0, description="frames per second the model samples (Gemini)")
+    reuses: int | None = Field(
+        None, ge=1, description="calls expected on exactly this media (the whole video's questions): lets Gemini "
+        "judge whether an explicit context cache pays. Not part of what the model sees (nor of cache keys)",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> MediaRef:
@@ -61,7 +65,9 @@ class MediaRef(BaseModel):
 
     def between(self, start_s: float, end_s: float) -> MediaRef:
         """The same video, a time range of it (at the model's own sampling rate)."""
-        return MediaRef.model_validate({**self.model_dump(), "start_s": start_s, "end_s": end_s, "fps": None})
+        return MediaRef.model_validate(
+            {**self.model_dump(), "start_s": start_s, "end_s": end_s, "fps": None, "reuses": None}
+        )
 
     @property
     def sampling(self) -> dict[str, float]:
@@ -379,6 +385,8 @@ class Attempt:
     prompt_tokens: int = 0
     output_tokens: int = 0
     thinking_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     bad: BadOutput | None = None
     uploaded_bytes: int = 0
     inline_bytes: int = 0
@@ -527,6 +535,8 @@ class BaseTeacher:
         totals.prompt_tokens += got.prompt_tokens
         totals.output_tokens += got.output_tokens
         totals.thinking_tokens += got.thinking_tokens
+        totals.cached_tokens += got.cached_tokens
+        totals.cache_write_tokens += got.cache_write_tokens
         if got.bad is not None:
             raise got.bad
         parsed = parse_structured(got.text, call.schema_model) if call.schema_model is not None else None
@@ -558,7 +568,7 @@ class BaseTeacher:
         if p is None and not self._warned_no_price and (prices or self._acct.budget_usd):
             self._warned_no_price = True
             log.warning("no price for model %s: its calls cost 0 in the ledger and budget", self.model_name)
-        return p
+        return with_cache_prices(self.model_name, p) if p is not None else None
 
     def _usage(self, call: ModelCall, t: Attempt, start: float, retries: int) -> CallUsage:
         price = self._price()
@@ -570,9 +580,12 @@ class BaseTeacher:
             prompt_tokens=t.prompt_tokens,
             output_tokens=t.output_tokens,
             thinking_tokens=t.thinking_tokens,
+            cached_tokens=t.cached_tokens,
+            cache_write_tokens=t.cache_write_tokens,
             latency_s=round(time.monotonic() - start, 4),
             retries=retries,
-            cost_usd=cost_usd(price, t.prompt_tokens, t.output_tokens, t.thinking_tokens),
+            cost_usd=cost_usd(price, t.prompt_tokens, t.output_tokens, t.thinking_tokens, t.cached_tokens)
+            + cache_write_usd(price, t.cache_write_tokens, self._spec.context_cache_ttl_s),
             uploaded_bytes=t.uploaded_bytes,
             inline_bytes=t.inline_bytes,
         )

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -22,6 +23,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from vr_assets.config import MediaSettings, ModelSpec
+from vr_assets.fsnames import printable
 from vr_assets.providers.base import (
     Accounting,
     Attempt,
@@ -43,8 +45,10 @@ from vr_assets.providers.base import (
     parse_retry_info,
     strip_think,
 )
+from vr_assets.providers.context_cache import CacheBook, CacheEntry
 from vr_assets.providers.limits import RateLimiter
 from vr_assets.providers.upload_registry import MAX_AGE_S, UploadEntry, UploadRegistry
+from vr_assets.providers.usage import context_cache_pays
 
 log = logging.getLogger(__name__)
 
@@ -275,12 +279,15 @@ class UploadManager:
         size = path.stat().st_size
         opts = types.HttpOptions(timeout=timeout_ms)
         try:
-            f = self._client.files.upload(
-                file=str(path),
-                config=types.UploadFileConfig(mime_type=mime, display_name=owner[:120], http_options=opts),
-            )
+            # an open file, not its path: given a path the SDK sends the file's name in an HTTP header, which
+            # must be ASCII (a name such as `café.mp4`, or one that is not UTF-8, failed every upload)
+            with open(path, "rb") as fh:
+                f = self._client.files.upload(
+                    file=fh,
+                    config=types.UploadFileConfig(mime_type=mime, display_name=owner[:120], http_options=opts),
+                )
         except ValueError as err:  # the SDK's "upload status is not finalized": an interrupted upload
-            raise RetryableError(f"upload of {path.name} did not finish: {self._scrub(err)}") from None
+            raise RetryableError(f"upload of {printable(path.name)} did not finish: {self._scrub(err)}") from None
         name = f.name or ""
         deadline = time.monotonic() + UPLOAD_MAX_WAIT_S
         interval = UPLOAD_POLL_INITIAL_S
@@ -304,7 +311,7 @@ class UploadManager:
             self._delete_name(name)
             raise FileProcessingFailed(f"file {name} processing failed: {self._scrub(detail)}")
         part = types.Part(file_data=types.FileData(file_uri=f.uri, mime_type=f.mime_type or mime))
-        log.info("uploaded %s (%d bytes) as %s", path.name, size, name)
+        log.info("uploaded %s (%d bytes) as %s", printable(path.name), size, name)
         return _Upload(sha=sha, name=name, part=part, size=size, created=time.monotonic())
 
     def _delete(self, up: _Upload) -> None:
@@ -365,6 +372,24 @@ class GeminiShared:
         self.client = genai.Client(api_key=api_key, http_options=opts)
         self.uploads = UploadManager(self.client, self.scrub, max_live, registry)
         self.payloads: PayloadCache[list[types.Part]] = PayloadCache()
+        self.caches = CacheBook(registry.root / "context_caches" if registry is not None else None)
+        self.uncacheable: set[str] = set()  # cache keys the service refused to cache (too small, ...)
+
+    def delete_caches(self, owner: str) -> int:
+        """Delete the explicit context caches made for `owner`'s video, wherever they were made."""
+        gone = self.caches.pop_all(owner)
+        for entry in gone:
+            try:
+                self.client.caches.delete(name=entry.name)
+            except Exception as err:  # noqa: BLE001 - it expires by its TTL anyway; never fail a step on cleanup
+                log.warning("could not delete context cache %s: %s", entry.name, self.scrub(err))
+        return len(gone)
+
+    def close(self) -> None:
+        """End of a process: uploads and caches only this process knew about are deleted."""
+        self.uploads.close()
+        for owner in self.caches.owners():
+            self.delete_caches(owner)
 
     def __repr__(self) -> str:
         return "GeminiShared(...)"
@@ -431,14 +456,18 @@ class GeminiTeacher(BaseTeacher):
     def release(self, video_key: str) -> None:
         self._shared.payloads.release(video_key)
         self._shared.uploads.release(video_key)
+        if self._shared.caches.root is None:  # nobody else can find them: like unregistered uploads
+            self._shared.delete_caches(video_key)
 
     def discard(self, video_key: str) -> None:
         self._shared.payloads.release(video_key)
+        self._shared.delete_caches(video_key)
         self._shared.uploads.discard(video_key)
 
     def close(self) -> None:
-        """End of a run: delete the uploads this endpoint holds, except those registered for later steps."""
-        self._shared.uploads.close()
+        """End of a run: delete the uploads (and caches) this endpoint holds, except those registered for
+        later steps."""
+        self._shared.close()
 
     # -------------------------------------------------- media
 
@@ -487,22 +516,111 @@ class GeminiTeacher(BaseTeacher):
     # -------------------------------------------------- request
 
     def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
+        """One request: media first, then the prompt, so requests on one video share the longest prefix the
+        service's implicit caching can hit (a system instruction, when set, precedes both). A video
+        asked several whole-video questions reads its media from an explicit context cache instead, where
+        that pays (`_context_cache`); a cache the service no longer has is made again, once."""
+        cache, made = self._context_cache(call, prepared)
+        try:
+            got = self._generate(call, prepared, cache)
+        except genai_errors.APIError as err:
+            if cache is None or not _cache_gone(err):
+                raise
+            log.info("context cache %s gone (%s): making it again", cache.name, self._shared.scrub(err))
+            self._shared.caches.forget(cache.owner, cache.name)
+            cache, made = self._context_cache(call, prepared)
+            got = self._generate(call, prepared, cache)
+        if made and cache is not None:
+            got.cache_write_tokens = cache.tokens
+        return got
+
+    def _generate(self, call: ModelCall, prepared: Prepared, cache: CacheEntry | None) -> Attempt:
         s = self._settings
         config = types.GenerateContentConfig(
             temperature=s.temperature,
             max_output_tokens=s.max_output_tokens,
-            media_resolution=s.media_resolution if call.media is not None else None,
-            system_instruction=call.system or None,
+            # with a cache the system instruction is in it (the service refuses a request that names a cache
+            # and sets system_instruction, tools or tool_config); on Gemini 3 its part carries the resolution
+            media_resolution=(
+                s.media_resolution if call.media is not None and (cache is None or not self._part_resolution)
+                else None
+            ),
+            system_instruction=(call.system or None) if cache is None else None,
+            cached_content=cache.name if cache is not None else None,
             response_mime_type="application/json" if call.schema_model is not None else None,
             response_schema=call.schema_model,
             http_options=types.HttpOptions(timeout=self._timeout_ms),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
-        parts = [*prepared.payload, types.Part(text=call.prompt)]
+        parts = [*(prepared.payload if cache is None else []), types.Part(text=call.prompt)]
         resp = self._shared.client.models.generate_content(
             model=s.model, contents=[types.Content(role="user", parts=parts)], config=config
         )
         return read_response(resp)
+
+    # -------------------------------------------------- explicit context caching
+
+    def _context_cache(self, call: ModelCall, prepared: Prepared) -> tuple[CacheEntry | None, bool]:
+        """(the cache this call reads its media from, whether this call made it); (None, False) for a plain
+        request: caching off, media that is not one whole uploaded video asked about more than once, a
+        price table that says it does not pay, or content the service refused to cache."""
+        media = call.media
+        if self._spec.context_cache != "auto" or media is None or media.kind != "video" or not media.reuses:
+            return None, False
+        if media.start_s is not None or len(prepared.payload) != 1 or prepared.payload[0].file_data is None:
+            return None, False
+        ttl = self._spec.context_cache_ttl_s
+        if not context_cache_pays(self._price(), media.reuses, ttl):
+            return None, False
+        part = prepared.payload[0]
+        fd, meta = part.file_data, part.video_metadata
+        key = hashlib.sha256(
+            "|".join([self.model_name, fd.file_uri or "", meta.model_dump_json() if meta else "",
+                      str(self._settings.media_resolution), call.system]).encode()
+        ).hexdigest()[:32]
+        if key in self._shared.uncacheable:
+            return None, False
+        return self._shared.caches.get_or_create(media.video_key, key, lambda: self._create_cache(call, part, key))
+
+    @property
+    def _part_resolution(self) -> bool:
+        """Whether the model takes a media resolution on a part (Gemini 3 and later), so the cached video is
+        tokenized at the configured resolution; older models get it in each request's config."""
+        hit = re.match(r"(?:models/)?gemini-(\d+)", self._settings.model)
+        return hit is not None and int(hit.group(1)) >= 3
+
+    def _create_cache(self, call: ModelCall, part: types.Part, key: str) -> CacheEntry | None:
+        ttl = self._spec.context_cache_ttl_s
+        resolution = self._settings.media_resolution if self._part_resolution else None
+        cached_part = types.Part(
+            file_data=part.file_data, video_metadata=part.video_metadata,
+            media_resolution=types.PartMediaResolution(level=resolution) if resolution else None,
+        )
+        try:
+            made = self._shared.client.caches.create(
+                model=self._settings.model,
+                config=types.CreateCachedContentConfig(
+                    contents=[types.Content(role="user", parts=[cached_part])],
+                    system_instruction=call.system or None,
+                    ttl=f"{ttl:.0f}s",
+                    display_name=call.video_key[:120],
+                    http_options=types.HttpOptions(timeout=self._timeout_ms),
+                ),
+            )
+        except genai_errors.ClientError as err:  # refused (too few tokens, a model without caching): go plain
+            log.info("no context cache for video %r: %s", call.video_key, self._shared.scrub(err))
+            if err.code != 429:  # a rate limit says nothing about the content: a later call tries again
+                self._shared.uncacheable.add(key)
+            return None
+        except Exception as err:  # noqa: BLE001 - unreachable or overloaded: this call goes plain, the next tries
+            log.info("context cache for video %r not made: %s", call.video_key, self._shared.scrub(err))
+            return None
+        now = time.time()
+        expire = made.expire_time.timestamp() if made.expire_time is not None else now + ttl
+        tokens = (made.usage_metadata.total_token_count or 0) if made.usage_metadata is not None else 0
+        log.info("context cache %s for video %r (%d tokens, %.0f s)", made.name, call.video_key, tokens, ttl)
+        return CacheEntry(key=key, name=made.name or "", owner=call.video_key, tokens=tokens, created_unix=now,
+                          expire_unix=expire)
 
     def _classify(self, exc: BaseException) -> Failure:
         scrub = self._shared.scrub
@@ -520,6 +638,11 @@ class GeminiTeacher(BaseTeacher):
         if got is not None:
             return got
         return Failure("unexpected", False, f"{type(exc).__name__}: {scrub(exc)}")
+
+
+def _cache_gone(err: genai_errors.APIError) -> bool:
+    """The service no longer has the named cache: expired, deleted, or not (yet) usable."""
+    return err.code in (403, 404) or (err.status or "") in ("NOT_FOUND", "FAILED_PRECONDITION")
 
 
 def _with_sampling(part: types.Part, media: MediaRef) -> types.Part:
@@ -559,6 +682,7 @@ def read_response(resp: types.GenerateContentResponse) -> Attempt:
         prompt_tokens=(um.prompt_token_count or 0) if um else 0,
         output_tokens=(um.candidates_token_count or 0) if um else 0,
         thinking_tokens=(um.thoughts_token_count or 0) if um else 0,
+        cached_tokens=(um.cached_content_token_count or 0) if um else 0,
     )
     cands = resp.candidates or []
     if not cands:

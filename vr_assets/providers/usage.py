@@ -22,17 +22,71 @@ from vr_assets.records import CallUsage, UsageSummary
 LEDGER_FILE = "calls.jsonl"
 
 
-def cost_usd(price: Pricing | None, prompt_tokens: int, output_tokens: int, thinking_tokens: int) -> float:
+# Gemini context caching, paid tier, USD per million tokens (text/image/video): (cached input, storage per hour).
+# Source: https://ai.google.dev/gemini-api/docs/pricing as quoted in the project's cost notes
+# (reference/scale_and_cost.md, section 5b), read 2026-12-02. Input for comparison: 2.5 Flash $0.30, 2.5 Pro $1.25
+# (prompts up to 200k tokens). A spec's `prices` entry overrides these; other models need them in the spec.
+KNOWN_CACHE_PRICES: dict[str, tuple[float, float]] = {
+    "gemini-2.5-flash": (0.03, 1.00),
+    "gemini-2.5-pro": (0.125, 4.50),
+}
+
+
+def with_cache_prices(model: str, price: Pricing) -> Pricing:
+    """`price` with the context-cache prices it leaves out filled from KNOWN_CACHE_PRICES (exact model name)."""
+    known = KNOWN_CACHE_PRICES.get(model.removeprefix("models/"))
+    if known is None or (price.cached_input_per_mtok is not None and price.cache_storage_per_mtok_hour is not None):
+        return price
+    update = {}
+    if price.cached_input_per_mtok is None:
+        update["cached_input_per_mtok"] = known[0]
+    if price.cache_storage_per_mtok_hour is None:
+        update["cache_storage_per_mtok_hour"] = known[1]
+    return price.model_copy(update=update)
+
+
+def cost_usd(
+    price: Pricing | None, prompt_tokens: int, output_tokens: int, thinking_tokens: int, cached_tokens: int = 0
+) -> float:
     """USD for one call; thinking is billed at the output price unless priced separately.
 
     Both backends report `output_tokens` without the thinking part (OpenAI's completion tokens
-    minus reasoning tokens), so nothing is billed twice.
+    minus reasoning tokens), so nothing is billed twice. `cached_tokens` are part of `prompt_tokens`
+    (Gemini's promptTokenCount includes cachedContentTokenCount) and cost the cached-input price.
     """
     if price is None:
         return 0.0
     think = price.thinking_per_mtok if price.thinking_per_mtok is not None else price.output_per_mtok
-    total = prompt_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok + thinking_tokens * think
+    cached = min(max(cached_tokens, 0), prompt_tokens)
+    cached_price = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    total = (
+        (prompt_tokens - cached) * price.input_per_mtok + cached * cached_price
+        + output_tokens * price.output_per_mtok + thinking_tokens * think
+    )
     return round(total / 1_000_000, 8)
+
+
+def cache_write_usd(price: Pricing | None, tokens: int, ttl_s: float) -> float:
+    """USD for making an explicit context cache of `tokens`: written at the input price, stored for its TTL
+    (the most it can cost; deleted earlier, it may cost less)."""
+    if price is None or tokens <= 0:
+        return 0.0
+    storage = price.cache_storage_per_mtok_hour or 0.0
+    return round(tokens * (price.input_per_mtok + storage * ttl_s / 3600) / 1_000_000, 8)
+
+
+def context_cache_pays(price: Pricing | None, calls: int, ttl_s: float) -> bool:
+    """Whether one explicit cache read by `calls` calls costs less than sending its content with each.
+
+    Per cached token, with the cache: its creation (billed as input), each call's read at the cached price
+    and its storage for the whole TTL; without: each call's input price. The token count cancels out
+    (what the service refuses as too small, 1,024-4,096 tokens by model, falls back to plain calls).
+    """
+    if price is None or calls < 2 or price.cache_storage_per_mtok_hour is None:
+        return False
+    cached = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    with_cache = price.input_per_mtok + calls * cached + price.cache_storage_per_mtok_hour * ttl_s / 3600
+    return with_cache < calls * price.input_per_mtok
 
 
 class LedgerEntry(BaseModel):

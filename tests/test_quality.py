@@ -1,0 +1,265 @@
+"""The quality rules on a corpus of items phrased like real teacher output (tests/data/quality_corpus).
+
+Every case lists the rules it must break; a clean case (`flags: []`) must break none, so each rule is
+tested on items it has to catch and on near misses it has to let through.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import AssetCheckSeverity
+
+from tests.test_export import tao_validate
+from vr_assets.checks import (
+    EXPORT_CHECKS,
+    failures_markdown,
+    item_errors,
+    item_failures,
+    item_problems,
+    rule_problems,
+)
+from vr_assets.export import place_and_exclude, place_mcq_options, task_exports_for_video, task_items_for_video
+from vr_assets.fakes.teacher import Teacher
+from vr_assets.parsing import parse_qa
+from vr_assets.prompts import load_pack, qa_prompt_key, schema_for_key
+from vr_assets.quality import QUALITY_CHECKS, ExampleIndex, example_segments, mcq_agreement_problem
+from vr_assets.records import ALL_QA_TYPES, QAItem, TaskExports, TaskItem
+
+CORPUS = Path(__file__).parent / "data" / "quality_corpus"
+
+
+def load_cases() -> list[dict[str, Any]]:
+    cases = []
+    for path in sorted(CORPUS.glob("*.yaml")):
+        for case in yaml.safe_load(path.read_text(encoding="utf-8")):
+            cases.append({**case, "file": path.stem})
+    return cases
+
+
+CASES = load_cases()
+
+
+@pytest.fixture(scope="module")
+def general() -> ExampleIndex:
+    return ExampleIndex.of(load_pack("general"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], general: ExampleIndex) -> None:
+    item = TaskItem(video_id="v.mp4", question=case["question"], answer=str(case["answer"]),
+                    reasoning=case["reasoning"])
+    found = item_problems(case["task"], item, case["duration"], mode=case["mode"], examples=general)
+    assert sorted({rule for rule, _ in found}) == sorted(case["flags"]), found
+
+
+def test_corpus_covers_every_new_rule_both_ways() -> None:
+    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written"}
+    for rule in QUALITY_CHECKS:
+        caught = [c["id"] for c in CASES if rule in c["flags"]]
+        passed = [c["id"] for c in CASES if rule not in c["flags"] and c["file"] in (rule, "speculation")]
+        assert caught, f"no case {rule} must catch"
+        assert passed, f"no clean case for {rule}"
+    # the failures seen from a real small model are in, verbatim
+    questions = {c["question"].split("\n")[0] for c in CASES if c["origin"] == "observed"}
+    assert "What is the reason the person is picking up the box?" in questions
+    assert "How does placing the box at 00:05 lead to the person entering at 00:00?" in questions
+    assert "Does the cyclist touch the opening car door before falling at 00:07?" in questions
+
+
+def test_severities_are_declared() -> None:
+    sev = {name: s for name, (s, _) in EXPORT_CHECKS.items()}
+    assert sev["mcq_answer_not_longest"] == AssetCheckSeverity.WARN
+    assert sev["description_not_speculative"] == AssetCheckSeverity.WARN
+    for rule in ("no_example_leakage", "question_form", "causal_order", "mcq_answer_matches_reasoning",
+                 "times_inside_video", "answer_not_speculative"):
+        assert sev[rule] == AssetCheckSeverity.ERROR
+    # a warn-level rule shows the item in the checks but does not leave it out of the dataset
+    case = next(c for c in CASES if c["id"] == "longest-answer-by-far")
+    item = TaskItem(video_id="v.mp4", question=case["question"], answer=case["answer"], reasoning=case["reasoning"])
+    assert [r for r, _ in item_problems("mcq", item, 15.0)] == ["mcq_answer_not_longest"]
+    assert rule_problems("mcq", item, 15.0) == [] and item_errors("mcq", item, 15.0) == []
+
+
+@pytest.mark.parametrize("pack", ["general", "traffic", "warehouse"])
+def test_every_pack_example_counts_as_leakage_and_only_for_its_prompt(pack: str) -> None:
+    p = load_pack(pack)
+    index = ExampleIndex.of(p)
+    checked = 0
+    for key, segments in index.segments.items():
+        for seg in segments:
+            task = next(t for t, qt in _TASKS.items() if key.endswith(qt))
+            mode = "anomaly" if key.startswith("anomaly") else "normal"
+            if len(seg.split()) >= 6:
+                assert index.copied(task, mode, seg) == seg, (key, seg)
+                checked += 1
+    assert checked >= 20
+    # the MCQ examples are format-only placeholders (the options move in step 4): nothing in them to copy
+    assert all(index.segments[k] == [] for k in ("anomaly_mcq", "normal_mcq"))
+    # the general pack's anomaly_bcq example is not this pack's normal_bcq example
+    cyclist = "Does the cyclist touch the opening car door before falling at 00:07?"
+    general = ExampleIndex.of(load_pack("general"))
+    assert general.copied("bcq", "anomaly", cyclist) and not general.copied("bcq", "normal", cyclist)
+    # the instructions' own forms are what good items follow: never matched
+    assert example_segments(p.text("anomaly_temporal_event_desc")) == []
+    assert not index.copied("temporal_description", "anomaly", "What happens between 00:03 and 00:08 in the video?")
+
+
+_TASKS = {"mcq": "_mcq", "bcq": "_bcq", "open_qa": "_open_qa", "causal_linkage": "_causal_linkage",
+          "temporal_localization": "_temporal_localization"}
+
+
+def test_offline_teacher_output_breaks_no_rule(general: ExampleIndex) -> None:
+    """The demo's teacher, structured and free text, both modes, many videos: no item fails any rule."""
+    pack = load_pack("general")
+    teacher = Teacher(items_per_call=3)
+    total = 0
+    for v in range(6):
+        for mode in ("anomaly", "normal"):
+            for structured in (True, False):
+                items = []
+                for qt in ALL_QA_TYPES:
+                    key = qa_prompt_key(qt, mode)
+                    model = schema_for_key(key) if structured else None
+                    ans = teacher.answer(pack.text(key), [f"{v:064x}"], model.model_json_schema() if model else None)
+                    items += parse_qa(ans.text, qt, key)
+                tasks, skipped = task_items_for_video(items, f"v{v}.mp4")
+                assert skipped == []
+                te = TaskExports(video_key=f"v{v}", mode=mode, tasks=tasks)
+                total += sum(len(x) for x in tasks.values())
+                assert item_failures(te, 8.0, general) == []
+    assert total == 6 * 2 * 2 * 3 * (len(ALL_QA_TYPES) + 2)  # 3 items per type, MCQ and BCQ with a twin each
+
+
+def test_failures_table_names_item_rule_and_reason(general: ExampleIndex) -> None:
+    cases = {c["id"]: c for c in CASES}
+    bad = [cases["form-bcq-what-is-the-reason"], cases["causal-placing-box-before-entering"]]
+    te = TaskExports(video_key="corridor", mode="normal", tasks={
+        c["task"]: [TaskItem(video_id="c.mp4", question=c["question"], answer=c["answer"], reasoning=c["reasoning"])]
+        for c in bad
+    })
+    failures = item_failures(te, 12.0, general)
+    assert [(f.task, f.index, f.rule, f.severity) for f in failures] == [
+        ("bcq_openended", 0, "question_form", "error"), ("causal_linkage", 0, "causal_order", "error")]
+    md = failures_markdown(failures)
+    assert "| bcq_openended[0] | question_form | error | not a yes/no question" in md
+    assert "the cause at 00:05 comes after its effect at 00:00" in md
+    assert failures_markdown([]) == "no item fails a check"
+
+
+def _mcqs(video: int) -> list[QAItem]:
+    """Four MCQs whose reasoning names the answer by letter (teacher's answer A or B), and two bad ones."""
+    out = []
+    for i in range(4):
+        options = [f"The worker {verb} crate {video}-{i}" for verb in ("lifts", "drops", "kicks", "paints")]
+        answer = "AB"[(video + i) % 2]
+        out.append(QAItem(qa_type="mcq", prompt_key="normal_mcq", question=f"What happens to crate {video}-{i}?",
+                          options=options, answer=answer,
+                          reasoning=f"At 00:0{i} the worker bends over the crate. Option {answer} is correct."))
+    # the verdict names another option: left out, in both placed forms
+    out.append(QAItem(qa_type="mcq", prompt_key="normal_mcq", question=f"Who opens gate {video}?",
+                      options=["A guard in a vest", "A driver", "A cyclist", "Nobody"], answer="A",
+                      reasoning="The driver steps out and swings the gate open, so the answer is B."))
+    # only the open-ended twin guesses ("probably" in the correct option): the closed MCQ goes with it
+    out.append(QAItem(qa_type="mcq", prompt_key="normal_mcq", question=f"Why does van {video} stop?",
+                      options=["The driver probably waits for a pallet", "A tyre bursts", "It runs out of fuel"],
+                      answer="A", reasoning="The van halts beside the dock while two pallets are loaded."))
+    return out
+
+
+def test_dataset_pass_places_options_before_it_judges() -> None:
+    """Placement renames the reasoning's letters first, the checks judge the placed items, and what fails
+    leaves with its twin and its source; the written letters stay exactly balanced."""
+    per_video = [task_exports_for_video(f"v{v}", "normal", _mcqs(v), f"v{v}.mp4")[0] for v in range(6)]
+    assert all(item_failures(te, 30.0)[0].rule == "mcq_answer_matches_reasoning" for te in per_video)
+
+    placed, placement, excluded = place_and_exclude(per_video, lambda te: item_failures(te, 30.0))
+    assert [(e.task, e.reasons[0].split(":")[0]) for e in excluded if e.video_key == "v0"] == [
+        ("mcq", "mcq_answer_matches_reasoning"), ("mcq", "twin_excluded"),
+        ("mcq_openended", "mcq_answer_matches_reasoning"), ("mcq_openended", "answer_not_speculative")]
+    assert len(excluded) == 6 * 4
+    moved = 0
+    for te in placed:
+        assert item_failures(te, 30.0) == [], "every written item was judged as written"
+        assert len(te.mcq_sources) == len(te.tasks["mcq"]) == len(te.tasks["mcq_openended"]) == 4
+        for item, source in zip(te.tasks["mcq"], te.mcq_sources, strict=True):
+            assert f"Option {item.answer} is correct" in item.reasoning
+            if item.answer != "AB"[source.correct]:
+                moved += 1  # judged with the teacher's letters, this placed item would have been left out
+                unmoved = item.model_copy(update={"reasoning": source.reasoning})
+                assert mcq_agreement_problem("mcq", unmoved)
+    assert moved >= 12
+    letters = Counter(i.answer for te in placed for i in te.tasks["mcq"])
+    assert placement.shuffled == 24 and max(letters.values()) - min(letters.values()) <= 1, letters
+    # the same as placing the kept items alone: the exclusion left the round robin exact
+    assert place_mcq_options(placed)[0] == placed
+    # without exclusion it only places
+    only, _, none = place_and_exclude(per_video, None)
+    assert none == [] and sum(len(te.tasks["mcq"]) for te in only) == 36
+
+
+class CopyingTeacher(Teacher):
+    """The offline teacher, except that its yes/no answers carry what a small real model wrote:
+    the prompt's own example copied, and a question that is not a yes/no question."""
+
+    def _known(self, ctx: Any, title: str) -> Any:
+        if title != "YesNoSet":
+            return super()._known(ctx, title)
+        return {"items": [
+            {"question": "Does anyone leave the queue at the ticket machine before reaching it?", "answer": "No",
+             "explanation": "Every person in the queue waits their turn and uses the machine before walking away.",
+             "reasoning": "At 00:02 four people stand in line at the ticket machine. Each one steps up when the "
+                          "person ahead finishes."},
+            {"question": "What is the reason the person is picking up the box?", "answer": "No",
+             "explanation": "The person picks up the box to carry it away.",
+             "reasoning": "The person bends down at 00:01 and lifts the box, then walks off with it."},
+            {"question": "Does the camera stay fixed for the whole clip?", "answer": "Yes",
+             "explanation": "The view does not move.",
+             "reasoning": "The frame edges and the background stay in place from 00:00 to the end of the clip."},
+        ]}
+
+
+def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synthetic_videos: dict[str, Path]) -> None:
+    """A real run: task_exports lists the failing items per video, the dataset leaves them out with reasons."""
+    import json
+
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+    env = make_pipeline("gemini", teacher=CopyingTeacher())
+    env.teacher.set_verdict_for_file(env.add_video(synthetic_videos["short_mp4"], "corridor.mp4"), label="normal")
+    spec = env.spec(workflow={"qa_types": ["bcq", "open_qa"]})
+    summary = env.run(spec)
+    assert summary.failed == {}, summary.failed
+    instance = DagsterInstance.get()
+    ev = instance.get_latest_materialization_event(AssetKey("task_exports"))
+    meta = ev.asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["items_failing_checks"].value == 4  # two bad items, each in bcq and bcq_openended
+    table = str(meta["check_failures"].value)
+    assert "| bcq[0] | no_example_leakage | error | question repeats the prompt's example" in table
+    assert "| bcq_openended[1] | question_form | error | not a yes/no question" in table
+    # the asset checks in the UI: the rules the items break failed, the others passed
+    status = {}
+    for rule in ("question_form", "no_example_leakage", "times_inside_video"):
+        (rec,) = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("task_exports"), rule), limit=1)
+        status[rule] = rec.status.value
+    assert status == {"question_form": "FAILED", "no_example_leakage": "FAILED", "times_inside_video": "SUCCEEDED"}
+
+    out = env.results / "step_4_output"
+    for task in ("bcq", "bcq_openended"):
+        items = json.loads((out / f"{task}.json").read_text())["items"]
+        assert [i["question"].split("\n")[0] for i in items] == ["Does the camera stay fixed for the whole clip?"]
+    report = json.loads((out / "dataset_report.json").read_text())
+    assert report["excluded_items"] == 4
+    assert sorted((e["task"], e["reasons"][0].split(":")[0]) for e in report["excluded"]) == [
+        ("bcq", "no_example_leakage"), ("bcq", "question_form"),
+        ("bcq_openended", "no_example_leakage"), ("bcq_openended", "question_form")]
+    assert tao_validate(out)[0] == []
+    ds = instance.get_latest_materialization_event(AssetKey("dataset"))
+    md = str(ds.asset_materialization.metadata["report"].value)  # type: ignore[union-attr]
+    assert "**Excluded by checks:** 4" in md
+    assert "| corridor.mp4 | bcq | question_form: not a yes/no question" in md

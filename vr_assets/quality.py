@@ -1,0 +1,462 @@
+"""Item rules for the ways real teachers fail, beyond the format rules in `checks.py`.
+
+A small real LLM as teacher wrote items the format rules passed but a reader rejects at once: the
+prompt's own example copied, a "yes/no" question that is not one, a cause placed after its effect,
+an MCQ whose reasoning picks another option. These rules catch those, plus times outside the video
+and guesses where the task asks for what is visible. The rules are deliberately narrow (explicit
+phrases, long word runs, conservative comparisons): a rule that drops good items costs more than
+the rare bad item it would also catch. `tests/data/quality_corpus/` holds the cases each rule must
+and must not flag.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dagster import AssetCheckSeverity
+
+from vr_assets.prompts import PromptPack, qa_prompt_key
+from vr_assets.records import TaskItem
+
+ERROR = AssetCheckSeverity.ERROR
+WARN = AssetCheckSeverity.WARN
+
+# bump when a rule changes what it flags: step 4's code versions include it, so the checks and exclusions re-run
+QUALITY_VERSION = "1"
+
+QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
+    "no_example_leakage": (ERROR, "No question, option, answer or reasoning repeats the example text of the prompt "
+                           "the item was written with (a run of 8 words, or a whole line of 6 or more)."),
+    "question_form": (ERROR, "Yes/no questions are closed questions (an auxiliary verb first: is, does, did, can…); "
+                      "temporal localization questions ask when and name the event they locate."),
+    "causal_order": (ERROR, "In causal items the cause's time is not after its effect's time."),
+    "mcq_answer_matches_reasoning": (ERROR, "Where an MCQ's reasoning states its verdict (\"the answer is C\", "
+                                     "\"Option B is correct\", \"the correct answer is <option text>\"), it names "
+                                     "the answer's option."),
+    "times_inside_video": (ERROR, "Every MM:SS time a question or answer names lies inside the video, and a named "
+                           "window (between X and Y, from X to Y) has positive length."),
+    "answer_not_speculative": (ERROR, "Answers of fact tasks (open QA, causal linkage, temporal description, the "
+                               "open-ended Yes/No and MCQ twins) state what is visible, without likely/may/might/"
+                               "possibly/probably/it seems."),
+    "mcq_answer_not_longest": (WARN, "The correct MCQ option is not by far the longest (at most 1.5 times the "
+                               "longest wrong option), a cue a model can learn instead of the video."),
+    "description_not_speculative": (WARN, "Scene descriptions and summaries state what is visible, without "
+                                    "likely/may/might/possibly/probably/it seems."),
+}
+
+# ---------------------------------------------------------------- shared text helpers
+
+_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+?)\s*$", re.MULTILINE)
+_TIME = re.compile(
+    r"(?<![\d:.])(?:(\d{1,2}):)?(\d{1,2}):([0-5]\d(?:\.\d+)?)(?![\d:])(?!\s*[ap]\.?m\b)", re.IGNORECASE
+)
+_WORD = re.compile(r"<t>|[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def stem(question: str) -> str:
+    """The question's first line: without the options and the answer-format instruction export appends."""
+    return question.strip().split("\n", 1)[0].strip()
+
+
+def mcq_options(question: str) -> list[tuple[str, str]]:
+    return _OPTION_LINE.findall(question)
+
+
+def answer_letter(task: str, answer: str) -> str:
+    return answer.strip()[:1] if task == "mcq_openended" else answer.strip()
+
+
+def times_in(text: str) -> list[tuple[float, int, int]]:
+    """(seconds, start, end) of every MM:SS / H:MM:SS time in `text`; clock times (10:30 am) are left out."""
+    out = []
+    for m in _TIME.finditer(text):
+        h, mm, ss = m.groups()
+        out.append((int(h or 0) * 3600 + int(mm) * 60 + float(ss), m.start(), m.end()))
+    return out
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(_TIME.sub(" <t> ", text.lower().replace("’", "'")))
+
+
+def _excerpt(text: str, n: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------- example leakage
+
+# Which step-3 question type wrote the items of a task (the prompt whose example could leak).
+TASK_QA_TYPE: dict[str, str] = {
+    "mcq": "mcq",
+    "mcq_openended": "mcq",
+    "bcq": "bcq",
+    "bcq_openended": "bcq",
+    "open_qa": "open_qa",
+    "causal_linkage": "causal_linkage",
+    "temporal_localization": "temporal_localization",
+    "temporal_description": "temporal_event_desc",
+    "scene_description": "scene_description",
+    "video_summarization": "event_summary",
+}
+_EXAMPLE_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:an?\s+)?examples?\b[^:\n]*:(.*)$", re.IGNORECASE)
+_FIELD_LABEL = re.compile(r"^\s*[\w -]{1,20}:\s*")
+_QUOTED = re.compile(r"[\"“]([^\"”]+)[\"”]")
+RUN = 8  # words in a row shared with the example that count as copying
+WHOLE_LINE = 6  # a line this long or longer that sits inside the example counts as copied
+
+
+def example_segments(prompt: str) -> list[str]:
+    """The example texts of a prompt: the lines after an `Example …:` heading up to the next blank line.
+
+    Only examples count; the instructions' own quoted forms ("When does [event] occur in the video?",
+    "the person in the red jacket") are what every good item follows, so they are never matched.
+    """
+    out: list[str] = []
+    lines = prompt.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _EXAMPLE_HEAD.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        block = [m.group(1)] if m.group(1).strip() else []
+        i += 1
+        while i < len(lines) and lines[i].strip():
+            block.append(lines[i])
+            i += 1
+        for line in block:
+            quoted = _QUOTED.findall(line)
+            out += [q for q in quoted if q.strip(" .")] if quoted else [_FIELD_LABEL.sub("", line)]
+    return [s for s in out if len(_tokens(s)) >= 3]
+
+
+class ExampleIndex:
+    """Word runs of every example in a pack's QA prompts, per prompt key, for the leakage rule."""
+
+    def __init__(self, segments_per_key: dict[str, list[str]]) -> None:
+        self.segments = segments_per_key
+        self._grams: dict[str, set[tuple[str, ...]]] = {}
+        for key, segments in segments_per_key.items():
+            grams: set[tuple[str, ...]] = set()
+            for s in segments:
+                toks = _tokens(s)
+                for n in range(WHOLE_LINE, RUN + 1):
+                    grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+            self._grams[key] = grams
+        self._per_item: dict[tuple[str, str | None], set[tuple[str, ...]]] = {}
+
+    @classmethod
+    def of(cls, pack: PromptPack) -> ExampleIndex:
+        keys = {qa_prompt_key(t, m) for t in set(TASK_QA_TYPE.values()) for m in ("anomaly", "normal")}
+        return cls({k: example_segments(pack.text(k)) for k in sorted(keys) if k in pack.templates})
+
+    def keys_for(self, task: str, mode: str | None) -> list[str]:
+        qa_type = TASK_QA_TYPE.get(task)
+        if qa_type is None:
+            return list(self._grams)
+        modes = [mode] if mode in ("anomaly", "normal") else ["anomaly", "normal"]
+        return [k for k in {qa_prompt_key(qa_type, m) for m in modes} if k in self._grams]
+
+    def copied(self, task: str, mode: str | None, text: str) -> str | None:
+        """The first line of `text` that repeats an example of the item's prompt, else None."""
+        grams = self._per_item.get((task, mode))
+        if grams is None:
+            grams = set().union(*(self._grams[k] for k in self.keys_for(task, mode)))
+            self._per_item[(task, mode)] = grams
+        if not grams:
+            return None
+        for line in text.splitlines():
+            toks = _tokens(line)
+            if len(toks) >= RUN and any(tuple(toks[i : i + RUN]) in grams for i in range(len(toks) - RUN + 1)):
+                return line
+            if WHOLE_LINE <= len(toks) < RUN and tuple(toks) in grams:
+                return line
+        return None
+
+
+def leakage_problem(task: str, item: TaskItem, mode: str | None, examples: ExampleIndex | None) -> str | None:
+    if examples is None:
+        return None
+    for name, text in (("question", item.question), ("answer", item.answer), ("reasoning", item.reasoning)):
+        line = examples.copied(task, mode, text)
+        if line is not None:
+            return f"{name} repeats the prompt's example: {_excerpt(line)!r}"
+    return None
+
+
+# ---------------------------------------------------------------- question form
+
+_AUX = words(
+    "is are was were am do does did can could will would should shall has have had may might must "
+    "isn't aren't wasn't weren't don't doesn't didn't can't couldn't won't wouldn't shouldn't hasn't haven't "
+    "hadn't"
+)
+_LEAD_PREP = words(
+    "at in on before after during between by from while once within throughout around as upon until over near "
+    "inside outside"
+)
+_TEMPORAL_ASK = re.compile(
+    r"\b(?:when|what\s+time|at\s+what\s+(?:point|moment|time)|during\s+(?:which|what)|how\s+long|"
+    r"time\s*(?:span|stamp|range|window|interval|frame)|timestamps?|interval|period|segment|moment|"
+    r"(?:which|what)\s+(?:part|portion|section|point|second)|how\s+many\s+seconds|"
+    r"(?:start|begin|end|stop)s?\s+and\s+(?:end|stop)s?)\b",
+    re.IGNORECASE,
+)
+# words that ask for a time or stand for "something" without naming what happens
+_VAGUE = words(
+    "when what which time span timestamp timestamps range window interval period segment moment point during "
+    "how long does did do is are was were the a an in of on at to this that it its there video clip footage "
+    "scene recording camera event events anomaly anomalous incident notable main key important specific "
+    "something thing activity action happen happens happened occur occurs occurred take takes taking place "
+    "start starts begin begins end ends stop stops and or from first last visible shown seen"
+)
+
+
+def yes_no_form_problem(question: str) -> str | None:
+    """A yes/no question opens with an auxiliary verb, possibly after a leading time or place phrase."""
+    s = stem(question)
+    words = [w.strip(",.;:!?\"'()*_").lower() for w in s.split()]
+    words = [w for w in words if w]
+    if not words:
+        return "question is empty"
+    if words[0] in _AUX:
+        return None
+    lead, sep, rest = s.partition(",")
+    if sep and len(lead.split()) <= 10:
+        after = rest.strip().split(maxsplit=1)
+        if after and after[0].strip(",.;:!?\"'()").lower() in _AUX:
+            return None
+    if words[0] in _LEAD_PREP and any(w in _AUX for w in words[1:8]):
+        return None
+    return f"not a yes/no question (does not open with is/does/did/can…): {_excerpt(s)!r}"
+
+
+def temporal_form_problem(question: str) -> str | None:
+    """A localization question asks for a time and names the event to locate."""
+    s = stem(question)
+    if not _TEMPORAL_ASK.search(s):
+        return f"does not ask when something happens: {_excerpt(s)!r}"
+    content = [w for w in _tokens(s) if w not in _VAGUE and w != "<t>" and len(w) > 2]
+    if not content:
+        return f"names no event to locate: {_excerpt(s)!r}"
+    return None
+
+
+# ---------------------------------------------------------------- causal order
+
+_FORWARD = re.compile(
+    r"\b(?:lead(?:s|ing)?\s+to|led\s+to|result(?:s|ed|ing)?\s+in|caus(?:e|es|ed|ing)(?!\s+by\b)|"
+    r"trigger(?:s|ed|ing)?(?!\s+by\b)|prompt(?:s|ed|ing)?(?!\s+by\b)|forc(?:e|es|ed|ing)(?!\s+by\b)|"
+    r"contribut(?:e|es|ed|ing)\s+to|br(?:ing|ings|ought)\s+about)\b",
+    re.IGNORECASE,
+)
+_BACKWARD = re.compile(
+    r"\b(?:because(?:\s+of)?|due\s+to|as\s+a\s+result\s+of|in\s+response\s+to|caused\s+by|triggered\s+by|"
+    r"prompted\s+by|forced\s+by|after|following)\b",
+    re.IGNORECASE,
+)
+# a time after these words ends a state that began earlier ("stays red until 00:09"): not when a cause happened
+_RANGE_END = re.compile(r"\b(?:until|till|up\s+to|through|by|to|and)\s*$|[-–]\s*$", re.IGNORECASE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _event_times(text: str) -> list[float]:
+    return [t for t, start, _ in times_in(text) if not _RANGE_END.search(text[max(0, start - 12) : start])]
+
+
+# the two events a connector joins are the clauses right next to it: "enters at 00:01 and, after picking the
+# box up at 00:03, leaves" must not read 00:01 as the effect of 00:03
+_CLAUSE_BREAK = re.compile(r"[,;()]|:\s|\s(?:and|then|while|but)\s", re.IGNORECASE)
+
+
+def causal_pair(text: str) -> tuple[list[float], list[float]] | None:
+    """(cause times, effect times) of the two clauses joined by the first causal connector with a time in both."""
+    found = sorted([(m, True) for m in _FORWARD.finditer(text)] + [(m, False) for m in _BACKWARD.finditer(text)],
+                   key=lambda p: p[0].start())
+    for m, forward in found:
+        before = text[: m.start()]
+        breaks = list(_CLAUSE_BREAK.finditer(before))
+        left_clause = before[breaks[-1].end() :] if breaks else before
+        after = text[m.end() :]
+        nxt = _CLAUSE_BREAK.search(after)
+        right_clause = after[: nxt.start()] if nxt else after
+        left, right = _event_times(left_clause), _event_times(right_clause)
+        if left and right:
+            return (left, right) if forward else (right, left)
+    return None
+
+
+def _order_problem(cause: list[float], effect: list[float], where: str) -> str | None:
+    # conservative: only when every time of the cause lies after every time of the effect
+    if min(cause) > max(effect):
+        return (f"{where}: the cause at {_mmss(min(cause))} comes after its effect at {_mmss(max(effect))}")
+    return None
+
+
+def _mmss(sec: float) -> str:
+    return f"{int(sec) // 60:02d}:{int(sec) % 60:02d}"
+
+
+def causal_order_problem(item: TaskItem) -> str | None:
+    q = stem(item.question)
+    pair = causal_pair(q)
+    if pair:
+        return _order_problem(*pair, where="question")
+    for sentence in _SENTENCE.split(item.answer.strip()):
+        pair = causal_pair(sentence)
+        if pair:
+            return _order_problem(*pair, where="answer")
+    if q.lower().startswith("why"):
+        effect = _event_times(q)
+        m = re.search(r"\b(?:because(?:\s+of)?|due\s+to|as\s+a\s+result\s+of|since)\b([^.!?]*)", item.answer,
+                      re.IGNORECASE)
+        cause = _event_times(m.group(1)) if m else []
+        if effect and cause:
+            return _order_problem(cause, effect, where="answer")
+    return None
+
+
+# ---------------------------------------------------------------- MCQ verdict in the reasoning
+
+_L = r"\(?(?<![A-Za-z0-9'])(?P<l>[A-H])\)?(?![A-Za-z0-9'])"
+_AFTER = r"(?=\s*(?:$|[^\w\s]|(?i:is|was|because|since|as|which|and|for|here|then|fits|matches)\b))"
+_IS = r"(?:is|would\s+be|must\s+be|should\s+be)"
+_LETTER_VERDICTS = [
+    re.compile(r"(?i:\b(?:(?:correct|right|best|final|true)\s+(?:answer|option|choice)\s+" + _IS + r"|answer\s+"
+               + _IS + r"|answer\s*[:=]))[\s:]*(?i:(?:option|choice)\s+)?" + _L + _AFTER),
+    re.compile(r"(?i:\b(?:option|choice)\s+)" + _L + r"(?i:\s+" + _IS + r"\s+(?:the\s+)?"
+               r"(?:correct|right|best|true|answer)\b)"),
+    re.compile(_L + r"(?i:\s+is\s+(?:the\s+)?(?:correct|right|best)\s+(?:answer|option|choice)\b)"),
+    re.compile(r"(?i:\b(?:choose|select|pick|go\s+with)\s+(?:option\s+)?)" + _L + _AFTER),
+    re.compile(r"(?i:\bwhich\s+(?:is|corresponds\s+to|matches)\s+option\s+)" + _L + _AFTER),
+]
+_TEXT_VERDICT = re.compile(
+    r"(?i:\b(?:correct|right|best)\s+(?:answer|option|choice)\s+" + _IS + r"|\bthe\s+answer\s+" + _IS + r")"
+    r"\s*:?\s*(?i:that\s+)?[\"'“]?(?!(?i:not|never)\b)(?P<t>[^\s\"”.;][^\"”\n.;]{3,})"
+)
+_STOP = words("the a an of to in on at and or is are was were he she it they his her their its with by")
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _tokens(text) if w not in _STOP}
+
+
+def reasoning_verdict(reasoning: str, options: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """(position, letter) of the last option the reasoning declares correct, by letter or by its text."""
+    letters = [letter for letter, _ in options]
+    verdicts: list[tuple[int, str]] = []
+    for rx in _LETTER_VERDICTS:
+        verdicts += [(m.start(), m.group("l")) for m in rx.finditer(reasoning) if m.group("l") in letters]
+    for m in _TEXT_VERDICT.finditer(reasoning):
+        said = _content(m.group("t"))
+        if len(said) < 2:
+            continue
+        scores = sorted(((len(_content(t) & said) / max(1, len(_content(t))), letter) for letter, t in options),
+                        reverse=True)
+        best, second = scores[0], scores[1] if len(scores) > 1 else (0.0, "")
+        if best[0] >= 0.6 and best[0] > second[0]:
+            verdicts.append((m.start(), best[1]))
+    return max(verdicts) if verdicts else None
+
+
+def mcq_agreement_problem(task: str, item: TaskItem) -> str | None:
+    options = mcq_options(item.question)
+    letter = answer_letter(task, item.answer)
+    verdict = reasoning_verdict(item.reasoning, options)
+    if verdict is None or verdict[1] == letter:
+        return None
+    at = verdict[0]
+    return f"reasoning concludes {verdict[1]} ({_excerpt(item.reasoning[at:], 40)!r}) but the answer is {letter}"
+
+
+def mcq_length_problem(task: str, item: TaskItem) -> str | None:
+    options = dict(mcq_options(item.question))
+    letter = answer_letter(task, item.answer)
+    if letter not in options or len(options) < 2:
+        return None
+    right = len(options[letter])
+    longest_wrong = max(len(t) for k, t in options.items() if k != letter)
+    if right > 1.5 * longest_wrong:
+        return f"the answer {letter} ({right} chars) is far longer than any wrong option ({longest_wrong} chars)"
+    return None
+
+
+# ---------------------------------------------------------------- times inside the video
+
+_WINDOW = re.compile(
+    r"\b(?:between\s+(?P<a>\S+)\s+and\s+(?P<b>\S+)|from\s+(?P<c>\S+)\s+(?:to|until|till)\s+(?P<d>\S+))",
+    re.IGNORECASE,
+)
+
+
+def times_problem(task: str, item: TaskItem, duration: float) -> str | None:
+    fields = [("question", stem(item.question))]
+    if task != "temporal_localization":  # its JSON span has its own rule, temporal_span_valid
+        fields.append(("answer", item.answer))
+    for name, text in fields:
+        for t, _, _ in times_in(text):
+            if t > duration + 1.0:
+                return f"{name} names {_mmss(t)}, past the video's {duration:.1f}s"
+        for m in _WINDOW.finditer(text):
+            a, b = (m.group("a"), m.group("b")) if m.group("a") else (m.group("c"), m.group("d"))
+            ta, tb = times_in(a), times_in(b)
+            if ta and tb and not ta[0][0] < tb[0][0]:
+                how = "of no length" if ta[0][0] == tb[0][0] else "that ends before it starts"
+                return f"{name} names a window {_mmss(ta[0][0])}-{_mmss(tb[0][0])} {how}"
+    return None
+
+
+# ---------------------------------------------------------------- speculation
+
+_SPECULATIVE = re.compile(
+    r"\b(?:likely|unlikely|may|might|possibly|it\s+is\s+possible|probably|perhaps|presumably|maybe|"
+    r"it\s+seems|seems?\s+to|seemingly|apparently|i\s+think|i\s+believe|i\s+guess|could\s+have|"
+    r"could\s+be(?!\s+seen))\b",
+    re.IGNORECASE,
+)
+# tasks whose prompt asks for what the video settles, and whose answer is free text
+FACT_TASKS = frozenset({"open_qa", "causal_linkage", "temporal_description", "bcq_openended", "mcq_openended"})
+DESCRIPTIVE_TASKS = frozenset({"scene_description", "video_summarization"})
+
+
+# "nothing that might block him" states what is absent; it guesses nothing
+_ABSENCE = re.compile(r"\b(?:nothing|anything|nobody|no\s+one|without)\b[^.,;!?]*$", re.IGNORECASE)
+
+
+def speculation_problem(answer: str) -> str | None:
+    for m in _SPECULATIVE.finditer(answer):
+        if _ABSENCE.search(answer[max(0, m.start() - 40) : m.start()]):
+            continue
+        start = max(0, m.start() - 25)
+        return f"answer guesses ({m.group(0).lower()!r}): {_excerpt(answer[start:], 60)!r}"
+    return None
+
+
+# ---------------------------------------------------------------- all of them
+
+
+def quality_problems(
+    task: str, item: TaskItem, duration: float, *, mode: str | None = None, examples: ExampleIndex | None = None
+) -> list[tuple[str, str]]:
+    """(rule, problem) for every quality rule the item breaks, error- and warn-level alike."""
+    found: list[tuple[str, str | None]] = [("no_example_leakage", leakage_problem(task, item, mode, examples))]
+    if task in ("bcq", "bcq_openended"):
+        found.append(("question_form", yes_no_form_problem(item.question)))
+    if task == "temporal_localization":
+        found.append(("question_form", temporal_form_problem(item.question)))
+    if task in ("causal_linkage", "open_qa"):
+        found.append(("causal_order", causal_order_problem(item)))
+    if task in ("mcq", "mcq_openended"):
+        found.append(("mcq_answer_matches_reasoning", mcq_agreement_problem(task, item)))
+        found.append(("mcq_answer_not_longest", mcq_length_problem(task, item)))
+    found.append(("times_inside_video", times_problem(task, item, duration)))
+    if task in FACT_TASKS:
+        found.append(("answer_not_speculative", speculation_problem(item.answer)))
+    if task in DESCRIPTIVE_TASKS:
+        found.append(("description_not_speculative", speculation_problem(item.answer)))
+    return [(name, p) for name, p in found if p]

@@ -1,0 +1,1 @@
+"""The dataset viewer: look at each video with its captions and QA items, and review the items."""
