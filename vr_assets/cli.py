@@ -24,10 +24,11 @@ import yaml
 from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
-from vr_assets.discovery import discover
+from vr_assets.discovery import scan
 from vr_assets.execution.instance import ensure_dagster_home
 from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
 from vr_assets.execution.submit import RunOutcome
+from vr_assets.outcomes import outcome_summary
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.store import JsonStore
@@ -175,6 +176,7 @@ def run_pipeline(
     parallel: int | None = None,
     build_dataset: bool = True,
     progress: Progress = print,
+    verbose: bool = False,
 ) -> RunSummary:
     """Discover, plan, queue a run per video that needs work, follow the runs, then queue the dataset.
 
@@ -189,7 +191,10 @@ def run_pipeline(
     env = services_env(home, write_effective_spec(spec, home), spec)
     os.environ["VR_HOST_SLOTS_DIR"] = env["VR_HOST_SLOTS_DIR"]  # the questions asked ahead hold the same slots
     (home / "logs").mkdir(exist_ok=True)
-    videos, _ = VideoRegistry(spec.results_dir).sync(discover(spec))
+    found = scan(spec)
+    videos, _ = VideoRegistry(spec.results_dir).sync(found.videos)
+    if found.skipped:
+        progress(found.summary())
     all_keys = sorted(videos)
     keys = all_keys
     if only:
@@ -209,7 +214,9 @@ def run_pipeline(
             from dagster import DagsterInstance
 
             DagsterInstance.get().dispose()
-    with (home / "logs" / "daemon.log").open("ab") as daemon_log, run_daemon(home, env, daemon_log) as daemon:
+    with (home / "logs" / "daemon.log").open("ab") as log_file, run_daemon(
+        home, env, sys.stderr.buffer if verbose else log_file
+    ) as daemon:
         if spec.media.prefetch and spec.workflow.max_workers > 1 and len(keys) > 1:
             prefetch = start_prefetch(spec, list(order.values()), sizes)
         try:
@@ -220,6 +227,7 @@ def run_pipeline(
             if prefetch is not None:
                 prefetch.stop(answers=False)
     summary.seconds = time.perf_counter() - t0
+    progress(outcome_summary(spec.results_dir, summary.failed, found.skipped, keys=keys).render())
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped_up_to_date} up to date"
@@ -403,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--video", action="append", dest="videos", help="only this partition key (repeatable)")
     run_p.add_argument("--parallel", type=int, help="video runs in flight (default workflow.max_workers)")
     run_p.add_argument("--no-dataset", action="store_true", help="skip writing the merged dataset")
+    run_p.add_argument("--verbose", action="store_true", help="Dagster's own log lines (the daemon's and the runs') "
+                       "on the console too; by default they go to <DAGSTER_HOME>/logs/daemon.log and the event log")
+    view_p = sub.add_parser("view", help="serve the dataset viewer and review page")
+    view_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
+    view_p.add_argument("--port", type=int, help="port (default viewer.port, 8765)")
     ui_p = sub.add_parser("ui", help="prepare the Dagster home and start the webserver and daemon (dagster dev)")
     ui_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
     ui_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -417,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "default-spec":
         sys.stdout.write(default_spec_text())
         return 0
+    if args.cmd == "view":
+        from vr_assets.viewer.__main__ import run_viewer
+
+        return run_viewer(args.config, args.port)
     if args.cmd == "demo":
         from vr_assets.demo import run_demo
 
@@ -432,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_pipeline(
             spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
-            progress=lambda m: print(m, flush=True),
+            progress=lambda m: print(m, flush=True), verbose=args.verbose,
         )
     except KeyboardInterrupt:
         return 130

@@ -121,6 +121,8 @@ class MediaPrefetch:
             self._prepare(video)
 
     def _prepare(self, video: VideoSource) -> None:
+        from vr_assets.whole_video import probe_stop_reason
+
         cache = media_cache_dir(self._spec, video.key)
         with ExitStack() as held:
             if not held.enter_context(media_lock(cache, wait=False)) or self._taken(video.key):
@@ -129,6 +131,9 @@ class MediaPrefetch:
             try:
                 src = Path(video.path)
                 probe = self._tool.probe(src)
+                if probe_stop_reason(self._spec, probe) is not None:
+                    self.skipped.append(video.key)  # step 0 stops it on its probe: no media, no question
+                    return
                 if prepared_copy_path(self._spec, self._tool, probe, cache).exists():
                     # made by an earlier run; its frames may be gone on purpose (step 1a drops them)
                     self.skipped.append(video.key)
@@ -230,10 +235,17 @@ class AskAhead:
 
     def _ask(self, video: VideoSource, probe: VideoProbe, kind: str, paths: list[Path]) -> None:
         from vr_assets.providers import ModelAnswer, ModelCall
-        from vr_assets.whole_video import asks_relevance, caption_calls, known_mode, screen, whole_video_ref
+        from vr_assets.whole_video import (
+            asks_relevance,
+            caption_calls,
+            known_mode,
+            probe_stop_reason,
+            screen,
+            whole_video_ref,
+        )
 
         spec = self._spec
-        if probe.duration_sec > spec.workflow.max_video_length_sec:
+        if probe_stop_reason(spec, probe) is not None:
             return  # step 0 stops it without a question
         if JsonStore(spec.results_dir).exists("filter_result", video.key):
             return  # only videos whose step 0 is sure to run (a missing record is always re-made)

@@ -62,6 +62,12 @@ def failure_text(instance: Any, run_id: str) -> str:
     return engine_error or run_failure or "run failed"
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """A reason as one console line: whitespace folded, cut at `limit` characters (the event log keeps it all)."""
+    folded = " ".join(text.split())
+    return folded if len(folded) <= limit else folded[: limit - 1] + "…"
+
+
 def _remote_origin(job_name: str) -> Any:
     """The job's origin as a workspace names it (`python_module: vr_assets.definitions`, location `vr_assets`).
 
@@ -177,7 +183,7 @@ def follow(
                 waiting.discard(run.run_id)
                 ok = run.status == DagsterRunStatus.SUCCESS
                 why = "" if ok else ("canceled" if run.status == DagsterRunStatus.CANCELED
-                                     else failure_text(instance, run.run_id))
+                                     else one_line(failure_text(instance, run.run_id)))
                 yield RunOutcome(key=by_id[run.run_id], run_id=run.run_id, ok=ok, why=why)
         if waiting:
             time.sleep(poll_s)
