@@ -2,7 +2,6 @@
 
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
@@ -12,10 +11,12 @@ from vr_assets.export import dataset_report_markdown, task_exports_for_video, vi
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
-from vr_assets.store import ReadOnce
+from vr_assets.storage import results_root
+from vr_assets.store import ASSET_RECORDS, each_video
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
+RECORD_ASSETS = tuple(ASSET_RECORDS)  # every record the dataset pass reads of a video
 
 
 def build(pipe: Pipeline) -> list[AssetsDefinition]:
@@ -56,18 +57,19 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                                   spec.data.video_root),
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
-        description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
-        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report.",
+        description="All videos' task items merged into <storage_url or results_dir>/step_4_output (one "
+        "tao-vl-reason-v1.0 file per task, plus the other formats chosen in the spec), TAO's per-step JSONL "
+        "files, and a report.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
+        root = results_root(spec)
         per_video: list[TaskExports] = []
         excluded = stopped = 0
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
-        for k in keys:
-            # one video's records, parsed once for the export, TAO's step files and the usage report
-            store = ReadOnce(spec.results_dir)
+        # one pass: a video's records, parsed once for the export, TAO's step files and the usage report
+        for k, store in each_video(root, keys, RECORD_ASSETS):
             f: FilterResult | None = store.read_optional("filter_result", k)
             stopped += f is not None and not f.proceed
             for name, lines in mirror_lines(store, k).items():
@@ -87,7 +89,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                         kept[task] = good
                 te = te.model_copy(update={"tasks": kept})
             per_video.append(te)
-        out_dir = Path(spec.results_dir) / "step_4_output"
+        out_dir = root / "step_4_output"
         extra = spec.description_extra
         if pipe.offline_teacher:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
@@ -95,7 +97,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             out_dir, per_video, formats=spec.export.formats, media_root=spec.data.video_root or None,
             license=spec.license, description_extra=extra, excluded_items=excluded,
         )
-        mirrors = write_mirror_files(spec.results_dir, mirror)
+        mirrors = write_mirror_files(root, mirror)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
@@ -116,7 +118,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
                 "excluded_items": excluded,
-                "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
+                "files": MetadataValue.json([f[len(str(out_dir)) + 1 :] for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
                 "total_model_calls": totals.calls,
