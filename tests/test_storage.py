@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -203,3 +203,72 @@ def test_a_storage_url_without_its_client_fails_at_load_naming_the_field() -> No
     assert results_root(spec) == Path("/data/out")
     spec = parse_spec({"results_dir": "out", "storage_url": "file:///srv/results"}, "spec.yaml", Path("/data"))
     assert results_root(spec) == Path("/srv/results")
+
+
+def test_a_pipeline_run_writes_its_results_and_dataset_to_s3(
+    s3_endpoint: str, make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two clips, MCQ only, storage_url on the S3 endpoint: every record and dataset file is an object there,
+    the dataset is complete and passes NVIDIA's validator, and the local results_dir holds only working files.
+
+    The runs execute in this process (`materialize`, a real Dagster instance, the real SDKs against the fake
+    teacher) with the IO manager given the spec's storage_url; the moto server is another process.
+    """
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from tests.test_export import tao_validate
+    from vr_assets.graph import PER_VIDEO_ASSETS, build_definitions
+    from vr_assets.io_manager import PartitionedJsonIOManager
+    from vr_assets.partitions import videos_partitions
+    from vr_assets.sensors import sync_partitions
+
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["clip8"], "cam/a.mp4")
+    env.add_video(synthetic_videos["short_mp4"], "cam/b.mp4")
+    url = f"s3://{BUCKET}/pipeline-{os.getpid()}"
+    spec = env.spec(storage_url=url, workflow={"qa_types": ["mcq"], "max_workers": 1})
+    keys, _ = sync_partitions(spec, set())
+    assert keys == ["cam__a.mp4", "cam__b.mp4"]
+    (tmp_path / "dagster_home").mkdir()
+    instance = DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
+    instance.add_dynamic_partitions(videos_partitions.name, keys)
+    defs = build_definitions(spec)
+    resources = {**defs.resources, "io_manager": PartitionedJsonIOManager(results_dir=spec.results_dir,
+                                                                           storage_url=spec.storage_url)}  # fmt: skip
+    graph = [*defs.assets, *defs.asset_checks]
+    for k in keys:
+        got = materialize(graph, partition_key=k, resources=resources, instance=instance, selection=PER_VIDEO_ASSETS)
+        assert got.success
+    assert materialize(graph, resources=resources, instance=instance, selection=["dataset"]).success
+
+    # every per-video record is an object under the URL, and Dagster's metadata says so
+    store = JsonStore(url)
+    for asset in PER_VIDEO_ASSETS:
+        assert store.partitions(asset) == keys, asset
+    mat = instance.fetch_materializations(AssetKey("qa"), limit=1).records[0].asset_materialization
+    assert mat is not None and mat.metadata["path"].value.startswith(f"{url}/assets/qa/")
+    # the local working folder has the caches, not the results
+    local = Path(spec.results_dir)
+    assert not (local / "assets").exists() and not (local / "step_4_output").exists()
+    assert (local / "cache").is_dir()
+
+    # the dataset: readable from the store, complete (every video's MCQ items), valid for NVIDIA's validator
+    out = storage_root(url) / "step_4_output"
+    exports = [store.read("task_exports", k) for k in keys]
+    tasks = sorted({t for e in exports for t, items in e.tasks.items() if items})
+    names = sorted(p.name for p in out.iterdir())
+    assert "mcq" in tasks and names == [f"{t}.json" for t in tasks], names
+    for task in tasks:
+        data = json.loads((out / f"{task}.json").read_bytes())
+        expected = [i.model_dump() for e in exports for i in e.tasks.get(task, [])]
+        assert data["format"] == "tao-vl-reason-v1.0" and data["metadata"]["task"] == task
+        assert data["items"] == expected and expected
+    fetched = tmp_path / "fetched"
+    out.fs.get(out.path + "/", str(fetched), recursive=True)
+    assert tao_validate(fetched) == ([], len(tasks))
+    # TAO's step files sit beside it: one QA line per video (one prompt key each)
+    qa_lines = (storage_root(url) / "step_3_qa" / "qa_output.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["video"] for line in qa_lines) == ["cam/a.mp4", "cam/b.mp4"]
+    report = instance.fetch_materializations(AssetKey("dataset"), limit=1).records[0].asset_materialization
+    assert report is not None and report.metadata["files"].value == names
+    assert report.metadata["output_dir"].value == f"{url}/step_4_output"
