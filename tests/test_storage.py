@@ -163,6 +163,23 @@ def test_an_upload_cut_off_mid_object_leaves_the_previous_object_intact(s3_endpo
     assert storage_root(url).read_bytes() == old
 
 
+def test_a_filesystem_that_writes_in_place_gets_a_temp_name_and_a_rename() -> None:
+    """Not an object store (fsspec's in-process memory filesystem stands in for sftp/ftp): the old file stays
+    whole until the new one is complete, and no temp file is left behind either way."""
+    target = storage_root(f"memory://vr-{os.getpid()}/out/a.json")
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def dies(f: IO[bytes]) -> None:
+        f.write(b"ne")
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, dies)
+    assert target.read_bytes() == b"old"
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and [p.name for p in target.parent.iterdir()] == ["a.json"]
+
+
 def test_json_store_round_trip(root_url: str) -> None:
     store = JsonStore(root_url)
     assert store.partitions("captions") == []
@@ -272,3 +289,13 @@ def test_a_pipeline_run_writes_its_results_and_dataset_to_s3(
     report = instance.fetch_materializations(AssetKey("dataset"), limit=1).records[0].asset_materialization
     assert report is not None and report.metadata["files"].value == names
     assert report.metadata["output_dir"].value == f"{url}/step_4_output"
+
+
+@pytest.mark.xfail(strict=True, reason="vr_assets/graph.py (the lead's) must build the IO manager with "
+                   "storage_url=spec.storage_url; until then records go to results_dir and the dataset reads the URL")
+def test_the_graphs_io_manager_writes_where_the_dataset_reads(tmp_path: Path) -> None:
+    from vr_assets.graph import build_definitions
+
+    spec = parse_spec({"results_dir": str(tmp_path / "work"), "storage_url": str(tmp_path / "store")}, "spec.yaml")
+    io_manager = build_definitions(spec).resources["io_manager"]
+    assert JsonStore(io_manager.storage_url or io_manager.results_dir).root == results_root(spec) / "assets"
