@@ -31,6 +31,7 @@ from vr_assets.execution.submit import RunOutcome
 from vr_assets.outcomes import outcome_summary
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
+from vr_assets.storage import results_root, results_url
 from vr_assets.store import JsonStore
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ def plan_work(spec: Spec, defs: Any, instance: Any, keys: list[str], stale: bool
 
     from vr_assets.graph import PER_VIDEO_ASSETS
 
-    store = JsonStore(spec.results_dir)
+    store = JsonStore(results_url(spec))
     done = {a: instance.get_materialized_partitions(AssetKey(a)) for a in PER_VIDEO_ASSETS}
     view = None
     if stale:
@@ -227,7 +228,8 @@ def run_pipeline(
             if prefetch is not None:
                 prefetch.stop(answers=False)
     summary.seconds = time.perf_counter() - t0
-    progress(outcome_summary(spec.results_dir, summary.failed, found.skipped, keys=keys).render())
+    progress(outcome_summary(spec.results_dir, summary.failed, found.skipped, keys=keys,
+                             store_url=results_url(spec)).render())
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped_up_to_date} up to date"
@@ -337,7 +339,7 @@ def _queue_and_follow(
             prefetch.stop()
             progress(prefetch.summary())
         if build_dataset and summary.ran == 0 and _dataset_up_to_date(instance):
-            progress(f"dataset: up to date in {Path(spec.results_dir) / 'step_4_output'}")
+            progress(f"dataset: up to date in {results_root(spec) / 'step_4_output'}")
         elif build_dataset:
             run_id = RunSubmitter(instance, DATASET_JOB).submit(None)
             outcome = next(follow(instance, {"dataset": run_id}))
@@ -346,7 +348,7 @@ def _queue_and_follow(
                 meta = mats[0].asset_materialization.metadata if mats and mats[0].asset_materialization else {}
                 items = meta.get("items")
                 summary.dataset_items = int(items.value) if items is not None else None  # type: ignore[arg-type]
-                progress(f"dataset: {summary.dataset_items} items in {Path(spec.results_dir) / 'step_4_output'}")
+                progress(f"dataset: {summary.dataset_items} items in {results_root(spec) / 'step_4_output'}")
             else:
                 summary.failed["dataset"] = outcome.why
                 progress(f"dataset FAILED: {outcome.why}")

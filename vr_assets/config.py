@@ -231,10 +231,21 @@ class Spec(SpecModel):
     description_extra: str = ""
     prompts_module: str = Field("", description="dotted module with PROMPT_TEMPLATES (TAO style)")
     prompt_pack: str = Field("general", description="a folder name under prompts/ or a path to a pack folder")
-    results_dir: str = "results"
+    results_dir: str = Field("results", description="the local working folder (media cache, Dagster home, answer "
+                             "cache, locks); also where results go when storage_url is empty")
+    storage_url: str = Field("", description="where per-video results and the dataset are written: a folder, "
+                             "file://…, s3://bucket/prefix (pip install 'vr-assets[s3]'), gs://…; empty = results_dir")
     prices: dict[str, Pricing] = Field(default_factory=dict, description="per model name")
     budget_usd: float | None = Field(None, gt=0, description="stop new calls once spent")
     offline_teacher: bool = Field(False, description="set by the keyless demo: outputs are marked as not real")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _usable_storage(cls, v: str) -> str:
+        from vr_assets.storage import check_url
+
+        check_url(v)  # an s3:// URL without s3fs installed fails here, not in the middle of a run
+        return v
 
     def resolved(self, base: Path) -> Spec:
         """Relative paths in a spec are relative to the spec file, not the cwd."""
@@ -244,6 +255,8 @@ class Spec(SpecModel):
             return p if not p or Path(p).is_absolute() else str((base / p).resolve())
 
         data.results_dir = fix(data.results_dir)
+        if data.storage_url and "://" not in data.storage_url:
+            data.storage_url = fix(data.storage_url)
         if "/" in data.prompt_pack or data.prompt_pack.startswith("."):
             data.prompt_pack = fix(data.prompt_pack)
         data.data.video_root = fix(data.data.video_root)

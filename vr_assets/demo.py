@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vr_assets.assets.common import OFFLINE_NOTE
 from vr_assets.config import load_spec
+from vr_assets.storage import results_root
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -41,7 +42,7 @@ def run_demo(results: str, videos: str | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    out = Path(spec.results_dir) / "step_4_output"
+    out = results_root(spec) / "step_4_output"
     print(f"demo: dataset in {out}: {sorted(p.name for p in out.glob('*.json'))}")
     if server is not None:
         print(f"demo: {OFFLINE_NOTE}")

@@ -50,9 +50,11 @@ from pydantic import Field
 
 from vr_assets.mcq_letters import keep_order_reason, remap
 from vr_assets.records import McqSource, Mode, QAItem, Record, TaskExports, TaskItem
-from vr_assets.store import atomic_write
+from vr_assets.storage import atomic_write, ensure_dir, storage_root
 
 if TYPE_CHECKING:  # checks.py pulls in Dagster; the export needs only the record's fields
+    from upath import UPath
+
     from vr_assets.checks import ItemFailure
 
 FORMAT = "tao-vl-reason-v1.0"
@@ -535,14 +537,14 @@ def task_exports_for_video(
 # ---------------------------------------------------------------- atomic writing
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Serialize fully into a temp file in the same folder, then rename over the target."""
+def write_json_atomic(path: Path | UPath, obj: object) -> None:
+    """Serialize fully, then replace the target whole (temp file + rename, or one PUT: `storage.atomic_write`)."""
 
     def write(f: IO[bytes]) -> None:
         text = json.dumps(obj, indent=2, ensure_ascii=False)
         f.write(text.encode("utf-8") + b"\n")
 
-    atomic_write(path, write)
+    atomic_write(storage_root(path), write)
 
 
 # ---------------------------------------------------------------- tao-vl-reason-v1.0
@@ -587,16 +589,16 @@ def items_by_task(per_video: Iterable[TaskExports]) -> dict[str, list[TaskItem]]
     return merged
 
 
-def _is_our_task_file(path: Path) -> bool:
+def _is_our_task_file(path: Path | UPath) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def write_tao_dataset(
-    out_dir: Path,
+    out_dir: str | Path | UPath,
     per_video: list[TaskExports],
     *,
     media_root: str | None,
@@ -605,13 +607,13 @@ def write_tao_dataset(
     date: str | None = None,
 ) -> dict[str, int]:
     """Write ``<task>.json`` for every non-empty task; returns items per written task."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage_root(out_dir)
+    ensure_dir(out_dir)
     counts: dict[str, int] = {}
     for task, items in items_by_task(per_video).items():
         path = out_dir / f"{task}.json"
         if not items:
-            if path.exists() and _is_our_task_file(path):
+            if _is_our_task_file(path):  # one read: a missing file is not ours either
                 path.unlink()
             continue
         envelope = build_envelope(
@@ -627,7 +629,9 @@ def write_tao_dataset(
 PARQUET_COLUMNS: tuple[str, ...] = ("task", "video_key", "video_id", "mode", "question", "answer", "reasoning")
 
 
-def write_parquet(path: Path, per_video: list[TaskExports], modes: Mapping[str, str] | None = None) -> int:
+def write_parquet(
+    path: str | Path | UPath, per_video: list[TaskExports], modes: Mapping[str, str] | None = None
+) -> int:
     """One row per item; ``modes`` (video_key → mode) overrides the mode stored with each video."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -642,7 +646,7 @@ def write_parquet(path: Path, per_video: list[TaskExports], modes: Mapping[str, 
                     columns[c].append(str(row[c]))
     schema = pa.schema([(c, pa.string()) for c in PARQUET_COLUMNS])
     table = pa.table(columns, schema=schema)
-    atomic_write(Path(path), lambda f: pq.write_table(table, f))
+    atomic_write(storage_root(path), lambda f: pq.write_table(table, f))
     return table.num_rows
 
 
@@ -700,7 +704,7 @@ def llamafactory_dataset_info(file_name: str, name: str = "vr_assets") -> dict:
 
 
 def write_sharegpt(
-    path: Path,
+    path: str | Path | UPath,
     per_video: list[TaskExports],
     media_root: str | None,
     *,
@@ -708,7 +712,7 @@ def write_sharegpt(
     dataset_info: bool = False,
 ) -> int:
     """Write the LLaMA-Factory sharegpt list; with ``dataset_info`` also its entry next to it."""
-    path = Path(path)
+    path = storage_root(path)
     records = sharegpt_records(per_video, media_root, reasoning)
     write_json_atomic(path, records)
     if dataset_info:
@@ -767,7 +771,7 @@ def build_dataset_report(
 
 
 def write_dataset(
-    out_dir: Path,
+    out_dir: str | Path | UPath,
     per_video: list[TaskExports],
     *,
     formats: Iterable[str] = ("tao",),
@@ -786,11 +790,12 @@ def write_dataset(
     The MCQ options are placed first (:func:`place_mcq_options`, seeded with ``mcq_seed``), so every
     format carries the same balanced letters; with ``placement`` given, ``per_video`` is already
     placed (:func:`place_and_exclude`, which judged the placed items) and is written as it is.
+    ``out_dir`` is a folder or a storage URL (``s3://bucket/prefix/step_4_output``; see `vr_assets.storage`).
     """
-    out_dir = Path(out_dir)
+    out_dir = storage_root(out_dir)
     if placement is None:
         per_video, placement = place_mcq_options(per_video, mcq_seed)
-    files: list[Path] = []
+    files: list[Path | UPath] = []
     wanted = set(formats)
     if "tao" in wanted:
         counts = write_tao_dataset(

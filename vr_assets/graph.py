@@ -58,7 +58,7 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
             "vlm": TeacherResource.from_spec("vlm", spec.vlm, spec),
             "llm": TeacherResource.from_spec("llm", spec.llm, spec),
             "media": MediaResource.from_spec(spec),
-            "io_manager": PartitionedJsonIOManager(results_dir=spec.results_dir),
+            "io_manager": PartitionedJsonIOManager(results_dir=spec.results_dir, storage_url=spec.storage_url),
         },
     )
 

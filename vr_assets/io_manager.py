@@ -5,18 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from dagster import ConfigurableIOManager, InputContext, OutputContext
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from vr_assets.store import JsonStore
 
 
 class PartitionedJsonIOManager(ConfigurableIOManager):
-    """Stores each per-video asset output as `<results_dir>/assets/<asset>/<video>.json`."""
+    """Stores each per-video asset output as `<storage root>/assets/<asset>/<video>.json`.
+
+    The root is `storage_url` (a folder, `file://…`, `s3://bucket/prefix`; see `vr_assets.storage`), else
+    `results_dir`: build it with `storage_url=spec.storage_url` so records land where the dataset reads them.
+    """
 
     results_dir: str
+    storage_url: str = Field("", description="where the records go; empty: results_dir")
 
     def _store(self) -> JsonStore:
-        return JsonStore(self.results_dir)
+        return JsonStore(self.storage_url or self.results_dir)
 
     def handle_output(self, context: OutputContext, obj: BaseModel | None) -> None:
         if obj is None:

@@ -81,6 +81,7 @@ def outcome_summary(
     failed: Mapping[str, str],
     skipped: Iterable[DiscoveryFinding] = (),
     keys: Iterable[str] | None = None,
+    store_url: str | None = None,
 ) -> OutcomeSummary:
     """Classify the registry's videos (or only `keys`) and discovery's skipped entries.
 
@@ -88,7 +89,7 @@ def outcome_summary(
     is ignored). A failure in this run wins over records an earlier run left.
     """
     videos = VideoRegistry(results_dir).load()
-    store = JsonStore(results_dir)
+    store = JsonStore(store_url or results_dir)
     wanted = sorted(videos) if keys is None else [k for k in sorted(set(keys)) if k in videos]
     out: list[VideoOutcome] = []
     for key in wanted:

@@ -1,44 +1,28 @@
 """The results folder: one JSON file per asset per video, written atomically.
 
-Paths are plain and predictable (`<results_dir>/assets/<asset>/<partition>.json`) so a
-person can inspect a video's outputs without Dagster, and a crash mid-write never leaves
-a half-written file: data goes to a temp file in the same folder, then `os.replace`.
+Paths are plain and predictable (`<storage root>/assets/<asset>/<partition>.json`) so a person can
+inspect a video's outputs without Dagster, and a crash mid-write never leaves a half-written file
+(`vr_assets.storage.atomic_write`: temp file + rename on disk, one whole-object PUT on an object store).
+The root is the spec's storage URL (`storage.results_url`): a local folder by default, or `s3://…`.
 Dagster-free, like the registry: the CLI uses both before any worker has loaded Dagster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from vr_assets import records
+from vr_assets.storage import atomic_write as atomic_write
+from vr_assets.storage import atomic_write_text as atomic_write_text
+from vr_assets.storage import read_many, storage_root
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """`write` fills a temp file in the target's folder; only a complete file is renamed over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+if TYPE_CHECKING:
+    from upath import UPath
 
 
 # asset name -> record type stored for it
@@ -56,13 +40,14 @@ ASSET_RECORDS: dict[str, type[BaseModel]] = {
 class JsonStore:
     """Read/write step records by (asset, partition) without going through Dagster."""
 
-    def __init__(self, results_dir: str | Path) -> None:
-        self.root = Path(results_dir) / "assets"
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        """`url`: the storage root (a results folder, `file://…`, `s3://bucket/prefix`, or a Path/UPath)."""
+        self.root = storage_root(url) / "assets"
 
-    def path(self, asset: str, partition: str) -> Path:
+    def path(self, asset: str, partition: str) -> Path | UPath:
         return self.root / asset / f"{partition}.json"
 
-    def write(self, asset: str, partition: str, value: BaseModel) -> Path:
+    def write(self, asset: str, partition: str, value: BaseModel) -> Path | UPath:
         p = self.path(asset, partition)
         atomic_write_text(p, value.model_dump_json(indent=2))
         return p
@@ -78,24 +63,57 @@ class JsonStore:
         return got
 
     def read_optional(self, asset: str, partition: str) -> Any | None:
-        p = self.path(asset, partition)
-        return ASSET_RECORDS[asset].model_validate_json(p.read_text()) if p.exists() else None
+        try:
+            text = self.path(asset, partition).read_bytes()  # one request on an object store, not exists + get
+        except FileNotFoundError:
+            return None
+        return ASSET_RECORDS[asset].model_validate_json(text)
 
     def partitions(self, asset: str) -> list[str]:
         d = self.root / asset
-        return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+        try:
+            return sorted(p.name[: -len(".json")] for p in d.iterdir() if p.name.endswith(".json"))
+        except (FileNotFoundError, NotADirectoryError):  # an object store has no folder before its first record
+            return []
 
 
 class ReadOnce(JsonStore):
     """A JsonStore that parses each record at most once. The dataset makes one per video, so a video's
     records serve its export, its TAO step-file lines and its usage without holding every video's."""
 
-    def __init__(self, results_dir: str | Path) -> None:
-        super().__init__(results_dir)
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        super().__init__(url)
         self._seen: dict[tuple[str, str], Any | None] = {}
+        self._fetched: dict[tuple[str, str], bytes | None] = {}
 
     def read_optional(self, asset: str, partition: str) -> Any | None:
         key = (asset, partition)
         if key not in self._seen:
-            self._seen[key] = super().read_optional(asset, partition)
+            if key in self._fetched:
+                raw = self._fetched.pop(key)
+                self._seen[key] = None if raw is None else ASSET_RECORDS[asset].model_validate_json(raw)
+            else:
+                self._seen[key] = super().read_optional(asset, partition)
         return self._seen[key]
+
+
+def each_video(
+    url: str | os.PathLike[str], keys: Iterable[str], assets: Iterable[str], batch: int = 64
+) -> Iterator[tuple[str, ReadOnce]]:
+    """Every video's records, in `keys` order and in one pass: (key, its ReadOnce).
+
+    The records of `batch` videos are fetched with one `read_many` (concurrent GETs on an object store,
+    so 100k videos cost ~100k/batch round trips, not 8 per video); only one batch is held at a time.
+    """
+    root = storage_root(url)
+    keys, assets = list(keys), list(assets)
+    for i in range(0, len(keys), batch):
+        chunk = keys[i : i + batch]
+        stores = {k: ReadOnce(root) for k in chunk}
+        paths = {(a, k): stores[k].path(a, k) for k in chunk for a in assets}
+        got = read_many(paths.values())
+        for k in chunk:
+            store = stores[k]
+            for a in assets:
+                store._fetched[(a, k)] = got.get(str(paths[(a, k)]))
+            yield k, store

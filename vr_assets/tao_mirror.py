@@ -1,17 +1,23 @@
 """TAO's per-step JSONL files, rebuilt from the per-video records.
 
-Existing TAO users look for `<results_dir>/step_*/…jsonl`; we keep those files current
-from our records (one line per video, or per video and prompt key for step 3) whenever the
-dataset is written.
+Existing TAO users look for `<results>/step_*/…jsonl`; we keep those files current from our
+records (one line per video, or per video and prompt key for step 3) whenever the dataset is
+written. `<results>` is the storage root (`vr_assets.storage`): the results folder, or `s3://…`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vr_assets.records import Captions, ChunkCaptions, Description, FilterResult, Highlight, QAResult
-from vr_assets.store import JsonStore, atomic_write_text
+from vr_assets.storage import atomic_write_text, storage_root
+from vr_assets.store import JsonStore
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 MIRRORS = {
     "filter_result": "step_0_filter/filter_results.jsonl",
@@ -71,8 +77,9 @@ def mirror_lines(store: JsonStore, key: str) -> dict[str, list[str]]:
     return lines
 
 
-def write_mirror_files(results_dir: str, lines: dict[str, list[str]]) -> dict[str, int]:
-    """Rewrite every step file atomically from all videos' lines; returns lines written per file."""
+def write_mirror_files(root: str | os.PathLike[str] | Path | UPath, lines: dict[str, list[str]]) -> dict[str, int]:
+    """Rewrite every step file atomically under `root` (a folder or storage URL); returns lines per file."""
+    base = storage_root(root)
     for name, rel_path in MIRRORS.items():
-        atomic_write_text(Path(results_dir) / rel_path, "".join(line + "\n" for line in lines[name]))
+        atomic_write_text(base / rel_path, "".join(line + "\n" for line in lines[name]))
     return {MIRRORS[n]: len(v) for n, v in lines.items()}

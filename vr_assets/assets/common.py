@@ -20,6 +20,7 @@ from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
+from vr_assets.storage import results_url
 from vr_assets.store import JsonStore
 from vr_assets.whole_video import whole_video_ref
 
@@ -36,7 +37,7 @@ class Pipeline:
 
     @property
     def store(self) -> JsonStore:
-        return JsonStore(self.spec.results_dir)
+        return JsonStore(results_url(self.spec))
 
     @property
     def registry(self) -> VideoRegistry:

@@ -2,7 +2,6 @@
 
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
@@ -23,12 +22,14 @@ from vr_assets.partitions import videos_partitions
 from vr_assets.quality import QUALITY_VERSION, ExampleIndex
 from vr_assets.records import CallUsage, Captions, FilterResult, QAResult, TaskExports, UsageSummary
 from vr_assets.reviews import ReviewCounts, apply_reviews, review_report_markdown
-from vr_assets.store import ReadOnce
+from vr_assets.storage import results_root
+from vr_assets.store import ASSET_RECORDS, each_video
 from vr_assets.tao_mirror import MIRRORS, mirror_lines, write_mirror_files
 from vr_assets.viewer.links import video_page_url
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
 REPORT_JSON = "dataset_report.json"
+RECORD_ASSETS = tuple(ASSET_RECORDS)  # every record the dataset pass reads of a video
 
 
 def build(pipe: Pipeline) -> list[AssetsDefinition]:
@@ -80,13 +81,15 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                                   spec.description_extra, spec.data.video_root),
         kinds={"python", "json", "parquet"} if "parquet" in spec.export.formats else {"python", "json"},
         owners=["team:video-data"],
-        description="All videos' task items merged into <results_dir>/step_4_output (one tao-vl-reason-v1.0 file per "
-        "task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and a report. People's reviews "
-        "(vr-annotate view) are applied first; then MCQ options are placed so the answer letters are balanced over the "
-        "dataset (the reasoning's letters move with them), and the checks judge every item in its final form.",
+        description="All videos' task items merged into <storage_url or results_dir>/step_4_output (one "
+        "tao-vl-reason-v1.0 file per task, plus the other formats chosen in the spec), TAO's per-step JSONL files, and "
+        "a report. People's reviews (vr-annotate view) are applied first; then MCQ options are placed so the answer "
+        "letters are balanced over the dataset (the reasoning's letters move with them), and the checks judge every "
+        "item in its final form.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
         keys = sorted(pipe.registry.load())
+        root = results_root(spec)
         per_video: list[TaskExports] = []
         durations: dict[str, float] = {}  # video key -> probed duration, for the item checks
         stopped = 0
@@ -94,9 +97,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         review_skipped: list[str] = []
         mirror: dict[str, list[str]] = {name: [] for name in MIRRORS}
         usages: list[CallUsage] = []
-        for k in keys:
-            # one video's records, parsed once for the export, TAO's step files and the usage report
-            store = ReadOnce(spec.results_dir)
+        # one pass: a video's records, parsed once for the export, TAO's step files and the usage report
+        for k, store in each_video(root, keys, RECORD_ASSETS):
             f: FilterResult | None = store.read_optional("filter_result", k)
             stopped += f is not None and not f.proceed
             for name, lines in mirror_lines(store, k).items():
@@ -126,7 +128,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         per_video, placement, excluded = place_and_exclude(
             per_video, judge if spec.export.exclude_failed_checks else None, spec.export.mcq_seed
         )
-        out_dir = Path(spec.results_dir) / "step_4_output"
+        out_dir = root / "step_4_output"
         extra = spec.description_extra
         if pipe.offline_teacher:
             extra = f"{extra} ({OFFLINE_NOTE})".strip()
@@ -137,7 +139,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
         )
         # the report as JSON beside the task files (the validator skips JSON without the tao format tag)
         write_json_atomic(out_dir / REPORT_JSON, report.model_dump(mode="json"))
-        mirrors = write_mirror_files(spec.results_dir, mirror)
+        mirrors = write_mirror_files(root, mirror)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
@@ -168,7 +170,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
                 "rejected_items": review_counts.rejected,
                 "edited_items": review_counts.edited,
                 "orphaned_reviews": review_counts.orphaned,
-                "files": MetadataValue.json([str(Path(f).relative_to(out_dir)) for f in report.files]),
+                "files": MetadataValue.json([str(f)[len(str(out_dir)) + 1 :] for f in report.files]),
                 "tao_step_files": MetadataValue.json(mirrors),
                 "total_cost_usd": MetadataValue.float(totals.cost_usd),
                 "total_model_calls": totals.calls,

@@ -30,6 +30,7 @@ from vr_assets.config import Spec
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_cache_dir, media_lock, prepared_copy_path, step0_media
 from vr_assets.records import VideoProbe, VideoSource
+from vr_assets.storage import results_url
 from vr_assets.store import JsonStore
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class AskAhead:
         spec = self._spec
         if probe_stop_reason(spec, probe) is not None:
             return  # step 0 stops it without a question
-        if JsonStore(spec.results_dir).exists("filter_result", video.key):
+        if JsonStore(results_url(spec)).exists("filter_result", video.key):
             return  # only videos whose step 0 is sure to run (a missing record is always re-made)
         mode, _ = known_mode(spec, video.mode)
         model, pack = self._teacher()
