@@ -59,7 +59,7 @@ def test_the_home_is_tuned_from_the_spec_and_a_users_file_is_left_alone(
     ensure_dagster_home(env.spec())
     assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     why = untuned_reasons(own)
-    assert any("run_launcher" in w for w in why) and any("QueuedRunCoordinator" in w for w in why)
+    assert any("run_launcher" in w for w in why) and any("no run limit" in w for w in why)
     assert not (own / "dagster.yaml").read_text().startswith(MANAGED_MARK)
 
 

@@ -116,10 +116,15 @@ def untuned_reasons(home: str | os.PathLike[str] | None) -> list[str]:
     except yaml.YAMLError as e:
         return [f"{cfg} is not valid YAML: {e}"]
     why = []
-    if (data.get("run_launcher") or {}).get("class") != "WarmRunLauncher":
-        why.append("run_launcher is not vr_assets.execution.launcher.WarmRunLauncher (each run starts Python anew)")
-    if (data.get("run_coordinator") or {}).get("class") != "QueuedRunCoordinator":
-        why.append("run_coordinator is not the QueuedRunCoordinator (runs are not bounded by workflow.max_workers)")
+    launcher = (data.get("run_launcher") or {}).get("class", "DefaultRunLauncher")
+    if launcher == "DefaultRunLauncher":  # a cluster's K8s/Docker launcher is a choice, not an omission
+        why.append("run_launcher is Dagster's default (each run starts Python anew); ours is "
+                   "vr_assets.execution.launcher.WarmRunLauncher")
+    limits = [((data.get("concurrency") or {}).get("runs") or {}).get("max_concurrent_runs"),
+              (data.get("run_queue") or {}).get("max_concurrent_runs"),
+              ((data.get("run_coordinator") or {}).get("config") or {}).get("max_concurrent_runs")]
+    if all(x is None for x in limits):
+        why.append("no run limit is set (Dagster's default queue starts 10 runs at once, not workflow.max_workers)")
     if not (data.get("run_monitoring") or {}).get("enabled"):
         why.append("run_monitoring is off (a killed run stays STARTED forever)")
     return why
