@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from vr_assets.config import Pricing
 from vr_assets.estimate import Estimate, estimate, main_estimate, media_tokens
 from vr_assets.providers.usage import UsageLedger
 from vr_assets.records import VideoProbe
 
+REPO = Path(__file__).resolve().parents[1]
 PRICES = {"gemini-test": {"input_per_mtok": 0.30, "output_per_mtok": 2.50}}
 
 
@@ -57,16 +62,45 @@ def test_estimate_without_then_with_the_ledger(make_pipeline: Any, synthetic_vid
     model_only = estimate(spec, use_ledger=False)
     assert model_only.method == "model" and model_only.total_usd == before.total_usd
 
+    # bench/cost.py on the same run: the ledger repriced with the spec's own price gives the ledger's cost
+    cost = _bench_cost()
+    row = cost.ours_row(env.results, Pricing(**PRICES["gemini-test"]))
+    assert row.calls == len([e for e in ledger.entries() if not e.usage.cached])
+    assert abs(row.usd - actual) < 1e-6 and row.videos == 2
+    dataset_items = sum(len(json.loads(f.read_text())["items"])
+                        for f in (env.results / "step_4_output").glob("*.json") if f.name != "dataset_report.json")
+    print("items", row.items, "usable", row.usable_items, "dataset", dataset_items)
+    assert 0 < row.usable_items <= row.items and row.usable_items >= dataset_items
+    assert row.usd_per_usable_item == row.usd / row.usable_items
+    ref = cost.reference_row(None)
+    assert not ref.measured and "not measured" in cost.render([row, ref], cost.PriceTable.load(), "gemini-2.5-flash")
 
-def test_estimate_cli_prints_the_bill(make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path,
-                                      capsys: Any) -> None:
+
+def _bench_cost() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_cost", REPO / "bench" / "cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_cost"] = module  # pydantic resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_estimate_sample_calibrates_on_one_video_and_projects_the_other(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    """`vr-annotate estimate --sample 1`: the pipeline runs one video (paid), the rest is projected."""
     import yaml
 
     env = make_pipeline("gemini")
-    env.add_video(synthetic_videos["short_mp4"], "s.mp4")
+    env.add_video(synthetic_videos["short_mp4"], "a.mp4")
+    env.add_video(synthetic_videos["clip8"], "b.mp4")
     cfg = tmp_path / "spec.yaml"
-    cfg.write_text(yaml.safe_dump(env.raw_spec(prices=PRICES)))
-    assert main_estimate(str(cfg), ["workflow.mode=normal"], None) == 0
+    cfg.write_text(yaml.safe_dump(env.raw_spec(prices=PRICES, workflow={"max_workers": 1})))
+    assert main_estimate(str(cfg), ["workflow.mode=normal"], 1) == 0
     out = capsys.readouterr().out
-    assert "Estimate for 1 videos" in out and "total" in out and env.calls() == 0
-    assert isinstance(Estimate.model_validate(estimate(env.spec(prices=PRICES)).model_dump()), Estimate)
+    assert "calibrating on 1 videos: a.mp4" in out and "method: ledger" in out and "Estimate for 2 videos" in out
+    ledger = UsageLedger(env.results / "usage")
+    assert {e.video_key for e in ledger.entries()} == {"a.mp4"}
+    est = estimate(env.spec(prices=PRICES, workflow={"mode": "normal"}))
+    assert est.measured_videos == 1 and est.remaining_usd > 0 and est.spent_usd > 0
+    assert isinstance(Estimate.model_validate(est.model_dump()), Estimate)
