@@ -129,6 +129,22 @@ def estimate_vs_actual(spec_path: Path, table: PriceTable, model: str = DEFAULT_
     return est.total_usd, actual
 
 
+def bench_lines(out: Path, model: str = DEFAULT_MODEL) -> str:
+    """What bench/run.py prints after its report: our run's estimate-vs-actual error and cost per usable item."""
+    spec_path, results = out / "ours" / "spec.yaml", out / "ours" / "results"
+    if not spec_path.exists() or not (results / "usage").exists():
+        return f"estimate vs actual: not measured: no run of ours in {out}"
+    table = PriceTable.load()
+    est, actual = estimate_vs_actual(spec_path, table, model)
+    error = f"{(est - actual) / actual:+.1%}" if actual else "n/a (actual $0)"
+    spec = load_spec(spec_path)
+    rows = [ours_row(results, table.models[model], spec.prompt_pack, spec.prompts_module),
+            reference_row(out / "reference")]
+    return (f"estimate vs actual (ours, priced as {model}; the estimate modelled without the ledger, as "
+            f"`vr-annotate estimate` prints it before a run; the fake counts 258 tokens per media part): "
+            f"estimated ${est:.5f}, actual ${actual:.5f}, error {error}\n" + render(rows, table, model))
+
+
 def render(rows: list[CostRow], table: PriceTable, model: str) -> str:
     lines = [f"Cost per usable item, priced as {model} (price table {table.date}: {', '.join(table.sources)})",
              "| who | videos | calls | input tok | cached tok | output tok | USD | items | usable | USD/usable item |",
