@@ -368,7 +368,7 @@ def main_estimate(config: str | None, overrides: list[str] | None, sample: int |
                 print(f"calibrating on {len(keys)} videos: {', '.join(keys)}")
                 run_pipeline(spec, only=keys)
         print(estimate(spec).render())
-    except SpecError as e:
+    except (SpecError, FileNotFoundError) as e:  # a bad spec, a missing video_root
         print(f"error: {e}")
         return 2
     return 0
