@@ -12,6 +12,7 @@ what the service really counts per second of video, how much was read from conte
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -366,9 +367,9 @@ def main_estimate(config: str | None, overrides: list[str] | None, sample: int |
             keys = sorted(v.key for v in scan(spec).videos if v.key not in done)[:sample]
             if keys:
                 print(f"calibrating on {len(keys)} videos: {', '.join(keys)}")
-                run_pipeline(spec, only=keys)
+                run_pipeline(spec, only=keys, build_dataset=False)  # a dataset of the sample alone is no use
         print(estimate(spec).render())
     except (SpecError, FileNotFoundError) as e:  # a bad spec, a missing video_root
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
