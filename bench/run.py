@@ -671,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(render(res))
     print(f"\nJSON: {out_json}")
+    if not args.skip_ours:
+        from cost import bench_lines  # issue #20: the estimate's error and the cost per usable item
+
+        print("\n" + bench_lines(args.out))
     return 0
 
 
