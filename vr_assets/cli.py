@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     view_p = sub.add_parser("view", help="serve the dataset viewer and review page")
     view_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
     view_p.add_argument("--port", type=int, help="port (default viewer.port, 8765)")
+    est_p = sub.add_parser("estimate", help="projected bill per step and in total (no model call unless --sample)")
+    est_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
+    est_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    est_p.add_argument("--sample", type=int, help="first run the pipeline on N videos not yet in the ledger, to calibrate")
     ui_p = sub.add_parser("ui", help="prepare the Dagster home and start the webserver and daemon (dagster dev)")
     ui_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
     ui_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -432,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "default-spec":
         sys.stdout.write(default_spec_text())
         return 0
+    if args.cmd == "estimate":
+        from vr_assets.estimate import main_estimate
+
+        return main_estimate(args.config, args.overrides, args.sample)
     if args.cmd == "view":
         from vr_assets.viewer.__main__ import run_viewer
 
