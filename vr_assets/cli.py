@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     est_p = sub.add_parser("estimate", help="projected bill per step and in total (no model call unless --sample)")
     est_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
     est_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    est_p.add_argument("--sample", type=int, help="first run the pipeline on N videos not yet in the ledger, to calibrate")
+    est_p.add_argument("--sample", type=int, help="first run the pipeline on N new videos, to calibrate")
     ui_p = sub.add_parser("ui", help="prepare the Dagster home and start the webserver and daemon (dagster dev)")
     ui_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
     ui_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
