@@ -126,15 +126,21 @@ def run_daemon(home: Path, env: dict[str, str], log: IO[bytes]) -> Iterator[subp
 
 
 def serve_ui(home: Path, env: dict[str, str], workspace: Path, host: str, port: int) -> int:
-    """`dagster dev` (webserver + daemon with the sensors) on the tuned home, until it exits or ^C."""
-    with daemon_lock(home) as ours:
-        if not ours:
-            print(f"another vr-annotate process serves {home} with a daemon; stop it first", file=sys.stderr)
-            return 2
-        cmd = [_bin("dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            stop_group(proc)
-            return 130
+    """Become `dagster dev` (webserver + daemon with the sensors) on the tuned home.
+
+    The process *is* `dagster dev` from here on (exec), so ^C and SIGTERM reach Dagster's own shutdown of
+    its webserver, daemon and code server, and nothing is left running. The home's daemon lock stays held
+    across the exec (its descriptor is inherited), so a `vr-annotate run` meanwhile submits to this daemon.
+    """
+    fh = open(home / DAEMON_LOCK, "a")  # noqa: SIM115 (held for the life of the exec'd process)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another vr-annotate process serves {home} with a daemon; stop it first", file=sys.stderr)
+        return 2
+    os.set_inheritable(fh.fileno(), True)
+    cmd = [_bin("dagster"), "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
