@@ -165,6 +165,22 @@ def _location_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _create_storage(home: Path, env: dict[str, str]) -> None:
+    """A new SQLite home's databases, or Dagster's tables in a Postgres database (which another host may
+    be opening this very moment), created here, under the coordinator's lock, before the daemon opens
+    the storage too: two processes creating them at the same moment both fail."""
+    storage = yaml.safe_load((home / "dagster.yaml").read_text()).get("storage") or {}
+    if not ("postgres" in storage or (not storage and not (home / "history" / "runs.db").exists())):
+        return
+    with _location_env(env):
+        from dagster import DagsterInstance
+
+        from vr_assets.shared_state import coordinator
+
+        with coordinator().lock("dagster-storage", home / ".storage.lock"):
+            DagsterInstance.get().dispose()
+
+
 def run_pipeline(
     spec: Spec,
     *,
@@ -199,14 +215,7 @@ def run_pipeline(
     sizes = file_sizes(videos[k] for k in keys)
     order = hand_out_order({k: videos[k] for k in keys}, sizes)
     prefetch = None
-    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text())
-    if new_sqlite and not (home / "history" / "runs.db").exists():
-        # a new SQLite home: create its databases here first, not in two processes (this one and the
-        # daemon) at the same moment
-        with _location_env(env):
-            from dagster import DagsterInstance
-
-            DagsterInstance.get().dispose()
+    _create_storage(home, env)
     with (home / "logs" / "daemon.log").open("ab") as daemon_log, run_daemon(home, env, daemon_log) as daemon:
         if spec.media.prefetch and spec.workflow.max_workers > 1 and len(keys) > 1:
             prefetch = start_prefetch(spec, list(order.values()), sizes)
@@ -299,6 +308,7 @@ def open_ui(spec: Spec, host: str, port: int) -> int:
     """The README's way to the UI: the tuned home, the effective spec, `dagster dev` with the sensors on."""
     home = ensure_dagster_home(spec)
     env = services_env(home, write_effective_spec(spec, home), spec)
+    _create_storage(home, env)
     workspace = write_workspace(home)
     print(f"vr-annotate ui: Dagster home {home}; http://{host}:{port}", flush=True)
     return serve_ui(home, env, workspace, host, port)
