@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +21,7 @@ from vr_assets.graph import PER_VIDEO_ASSETS, build_definitions
 from vr_assets.shared_state import PgCoordinator, coordinator
 
 MCQ_ONLY = {"workflow": {"qa_types": ["mcq"]}}
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_run_resume_and_the_sensor_on_a_postgres_instance(
@@ -68,3 +76,73 @@ def test_the_home_stays_on_postgres_and_the_coordinator_follows_the_instance(
     assert postgres_url_of(home) == pg_url.replace("postgresql://", "postgresql+psycopg2://")
     coord = coordinator()  # found from the home's dagster.yaml alone, as a run process finds it
     assert isinstance(coord, PgCoordinator) and coord.url == pg_url
+
+
+def _overlap(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = now = 0
+    for _, d in edges:
+        now += d
+        best = max(best, now)
+    return best
+
+
+def test_two_hosts_on_one_postgres_annotate_every_video_once_and_share_the_limits(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], pg_url: str, tmp_path: Path
+) -> None:
+    """Two `vr-annotate run` started together: own Dagster home, slot folder and scratch each; one
+    database, one results folder, the same videos. Each video runs once, each call is paid once, and
+    the two share each role's four slots."""
+    env = make_pipeline("gemini", latency_media_s=0.2, latency_text_s=0.1)
+    for name, rel in (("short_mp4", "cam1/a.mp4"), ("clip8", "cam2/b.mp4"), ("mkv_upper", "cam3/c.mkv")):
+        env.add_video(synthetic_videos[name], rel)
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 2})
+    for role in ("vlm", "llm"):
+        raw[role]["gemini"]["model"] = f"gemini-test-{role}"
+        raw[role]["limits"] = {"max_concurrency": 4}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    procs, scratches = [], []
+    for host in ("hostA", "hostB"):
+        # short: the forkserver's unix socket lives in it
+        scratch = Path(tempfile.mkdtemp(prefix=f"vr-{host}-"))
+        scratches.append(scratch)
+        child = {k: v for k, v in os.environ.items() if k not in ("VR_CONFIG",)}
+        child.update(PYTHONPATH=str(REPO), DAGSTER_HOME=str(tmp_path / host / "home"), TMPDIR=str(scratch),
+                     VR_HOST_SLOTS_DIR=str(tmp_path / host / "slots"), VR_DAGSTER_POSTGRES_URL=pg_url)
+        procs.append(subprocess.Popen([sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)],
+                                      env=child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for d in scratches:
+            shutil.rmtree(d, ignore_errors=True)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from vr_assets.graph import ANNOTATE_JOB
+
+    with DagsterInstance.from_ref(_pg_ref(tmp_path / "hostA" / "home")) as instance:
+        runs = instance.get_runs(RunsFilter(job_name=ANNOTATE_JOB))
+        assert sorted(r.tags["dagster/partition"] for r in runs) == ["cam1__a.mp4", "cam2__b.mp4", "cam3__c.mkv"]
+        assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}
+        for asset in PER_VIDEO_ASSETS:
+            assert len(instance.get_materialized_partitions(AssetKey(asset))) == 3, asset
+    model_calls = [r for r in env.fake.log if r.route == "generateContent"]
+    bodies = Counter(json.dumps(r.json, sort_keys=True) for r in model_calls)
+    assert bodies and max(bodies.values()) == 1, "a model call was paid for twice"
+    for role in ("vlm", "llm"):
+        spans = [(r.started_at, r.started_at + r.duration_s) for r in model_calls if r.model == f"gemini-test-{role}"]
+        assert spans and _overlap(spans) <= 4, (role, _overlap(spans))
+    assert (env.results / "step_4_output").exists()
+
+
+def _pg_ref(home: Path) -> Any:
+    from dagster._core.instance.ref import InstanceRef
+
+    return InstanceRef.from_dir(str(home))

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -243,6 +243,30 @@ def _dataset_up_to_date(instance: Any) -> bool:
                                       or last["dataset"][0].storage_id > last["task_exports"][0].storage_id)
 
 
+def _runs_in_progress(instance: Any, job_name: str) -> dict[str, str]:
+    """partition key -> id of its run of `job_name` that is queued or running."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    live = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=live))
+    return {r.tags[PARTITION_NAME_TAG]: r.run_id for r in runs if PARTITION_NAME_TAG in r.tags}
+
+
+def _dataset_run_after(instance: Any, job_name: str, run_ids: list[str]) -> str | None:
+    """A dataset run another vr-annotate queued after every one of `run_ids` finished (so it reads
+    their results): following it instead of queueing a second one, none of the two dies with the
+    other's daemon."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    ended = [r.end_time or 0.0 for r in instance.get_run_records(RunsFilter(run_ids=run_ids))] if run_ids else []
+    live = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    for rec in instance.get_run_records(RunsFilter(job_name=job_name, statuses=live)):
+        if rec.create_timestamp.timestamp() >= max(ended, default=0.0):
+            return rec.dagster_run.run_id
+    return None
+
+
 def _queue_and_follow(
     spec: Spec, home: Path, keys: list[str], all_keys: list[str], order: list[str], stale: bool,
     build_dataset: bool, summary: RunSummary, prefetch: MediaPrefetch | None, shared_daemon: bool,
@@ -254,11 +278,15 @@ def _queue_and_follow(
     from vr_assets.execution.submit import RunSubmitter, follow
     from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
     from vr_assets.partitions import videos_partitions
+    from vr_assets.shared_state import coordinator
 
     forget_stale_location()
     import vr_assets.definitions as location
 
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.get() as instance, ExitStack() as submitting:
+        # one vr-annotate plans and queues at a time (on Postgres: one on any host); a video another
+        # one has queued or is running is followed, not queued twice
+        submitting.enter_context(coordinator().lock("vr-annotate:submit", home / ".submit.lock"))
         existing = set(instance.get_dynamic_partitions(videos_partitions.name))
         new = [k for k in all_keys if k not in existing]
         if new:
@@ -275,7 +303,11 @@ def _queue_and_follow(
         if work:
             progress(f"queued {len(work)} video run(s), at most {spec.workflow.max_workers} at a time")
         submitter = RunSubmitter(instance, ANNOTATE_JOB)
-        runs = {k: submitter.submit(k, assets) for k, assets in work.items()}
+        running = _runs_in_progress(instance, ANNOTATE_JOB)
+        if followed := [k for k in work if k in running]:
+            progress(f"{len(followed)} of them already queued or running (another vr-annotate): following those")
+        runs = {k: running.get(k) or submitter.submit(k, assets) for k, assets in work.items()}
+        submitting.close()
         on_start = prefetch.handed_out if prefetch is not None else None
         for n, outcome in enumerate(follow(instance, runs, on_start), start=1):
             summary.ran += 1
@@ -290,7 +322,9 @@ def _queue_and_follow(
         if build_dataset and summary.ran == 0 and _dataset_up_to_date(instance):
             progress(f"dataset: up to date in {Path(spec.results_dir) / 'step_4_output'}")
         elif build_dataset:
-            run_id = RunSubmitter(instance, DATASET_JOB).submit(None)
+            with coordinator().lock("vr-annotate:submit", home / ".submit.lock"):
+                run_id = (_dataset_run_after(instance, DATASET_JOB, list(runs.values()))
+                          or RunSubmitter(instance, DATASET_JOB).submit(None))
             outcome = next(follow(instance, {"dataset": run_id}))
             if outcome.ok:
                 mats = instance.fetch_materializations(AssetKey("dataset"), limit=1).records

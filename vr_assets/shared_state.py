@@ -59,6 +59,10 @@ class Records(ABC):
     def put(self, key: str, value: str) -> None: ...
 
     @abstractmethod
+    def add(self, key: str, value: str) -> bool:
+        """Store `value` unless `key` has one (no lock needed): True for the one caller that stored it."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
@@ -154,6 +158,16 @@ class _FileRecords(Records):
 
     def put(self, key: str, value: str) -> None:
         atomic_write_text(self._path(key), value)
+
+    def add(self, key: str, value: str) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self._path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        return True
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -265,6 +279,10 @@ class _PgRecords(Records):
         with self.coord._connection() as conn, conn.cursor() as cur:
             cur.execute(sql, args)
             return cur.fetchall() if cur.description else []
+
+    def add(self, key: str, value: str) -> bool:
+        return bool(self._query(f"INSERT INTO {_TABLE} (ns, key, value) VALUES (%s, %s, %s) "
+                                "ON CONFLICT (ns, key) DO NOTHING RETURNING key", (self.ns, key, value)))
 
     def get(self, key: str) -> str | None:
         rows = self._query(f"SELECT value FROM {_TABLE} WHERE ns = %s AND key = %s", (self.ns, key))

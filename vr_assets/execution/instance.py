@@ -64,8 +64,15 @@ _NO_STDIO_CAPTURE = (
 )
 
 
-def execution_yaml(max_workers: int) -> str:
-    """The run queue, launcher, monitoring and retries: how every run of every road executes."""
+# (module, class) of the run launcher: the warm one, or its subclass that claims each run (several hosts)
+LAUNCHERS = {False: ("vr_assets.execution.launcher", "WarmRunLauncher"),
+             True: ("vr_assets.execution.shared_launcher", "SharedWarmRunLauncher")}
+
+
+def execution_yaml(max_workers: int, shared: bool = False) -> str:
+    """The run queue, launcher, monitoring and retries: how every run of every road executes. `shared`:
+    several hosts' daemons dequeue from this instance (Postgres), so each run is launched by one only."""
+    module, cls = LAUNCHERS[shared]
     return (
         "concurrency:\n"
         "  runs:\n"
@@ -78,8 +85,8 @@ def execution_yaml(max_workers: int) -> str:
         "    dequeue_use_threads: true\n"
         "    dequeue_num_workers: 4\n"
         "run_launcher:\n"
-        "  module: vr_assets.execution.launcher\n"
-        "  class: WarmRunLauncher\n"
+        f"  module: {module}\n"
+        f"  class: {cls}\n"
         "run_monitoring:\n"
         "  enabled: true\n"
         "  poll_interval_seconds: 5\n"
@@ -131,7 +138,7 @@ def instance_yaml(
         MANAGED_MARK + "\n"
         "telemetry:\n  enabled: false\n"
         "nux:\n  enabled: false\n"
-        + execution_yaml(max_workers)
+        + execution_yaml(max_workers, shared=bool(postgres_url))
         + ("" if capture_stdio else _NO_STDIO_CAPTURE)
     )
     if postgres_url:
@@ -165,7 +172,7 @@ def untuned_reasons(home: str | os.PathLike[str] | None) -> list[str]:
     except yaml.YAMLError as e:
         return [f"{cfg} is not valid YAML: {e}"]
     why = []
-    if (data.get("run_launcher") or {}).get("class") != "WarmRunLauncher":
+    if (data.get("run_launcher") or {}).get("class") not in {cls for _, cls in LAUNCHERS.values()}:
         why.append("run_launcher is not vr_assets.execution.launcher.WarmRunLauncher (each run starts Python anew)")
     if (data.get("run_coordinator") or {}).get("class") != "QueuedRunCoordinator":
         why.append("run_coordinator is not the QueuedRunCoordinator (runs are not bounded by workflow.max_workers)")
