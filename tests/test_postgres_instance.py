@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,48 @@ def _pg_ref(home: Path) -> Any:
     from dagster._core.instance.ref import InstanceRef
 
     return InstanceRef.from_dir(str(home))
+
+
+RUNS_QUERY = "{ runsOrError { ... on Runs { results { runId status jobName } } } }"
+
+
+def test_vr_annotate_ui_on_postgres_shows_the_runs_and_its_sensor_builds_the_dataset(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], pg_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from tests.fixtures_ui import _free_port, _stop, _wait_until_ready
+
+    monkeypatch.setenv("VR_DAGSTER_POSTGRES_URL", pg_url)
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["short_mp4"], "cam/a.mp4")
+    assert not env.run(env.spec(**MCQ_ONLY), build_dataset=False).failed
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(env.raw_spec(**MCQ_ONLY)))
+    port = _free_port()
+    log_path = tmp_path / "ui.log"
+    child = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vr_assets.cli", "ui", "--config", str(spec_path),
+                                 "--port", str(port)], cwd=REPO, env=child, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_until_ready(proc, base_url, log_path)
+        req = urllib.request.Request(base_url + "/graphql", data=json.dumps({"query": RUNS_QUERY}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        shown = json.loads(urllib.request.urlopen(req, timeout=30).read())["data"]["runsOrError"]["results"]
+        assert ("annotate_videos", "SUCCESS") in [(r["jobName"], r["status"]) for r in shown], shown
+        # the UI's daemon ticks the dataset sensor on the Postgres instance: the dataset gets built
+        instance = DagsterInstance.get()
+        deadline = time.monotonic() + 180
+        built = []
+        while time.monotonic() < deadline and not built:
+            built = [r for r in instance.get_runs(RunsFilter(job_name="build_dataset"))
+                     if r.status == DagsterRunStatus.SUCCESS]
+            time.sleep(1)
+        assert built, log_path.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert (env.results / "step_4_output").exists()
