@@ -131,7 +131,14 @@ def test_locks_slots_and_upload_records_across_sessions(pg_url: str, tmp_path: P
     assert b.slots("gemini/m", 1).acquire(timeout_s=5) is not None
     assert a.slots("gemini/m", 1).acquire(timeout_s=0.2) is None
     b._slot.close()  # noqa: SLF001 - b's session dies holding the slot, like a killed host
-    assert a.slots("gemini/m", 1).acquire(timeout_s=5) is not None
+    held_by_a = a.slots("gemini/m", 1).acquire(timeout_s=5)
+    assert held_by_a is not None
+    # the server ends a's session (a restart): the slot is free for b, and a's late release frees nothing
+    with psycopg2.connect(pg_url) as admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (a._slot.get_backend_pid(),))  # noqa: SLF001
+    assert b.slots("gemini/m", 1).acquire(timeout_s=5) is not None
+    held_by_a()
+    assert a.slots("gemini/m", 1).acquire(timeout_s=0.3) is None  # a reconnected, and b still holds it
 
     one = UploadRegistry(tmp_path / "h1" / "endpoint", a.records("uploads:endpoint", tmp_path / "h1"))
     two = UploadRegistry(tmp_path / "h2" / "endpoint", b.records("uploads:endpoint", tmp_path / "h2"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import random
 import threading
@@ -33,6 +34,7 @@ from vr_assets.execution.instance import POSTGRES_URL_ENV, postgres_url_of
 from vr_assets.store import atomic_write_text
 
 Release = Callable[[], None]
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- interface
@@ -242,21 +244,40 @@ class _PgSlots(Slots):
                     got = cur.fetchone()[0]
                 if got:
                     c._held_slots.add((self.k1, i))
-                    return lambda i=i: self._release(i)
+                    gen = c._slot_gen
+                    return lambda: self._release(i, gen)
         return None
 
-    def _release(self, i: int) -> None:
+    def _release(self, i: int, gen: int) -> None:
+        import psycopg2
+
         c = self.coord
         with c._slot_mu:
+            if gen != c._slot_gen:  # the session that held it is gone, and the slot with it
+                return
             c._held_slots.discard((self.k1, i))
-            conn = c._slot_conn()
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self.k1, i))
+            try:
+                with c._slot_conn().cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self.k1, i))
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                c._drop_slot_session()
+
+    def _try_or_reconnect(self) -> Release | None:
+        """A dropped session (a server restart) held nothing any more: start a new one and try again."""
+        import psycopg2
+
+        try:
+            return self._try()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            log.warning("slots %s: Postgres session lost (%s); reconnecting", self.k1, str(e).strip())
+            with self.coord._slot_mu:
+                self.coord._drop_slot_session()
+            return None
 
     def acquire(self, timeout_s: float | None = None) -> Release | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = self.poll_s
-        while (release := self._try()) is None:
+        while (release := self._try_or_reconnect()) is None:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(delay * random.uniform(0.5, 1.5))
@@ -316,6 +337,7 @@ class PgCoordinator(Coordinator):
         self._idle: list[Any] = []
         self._slot: Any = None
         self._held_slots: set[tuple[int, int]] = set()
+        self._slot_gen = 0  # bumped with each new slot session: a release from an older one is void
         self._table_ready = False
         self._inherited: list[Any] = []
 
@@ -323,6 +345,7 @@ class PgCoordinator(Coordinator):
         if self._pid != os.getpid():  # keep the parent's connections referenced: closing them ends its sessions
             self._inherited += [*self._idle, self._slot]
             self._idle, self._slot, self._held_slots = [], None, set()
+            self._slot_gen += 1
             self._pid = os.getpid()
 
     def _connect(self) -> Any:
@@ -352,6 +375,13 @@ class PgCoordinator(Coordinator):
             if conn is not None:
                 conn.close()
 
+    def _drop_slot_session(self) -> None:
+        """Called with `_slot_mu` held: the session and every slot it held are gone."""
+        if self._slot is not None and not self._slot.closed:
+            self._slot.close()
+        self._slot, self._held_slots = None, set()
+        self._slot_gen += 1
+
     def _slot_conn(self) -> Any:
         """Called with `_slot_mu` held."""
         with self._mu:
@@ -359,6 +389,7 @@ class PgCoordinator(Coordinator):
         if self._slot is None or self._slot.closed:
             self._slot = self._connect()
             self._held_slots = set()  # a new session holds nothing
+            self._slot_gen += 1
         return self._slot
 
     @contextmanager
