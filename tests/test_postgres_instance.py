@@ -193,3 +193,20 @@ def test_vr_annotate_ui_on_postgres_shows_the_runs_and_its_sensor_builds_the_dat
     finally:
         _stop(proc)
     assert (env.results / "step_4_output").exists()
+
+
+def _report_modules(path: str) -> None:
+    path_obj = Path(path)
+    path_obj.write_text(json.dumps([m for m in ("dagster_postgres", "psycopg2") if m in sys.modules]))
+
+
+def test_the_shared_launchers_runs_start_with_the_postgres_storage_imported(tmp_path: Path) -> None:
+    """A run opens its Postgres storage first thing: the forkserver has imported it, not each run (~1-2 s)."""
+    from vr_assets.execution.shared_launcher import SharedWarmRunLauncher
+
+    launcher = SharedWarmRunLauncher()
+    proc = launcher._context().Process(target=_report_modules, args=(str(tmp_path / "mods.json"),))  # noqa: SLF001
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    assert json.loads((tmp_path / "mods.json").read_text()) == ["dagster_postgres", "psycopg2"]

@@ -11,18 +11,29 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dagster._core.launcher import LaunchRunContext
+from dagster._serdes import ConfigurableClassData
 
-from vr_assets.execution.launcher import WarmRunLauncher
+from vr_assets.execution.launcher import DEFAULT_PRELOAD, WarmRunLauncher
 from vr_assets.shared_state import coordinator
 
 log = logging.getLogger(__name__)
 
 
+# The run's instance opens its Postgres storage through dagster_postgres: ~1-2 s of imports in every
+# run process unless the forkserver has them already.
+POSTGRES_PRELOAD = ("dagster_postgres", "psycopg2")
+
+
 class SharedWarmRunLauncher(WarmRunLauncher):
-    """`WarmRunLauncher` plus a claim per run in the coordinator's records."""
+    """`WarmRunLauncher` plus a claim per run in the coordinator's records, its forkserver preloading
+    the Postgres storage too."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None) -> None:
+        super().__init__(inst_data, [*(preload or DEFAULT_PRELOAD), *POSTGRES_PRELOAD])
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run_id = context.dagster_run.run_id
