@@ -38,11 +38,13 @@ def test_run_resume_and_the_sensor_on_a_postgres_instance(
     assert first.failed == {} and sorted(first.succeeded) == ["cam1__a.mp4", "cam2__b.mp4"], env.log
     home = ensure_dagster_home(spec)
     cfg = yaml.safe_load((home / "dagster.yaml").read_text())
-    assert cfg["storage"]["postgres"]["postgres_url"].startswith("postgresql+psycopg2://")
+    for kind in ("run", "event_log", "schedule"):
+        assert cfg[f"{kind}_storage"]["config"]["postgres_url"].startswith("postgresql+psycopg2://"), kind
     assert untuned_reasons(home) == []
     assert not (home / "history").exists()  # no SQLite beside it: the runs are in Postgres
     instance = DagsterInstance.get()
-    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(instance.run_storage).__name__ == "PooledPostgresRunStorage"
+    assert type(instance.event_log_storage).__name__ == "PooledPostgresEventLogStorage"
     for asset in PER_VIDEO_ASSETS:
         assert instance.get_materialized_partitions(AssetKey(asset)) == {"cam1__a.mp4", "cam2__b.mp4"}, asset
     paid = env.calls()

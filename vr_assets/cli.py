@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.discovery import discover
-from vr_assets.execution.instance import ensure_dagster_home
+from vr_assets.execution.instance import ensure_dagster_home, postgres_url_of
 from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
@@ -169,8 +169,9 @@ def _create_storage(home: Path, env: dict[str, str]) -> None:
     """A new SQLite home's databases, or Dagster's tables in a Postgres database (which another host may
     be opening this very moment), created here, under the coordinator's lock, before the daemon opens
     the storage too: two processes creating them at the same moment both fail."""
-    storage = yaml.safe_load((home / "dagster.yaml").read_text()).get("storage") or {}
-    if not ("postgres" in storage or (not storage and not (home / "history" / "runs.db").exists())):
+    on_postgres = postgres_url_of(home) is not None
+    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text()) and not on_postgres
+    if not (on_postgres or (new_sqlite and not (home / "history" / "runs.db").exists())):
         return
     with _location_env(env):
         from dagster import DagsterInstance

@@ -9,9 +9,9 @@ both write it; a file we wrote is rewritten when the spec's limits change, a fil
 is left alone and checked (`untuned_reasons`).
 
 Storage: our SQLite files in the home, or, with `VR_DAGSTER_POSTGRES_URL` set, a Postgres database
-(`storage: postgres:`), which several hosts can share (`vr_assets.shared_state` then keeps the answer
-cache's locks and the provider slots there too). A home written for Postgres stays on it when a
-later command runs without the variable.
+(dagster-postgres's storages with a kept connection pool, `execution/pg_storage.py`), which several
+hosts can share (`vr_assets.shared_state` then keeps the answer cache's locks and the provider slots
+there too). A home written for Postgres stays on it when a later command runs without the variable.
 
 Dagster-free: the CLI sets the home up before it loads Dagster.
 """
@@ -114,6 +114,11 @@ def postgres_url_of(home: str | os.PathLike[str]) -> str | None:
     except (OSError, yaml.YAMLError):
         return None
     pg = (data.get("storage") or {}).get("postgres")
+    run_storage = data.get("run_storage") or {}
+    if not isinstance(pg, dict) and "postgres" in str(run_storage.get("module", "")).lower() + str(
+        run_storage.get("class", "")
+    ).lower():
+        pg = run_storage.get("config")
     if not isinstance(pg, dict):
         return None
 
@@ -133,7 +138,7 @@ def instance_yaml(
     home: str, *, max_workers: int = 4, capture_stdio: bool = False, postgres_url: str | None = None
 ) -> str:
     """The `dagster.yaml` for a new instance: the execution block, Dagster's file layout, and our SQLite
-    storages, or one Postgres database for all three (`postgres_url`)."""
+    storages, or our pooled Postgres storages on one database (`postgres_url`)."""
     head = (
         MANAGED_MARK + "\n"
         "telemetry:\n  enabled: false\n"
@@ -142,7 +147,12 @@ def instance_yaml(
         + ("" if capture_stdio else _NO_STDIO_CAPTURE)
     )
     if postgres_url:
-        return head + f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_postgres_url(postgres_url))}\n"
+        url = json.dumps(dagster_postgres_url(postgres_url))
+        return head + "".join(
+            f"{kind}_storage:\n  module: vr_assets.execution.pg_storage\n  class: PooledPostgres{cls}Storage\n"
+            f"  config:\n    postgres_url: {url}\n"
+            for kind, cls in (("run", "Run"), ("event_log", "EventLog"), ("schedule", "Schedule"))
+        )
     return (
         head
         + "run_storage:\n"

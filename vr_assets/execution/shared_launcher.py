@@ -23,9 +23,9 @@ from vr_assets.shared_state import coordinator
 log = logging.getLogger(__name__)
 
 
-# The run's instance opens its Postgres storage through dagster_postgres: ~1-2 s of imports in every
-# run process unless the forkserver has them already.
-POSTGRES_PRELOAD = ("dagster_postgres", "psycopg2")
+# The run's instance opens its Postgres storages (dagster_postgres): ~1-2 s of imports in every run
+# process unless the forkserver has them already.
+POSTGRES_PRELOAD = ("vr_assets.execution.pg_storage", "psycopg2")
 
 
 class SharedWarmRunLauncher(WarmRunLauncher):
