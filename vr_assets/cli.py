@@ -255,9 +255,9 @@ def _runs_in_progress(instance: Any, job_name: str) -> dict[str, str]:
 
 
 def _dataset_run_after(instance: Any, job_name: str, run_ids: list[str]) -> str | None:
-    """A dataset run another vr-annotate queued after every one of `run_ids` finished (so it reads
-    their results): following it instead of queueing a second one, none of the two dies with the
-    other's daemon."""
+    """A dataset run another vr-annotate (another host) queued after every one of `run_ids` finished, so
+    it reads their results. Following it instead of queueing a second one, both hosts wait for the same
+    run, and neither's dataset run is ended by the other's daemon when that host is done."""
     from dagster import DagsterRunStatus, RunsFilter
 
     ended = [r.end_time or 0.0 for r in instance.get_run_records(RunsFilter(run_ids=run_ids))] if run_ids else []
