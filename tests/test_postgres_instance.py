@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +195,11 @@ def test_vr_annotate_ui_on_postgres_shows_the_runs_and_its_sensor_builds_the_dat
             time.sleep(1)
         assert built, log_path.read_text()[-3000:]
     finally:
+        # ^C, as a user stops it: vr-annotate ui then stops `dagster dev` (its own process group), which
+        # ending vr-annotate's group alone would leave running
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
         _stop(proc)
     assert (env.results / "step_4_output").exists()
 
