@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures_providers",
     "tests.fixtures_pipeline",
     "tests.fixtures_ui",
+    "tests.fixtures_postgres",
 ]

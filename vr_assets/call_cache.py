@@ -8,13 +8,10 @@ with unchanged inputs is answered from disk.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +20,7 @@ from pydantic import BaseModel
 from vr_assets.config import Spec
 from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel, UsageLedger, get_model
 from vr_assets.providers.base import KeyedLocks
+from vr_assets.shared_state import coordinator
 from vr_assets.store import atomic_write_text
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -47,35 +45,9 @@ def file_sha256(path: Path) -> str:
 
 
 # Calls this process is making: two threads never pay for the same call (the prefetch's threads asking
-# ahead for two copies of one video). `_key_file_lock` does the same across processes.
+# ahead for two copies of one video). The coordinator's lock does the same across processes, and across
+# hosts when the instance is on Postgres (`vr_assets.shared_state`).
 _in_flight = KeyedLocks()
-
-
-@contextmanager
-def _key_file_lock(path: Path) -> Iterator[None]:
-    """One holder per call key across processes (two workers on two copies of one video): an flock on
-    a file beside the answer, removed by its holder. A waiter that wakes on a removed file takes the
-    new one, so the folder keeps no lock files and two holders never overlap."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if current:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
 
 
 class CachedModel:
@@ -172,9 +144,8 @@ class CachedModel:
         ]
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
-            with _in_flight.hold_all(keys[i] for i in todo), ExitStack() as held:
-                for k in sorted({keys[i] for i in todo}):  # in key order, as every holder: no deadlock
-                    held.enter_context(_key_file_lock(self._path(k).with_suffix(".lock")))
+            held = {keys[i]: self._path(keys[i]).with_suffix(".lock") for i in todo}
+            with _in_flight.hold_all(held), coordinator().lock_all([(f"call:{k}", p) for k, p in held.items()]):
                 for i in todo:  # another thread or process may have answered it while this one waited
                     out[i] = self._lookup(calls[i], keys[i], claim=not ahead)
                 todo = [i for i in todo if out[i] is None]

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.discovery import scan
-from vr_assets.execution.instance import ensure_dagster_home
+from vr_assets.execution.instance import ensure_dagster_home, postgres_url_of
 from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
 from vr_assets.execution.submit import RunOutcome
 from vr_assets.outcomes import outcome_summary
@@ -169,6 +169,23 @@ def _location_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _create_storage(home: Path, env: dict[str, str]) -> None:
+    """A new SQLite home's databases, or Dagster's tables in a Postgres database (which another host may
+    be opening this very moment), created here, under the coordinator's lock, before the daemon opens
+    the storage too: two processes creating them at the same moment both fail."""
+    on_postgres = postgres_url_of(home) is not None
+    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text()) and not on_postgres
+    if not (on_postgres or (new_sqlite and not (home / "history" / "runs.db").exists())):
+        return
+    with _location_env(env):
+        from dagster import DagsterInstance
+
+        from vr_assets.shared_state import coordinator
+
+        with coordinator().lock("dagster-storage", home / ".storage.lock"):
+            DagsterInstance.get().dispose()
+
+
 def run_pipeline(
     spec: Spec,
     *,
@@ -207,14 +224,7 @@ def run_pipeline(
     sizes = file_sizes(videos[k] for k in keys)
     order = hand_out_order({k: videos[k] for k in keys}, sizes)
     prefetch = None
-    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text())
-    if new_sqlite and not (home / "history" / "runs.db").exists():
-        # a new SQLite home: create its databases here first, not in two processes (this one and the
-        # daemon) at the same moment
-        with _location_env(env):
-            from dagster import DagsterInstance
-
-            DagsterInstance.get().dispose()
+    _create_storage(home, env)
     with (home / "logs" / "daemon.log").open("ab") as log_file, run_daemon(
         home, env, sys.stderr.buffer if verbose else log_file
     ) as daemon:
@@ -283,6 +293,30 @@ def _dataset_up_to_date(instance: Any) -> bool:
                                       or last["dataset"][0].storage_id > last["task_exports"][0].storage_id)
 
 
+def _runs_in_progress(instance: Any, job_name: str) -> dict[str, str]:
+    """partition key -> id of its run of `job_name` that is queued or running."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    live = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=live))
+    return {r.tags[PARTITION_NAME_TAG]: r.run_id for r in runs if PARTITION_NAME_TAG in r.tags}
+
+
+def _dataset_run_after(instance: Any, job_name: str, run_ids: list[str]) -> str | None:
+    """A dataset run another vr-annotate (another host) queued after every one of `run_ids` finished, so
+    it reads their results. Following it instead of queueing a second one, both hosts wait for the same
+    run, and neither's dataset run is ended by the other's daemon when that host is done."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    ended = [r.end_time or 0.0 for r in instance.get_run_records(RunsFilter(run_ids=run_ids))] if run_ids else []
+    live = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    for rec in instance.get_run_records(RunsFilter(job_name=job_name, statuses=live)):
+        if rec.create_timestamp.timestamp() >= max(ended, default=0.0):
+            return rec.dagster_run.run_id
+    return None
+
+
 def _queue_and_follow(
     spec: Spec, home: Path, keys: list[str], all_keys: list[str], order: list[str], stale: bool,
     build_dataset: bool, summary: RunSummary, prefetch: MediaPrefetch | None, shared_daemon: bool,
@@ -294,11 +328,15 @@ def _queue_and_follow(
     from vr_assets.execution.submit import RunSubmitter, follow
     from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
     from vr_assets.partitions import videos_partitions
+    from vr_assets.shared_state import coordinator
 
     forget_stale_location()
     import vr_assets.definitions as location
 
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.get() as instance, ExitStack() as submitting:
+        # one vr-annotate plans and queues at a time (on Postgres: one on any host); a video another
+        # one has queued or is running is followed, not queued twice
+        submitting.enter_context(coordinator().lock("vr-annotate:submit", home / ".submit.lock"))
         existing = set(instance.get_dynamic_partitions(videos_partitions.name))
         new = [k for k in all_keys if k not in existing]
         if new:
@@ -315,7 +353,11 @@ def _queue_and_follow(
         if work:
             progress(f"queued {len(work)} video run(s), at most {spec.workflow.max_workers} at a time")
         submitter = RunSubmitter(instance, ANNOTATE_JOB)
-        runs = {k: submitter.submit(k, assets) for k, assets in work.items()}
+        running = _runs_in_progress(instance, ANNOTATE_JOB)
+        if followed := [k for k in work if k in running]:
+            progress(f"{len(followed)} of them already queued or running (another vr-annotate): following those")
+        runs = {k: running.get(k) or submitter.submit(k, assets) for k, assets in work.items()}
+        submitting.close()
         on_start = prefetch.handed_out if prefetch is not None else None
         n = 0
 
@@ -341,7 +383,9 @@ def _queue_and_follow(
         if build_dataset and summary.ran == 0 and _dataset_up_to_date(instance):
             progress(f"dataset: up to date in {results_root(spec) / 'step_4_output'}")
         elif build_dataset:
-            run_id = RunSubmitter(instance, DATASET_JOB).submit(None)
+            with coordinator().lock("vr-annotate:submit", home / ".submit.lock"):
+                run_id = (_dataset_run_after(instance, DATASET_JOB, list(runs.values()))
+                          or RunSubmitter(instance, DATASET_JOB).submit(None))
             outcome = next(follow(instance, {"dataset": run_id}))
             if outcome.ok:
                 mats = instance.fetch_materializations(AssetKey("dataset"), limit=1).records
@@ -359,6 +403,7 @@ def open_ui(spec: Spec, host: str, port: int) -> int:
     """The README's way to the UI: the tuned home, the effective spec, `dagster dev` with the sensors on."""
     home = ensure_dagster_home(spec)
     env = services_env(home, write_effective_spec(spec, home), spec)
+    _create_storage(home, env)
     workspace = write_workspace(home)
     print(f"vr-annotate ui: Dagster home {home}; http://{host}:{port}", flush=True)
     return serve_ui(home, env, workspace, host, port)

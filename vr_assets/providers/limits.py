@@ -9,7 +9,8 @@ all threads back off together instead of each one hammering the endpoint.
 Across processes: with `VR_HOST_SLOTS_DIR` set (the daemon `vr-annotate run` and `vr-annotate ui`
 start has it, and so every run it launches), each request also holds one of `max_concurrency`
 host-wide slots, file locks that every process on the machine shares and that a crashed process
-gives back.
+gives back. When the Dagster instance is on Postgres the slots are advisory locks in its database
+instead, shared by every process on every host (`vr_assets.shared_state`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vr_assets.shared_state import Slots
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +152,12 @@ class RateLimiter:
     def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
         permit = self._acquire(max(0, est_tokens))
         host = host_slots(self.name, self.max_concurrency)
-        held = host.acquire() if host is not None else None
+        release = host.acquire() if host is not None else None
         try:
             yield permit
         finally:
-            if held is not None:
-                os.close(held)
+            if release is not None:
+                release()
             self._release()
 
     def _acquire(self, tokens: int) -> Permit:
@@ -285,7 +290,15 @@ def _lock(fd: int, *, blocking: bool) -> bool:
 _HOST: dict[tuple[str, str, int], HostSlots] = {}
 
 
-def host_slots(name: str, n: int) -> HostSlots | None:
+def host_slots(name: str, n: int) -> Slots | None:
+    """The slots every process sharing this one's coordinator counts against (None: this process alone)."""
+    from vr_assets.shared_state import coordinator
+
+    return coordinator().slots(name, n)
+
+
+def file_host_slots(name: str, n: int) -> HostSlots | None:
+    """The machine's slot files under `VR_HOST_SLOTS_DIR` (None when it is not set)."""
     directory = os.environ.get("VR_HOST_SLOTS_DIR")
     if not directory:
         return None

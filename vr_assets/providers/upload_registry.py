@@ -5,19 +5,20 @@ worker runs the rest; a Dagster step each in its own process). Each records the 
 here, keyed by content hash with the videos that still need it; the next process points at the
 same file. The last video to let go (`unclaim`) gets the entry back and deletes the file. Entries
 of a run that died stay for its retry: the service itself drops files after 48 hours.
+
+The entries are JSON files under the registry's folder on one host, and rows in the instance's
+Postgres database when it is on Postgres, so every host reuses one upload (`vr_assets.shared_state`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from vr_assets.store import atomic_write_text
+from vr_assets.shared_state import Records, coordinator
 
 # Gemini deletes uploads after 48 h; an older entry is not worth a look.
 MAX_AGE_S = 46 * 3600.0
@@ -36,35 +37,34 @@ class UploadEntry(BaseModel):
 
 
 class UploadRegistry:
-    """One JSON file per content hash under `root`; every change holds the folder's lock."""
+    """One record per content hash (a JSON file under `root`, or a row); every change holds the lock
+    over all of them. `root`'s name (the endpoint) names the records' namespace on Postgres."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, records: Records | None = None) -> None:
         self.root = root
+        self.records = records or coordinator().records(f"uploads:{root.name}", root)
 
-    def _path(self, sha: str) -> Path:
-        return self.root / f"{sha}.json"
+    def _locked(self) -> Any:
+        return self.records.locked()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _unlink(self, sha: str) -> None:
+        self.records.delete(sha)
 
     def _read(self, sha: str) -> UploadEntry | None:
         try:
-            return UploadEntry.model_validate_json(self._path(sha).read_text())
-        except FileNotFoundError:
+            text = self.records.get(sha)
+        except OSError:
+            text = ""
+        if text is None:
             return None
-        except (ValidationError, OSError, ValueError):  # a torn or foreign file: as if absent
-            self._path(sha).unlink(missing_ok=True)
+        try:
+            return UploadEntry.model_validate_json(text)
+        except (ValidationError, ValueError):  # a torn or foreign record: as if absent
+            self._unlink(sha)
             return None
 
     def _write(self, sha: str, entry: UploadEntry) -> None:
-        atomic_write_text(self._path(sha), entry.model_dump_json())
+        self.records.put(sha, entry.model_dump_json())
 
     def claim(self, sha: str, owner: str) -> UploadEntry | None:
         """The live entry for `sha`, with `owner` added; None (and a stale entry dropped) otherwise."""
@@ -73,7 +73,7 @@ class UploadRegistry:
             if entry is None:
                 return None
             if not entry.fresh():
-                self._path(sha).unlink(missing_ok=True)
+                self._unlink(sha)
                 return None
             if owner not in entry.owners:
                 entry.owners.append(owner)
@@ -99,7 +99,7 @@ class UploadRegistry:
             if entry.owners:
                 self._write(sha, entry)
                 return None
-            self._path(sha).unlink(missing_ok=True)
+            self._unlink(sha)
             return entry
 
     def forget(self, sha: str, name: str) -> None:
@@ -107,15 +107,15 @@ class UploadRegistry:
         with self._locked():
             entry = self._read(sha)
             if entry is not None and entry.name == name:
-                self._path(sha).unlink(missing_ok=True)
+                self._unlink(sha)
 
     def owned_by(self, owner: str) -> list[str]:
         """Content hashes `owner` still holds an upload for."""
         out = []
-        for p in sorted(self.root.glob("*.json")) if self.root.is_dir() else []:
-            entry = self._read(p.stem)
+        for sha in self.records.names():
+            entry = self._read(sha)
             if entry is not None and owner in entry.owners:
-                out.append(p.stem)
+                out.append(sha)
         return out
 
     def holders(self, sha: str) -> list[str]:
