@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from vr_assets.call_cache import spec_teacher
 from vr_assets.media import MediaTool
-from vr_assets.providers import UsageLedger
+from vr_assets.providers import ModelCall, UsageLedger
 from vr_assets.records import CallUsage
 from vr_assets.storage import DiskFullError, atomic_write_text, free_bytes
 
@@ -181,3 +182,26 @@ def test_pipeline_on_a_full_disk_fails_cleanly_and_resumes(make_pipeline: Any, t
         assert env.calls() > calls_before
         assert json.loads((fs / "assets" / "qa" / "v00.mp4.json").read_text())["raw"]
         print(f"run 2: {env.calls() - calls_before} more calls, none repeated")
+
+
+def test_answer_cache_on_a_full_disk_pays_the_call_again(make_pipeline: Any) -> None:
+    """What a full disk costs when the answer cache is on it (the default: `<results_dir>/cache/calls`): the
+    call is made and paid (the ledger records it), its answer cannot be stored, the step fails naming the
+    cache entry, and once space is freed the same call is made, and paid, again. Only then is it cached."""
+    env = make_pipeline("openai")
+    spec = env.spec()
+    call = ModelCall(step="2", prompt_key="probe", video_key="v00.mp4", prompt="Describe a quiet street.")
+    with small_fs(env.results, "256k") as fs:
+        teacher = spec_teacher(spec, "llm")
+        filler = fill(fs, leave=PAGE)  # one page: the ledger's first line takes it
+        with pytest.raises(DiskFullError) as info:
+            teacher.generate(call)
+        entry = teacher._path(teacher.key_for(call))
+        assert_disk_full_line(str(info.value), entry, fs)
+        assert env.calls() == 1 and len(UsageLedger(fs / "usage").entries()) == 1  # made, paid, recorded
+        assert not entry.exists() and leftovers(fs) == []
+        filler.unlink()
+        first = teacher.generate(call)
+        assert env.calls() == 2 and not first.usage.cached  # paid again: the answer was never stored
+        again = teacher.generate(call)
+        assert env.calls() == 2 and again.usage.cached and again.text == first.text
