@@ -205,3 +205,23 @@ def test_answer_cache_on_a_full_disk_pays_the_call_again(make_pipeline: Any) -> 
         assert env.calls() == 2 and not first.usage.cached  # paid again: the answer was never stored
         again = teacher.generate(call)
         assert env.calls() == 2 and again.usage.cached and again.text == first.text
+
+
+def test_records_on_a_full_disk_fail_the_step_naming_the_record(make_pipeline: Any, tmp_path: Path) -> None:
+    """`storage_url` (the records and the dataset) on a full tmpfs, results_dir elsewhere: the first record,
+    step 0's, cannot be written; the video fails with one line naming it, the step and the record's path,
+    and no temp file is left where the record was going."""
+    env = make_pipeline("gemini")
+    env.add_video(_clip(tmp_path / "noise.mp4"), "v00.mp4")
+    with small_fs(tmp_path / "records", "64k") as fs:
+        fill(fs)
+        summary = env.run(env.spec(workflow=MCQ_ONLY, storage_url=str(fs)))
+        assert sorted(summary.failed) == ["dataset", "v00.mp4"], summary
+        why = summary.failed["v00.mp4"]
+        record = fs / "assets" / "filter_result" / "v00.mp4.json"
+        assert why.startswith("video v00.mp4: filter_result: disk full writing"), why
+        assert_disk_full_line(why, record, fs)
+        # the dataset (written after the runs, to the same storage) fails with its own disk-full line
+        assert re.search(rf"disk full writing {re.escape(str(fs))}/\S+ \(\d+ bytes free", summary.failed["dataset"])
+        assert not record.exists() and leftovers(fs) == []
+        print(f"\n{why}\ndataset: {summary.failed['dataset']}")

@@ -105,7 +105,7 @@ def _writes(target: str) -> Callable[[_F], _F]:
                 if isinstance(e, DiskFullError) or not (isinstance(e, _FfmpegDiskFull) or is_disk_full(e)):
                     raise
                 out = sig.bind(*args, **kwargs).arguments[target]
-                raise disk_full(out, e if isinstance(e, OSError) else None) from e
+                raise disk_full(out, e if isinstance(e, OSError) else None) from None  # the one line, not a cause
 
         return run  # type: ignore[return-value]
 

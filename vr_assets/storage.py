@@ -122,7 +122,7 @@ def reporting_disk_full(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     except OSError as e:
         if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise disk_full(path, e) from e
+            raise disk_full(path, e) from None  # its line says it all; a cause would be reported instead
         raise
 
 
