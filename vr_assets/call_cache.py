@@ -21,6 +21,7 @@ from vr_assets.config import Spec
 from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel, UsageLedger, get_model
 from vr_assets.providers.base import KeyedLocks
 from vr_assets.shared_state import coordinator
+from vr_assets.storage import reporting_disk_full
 from vr_assets.store import atomic_write_text
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -112,8 +113,10 @@ class CachedModel:
     def _store(self, key: str, answer: ModelAnswer, *, ahead: bool = False) -> None:
         to_save = answer.model_copy(update={"parsed": None})
         if ahead:  # marked first: a lookup never finds the answer without its mark
-            self._ahead_path(key).parent.mkdir(parents=True, exist_ok=True)
-            self._ahead_path(key).touch()
+            with reporting_disk_full(self._ahead_path(key)):
+                self._ahead_path(key).parent.mkdir(parents=True, exist_ok=True)
+                self._ahead_path(key).touch()
+        # disk full: DiskFullError naming the entry, nothing half-written; this answer is paid again next time
         atomic_write_text(self._path(key), to_save.model_dump_json())
         if not ahead:  # a mark left by a process that died before storing its answer
             self._ahead_path(key).unlink(missing_ok=True)

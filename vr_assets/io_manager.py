@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import BaseModel, Field
 
+from vr_assets.storage import DiskFullError
 from vr_assets.store import JsonStore
 
 
@@ -27,7 +28,10 @@ class PartitionedJsonIOManager(ConfigurableIOManager):
         if obj is None:
             return
         asset = context.asset_key.path[-1]
-        path = self._store().write(asset, context.partition_key, obj)
+        try:
+            path = self._store().write(asset, context.partition_key, obj)
+        except DiskFullError as e:  # one line naming the video; the previous record, if any, is untouched
+            raise Failure(description=f"video {context.partition_key}: {asset}: {e}") from e
         context.add_output_metadata({"path": str(path)})
 
     def load_input(self, context: InputContext) -> Any:

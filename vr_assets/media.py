@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import math
 import os
 import re
@@ -23,16 +24,17 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import ffmpeg as ff
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from vr_assets.fsnames import fs_bytes, is_clean, printable
 from vr_assets.records import VideoProbe
+from vr_assets.storage import DiskFullError, disk_full, is_disk_full, says_disk_full
 
 GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
 PASSTHROUGH_CONTAINERS = frozenset({".mp4", ".webm", ".mov"})
@@ -78,6 +80,36 @@ class MediaError(Exception):
 
     def __reduce__(self) -> tuple[type[MediaError], tuple[str, str, str]]:  # survives Dagster's process hops
         return type(self), (self.path, self.operation, self.cause)
+
+
+class _FfmpegDiskFull(MediaError):
+    """ffmpeg stopped because its output's disk is full; the operation turns it into a DiskFullError naming
+    the file it was making (`_writes`)."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _writes(target: str) -> Callable[[_F], _F]:
+    """An operation whose writes (ffmpeg's or its own) that find the disk full raise one DiskFullError naming
+    its argument `target` (the output file or folder); its temp files are gone by then (each cleans up)."""
+
+    def wrap(fn: _F) -> _F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (_FfmpegDiskFull, OSError) as e:
+                if isinstance(e, DiskFullError) or not (isinstance(e, _FfmpegDiskFull) or is_disk_full(e)):
+                    raise
+                out = sig.bind(*args, **kwargs).arguments[target]
+                raise disk_full(out, e if isinstance(e, OSError) else None) from None  # the one line, not a cause
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 # ---------------------------------------------------------------- planning (pure)
@@ -513,6 +545,7 @@ class MediaTool(BaseModel):
 
     # ------------------------------------------------------------ clips
 
+    @_writes("out_dir")
     def cut_chunks(
         self, path: Path | str, chunks: Sequence[tuple[int, float, float]], out_dir: Path | str
     ) -> list[Path]:
@@ -543,6 +576,7 @@ class MediaTool(BaseModel):
                 os.replace(part, final)
         return finals
 
+    @_writes("out_dir")
     def split_copy(
         self, path: Path | str, chunks: Sequence[tuple[int, float, float]], out_dir: Path | str
     ) -> list[Path]:
@@ -574,6 +608,7 @@ class MediaTool(BaseModel):
                 os.replace(part, final)
         return finals
 
+    @_writes("out")
     def cut_clip(self, path: Path | str, start: float, end: float, out: Path | str) -> Path:
         """One window with input seeking (decodes from the keyframe before start only), same encoding."""
         path, out = Path(path), Path(out)
@@ -591,6 +626,7 @@ class MediaTool(BaseModel):
             part.unlink(missing_ok=True)
         return out
 
+    @_writes("out")
     def prepare_video(
         self, path: Path | str, out: Path | str, probe: VideoProbe | None = None, keyframes: Sequence[float] = ()
     ) -> Path:
@@ -629,6 +665,7 @@ class MediaTool(BaseModel):
 
     # ------------------------------------------------------------ frames
 
+    @_writes("out_dir")
     def sample_frames(
         self,
         path: Path | str,
@@ -853,7 +890,10 @@ class MediaTool(BaseModel):
                 path, operation, f"timed out after {self.timeout_s:g} s; {_stderr_tail(e.stderr)}"
             ) from None
         if proc.returncode != 0:
-            raise MediaError(path, operation, f"ffmpeg exit {proc.returncode}: {_stderr_tail(proc.stderr)}")
+            tail = _stderr_tail(proc.stderr)
+            if says_disk_full(tail):
+                raise _FfmpegDiskFull(path, operation, f"ffmpeg exit {proc.returncode}: {tail}")
+            raise MediaError(path, operation, f"ffmpeg exit {proc.returncode}: {tail}")
 
     @staticmethod
     def _require_file(path: Path, operation: str) -> None:

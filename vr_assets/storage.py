@@ -15,11 +15,13 @@ registry) keeps using `results_dir` directly: that folder is the local working f
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -36,6 +38,92 @@ EXTRAS = {"s3": "vr-assets[s3]", "s3a": "vr-assets[s3]", "gs": "gcsfs", "gcs": "
 
 class StorageError(ValueError):
     """A storage URL that cannot be used (unknown protocol, client library missing)."""
+
+
+# ENOSPC: no space left on the filesystem; EDQUOT: the user's quota is used up. Both: free space and re-run.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# what a child process (ffmpeg) prints for them
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+class DiskFullError(OSError):
+    """A write that found no space: one line naming the file and the space left where it was going.
+
+    An OSError (errno ENOSPC or EDQUOT), so code that handles OSError still does; raised in place of the
+    original error by every writer of results and media, after its temp file is removed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], free: int | None = None, mount: str = "", code: int = 0) -> None:
+        self.path = os.fspath(path)
+        remote = "://" in self.path and protocol_of(self.path) not in ("file", "local")
+        if remote:  # an sftp/ftp server's disk: its free space is not ours to measure
+            self.mount = mount or self.path.split("://", 1)[0] + "://" + self.path.split("://", 1)[1].split("/", 1)[0]
+        else:
+            self.mount = mount or _mount_of(self.path)
+            free = free_bytes(self.path) if free is None else free
+        self.free = free
+        code = code or errno.ENOSPC
+        where = f"{free} bytes free on {self.mount}" if free is not None else f"free space unknown on {self.mount}"
+        super().__init__(code, f"disk full writing {self.path} ({where})")
+        self.filename = None  # str() stays the one line above, without OSError's "[Errno 28] ...: 'path'"
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[type[DiskFullError], tuple[str, int | None, str, int]]:  # crosses processes
+        return type(self), (self.path, self.free, self.mount, self.errno or errno.ENOSPC)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """An ENOSPC / EDQUOT OSError (a DiskFullError included)."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def says_disk_full(text: str) -> bool:
+    """A child process's error output reporting a full disk or quota (ffmpeg: "No space left on device")."""
+    return any(t in text for t in DISK_FULL_TEXTS)
+
+
+def _existing(path: str) -> str:
+    """`path`, or the nearest folder above it that exists (a disk-full write may not have made its own)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return p
+
+
+def _mount_of(path: str) -> str:
+    p = _existing(path)
+    while not os.path.ismount(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return p
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes an unprivileged writer can still use on the filesystem holding `path` (None: unknown)."""
+    try:
+        return shutil.disk_usage(_existing(os.fspath(path))).free
+    except OSError:
+        return None
+
+
+def disk_full(path: str | os.PathLike[str], err: BaseException | None = None) -> DiskFullError:
+    """The DiskFullError for a failed write to `path` (keeps an EDQUOT's errno)."""
+    if isinstance(err, DiskFullError):
+        return err
+    code = err.errno if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS else errno.ENOSPC
+    return DiskFullError(path, code=code or errno.ENOSPC)
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turns an ENOSPC / EDQUOT OSError raised inside into a DiskFullError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise disk_full(path, e) from None  # its line says it all; a cause would be reported instead
+        raise
 
 
 def protocol_of(url: str | os.PathLike[str]) -> str:
@@ -94,8 +182,14 @@ def atomic_write(path: Path | UPath, write: Callable[[IO[bytes]], None]) -> None
     fsspec filesystems (sftp, ftp …) write in place, so there: a temp name beside the target, then a rename.
     """
     if _local(path):
-        _atomic_write_local(Path(os.fspath(path)), write)
+        with reporting_disk_full(path):
+            _atomic_write_local(Path(os.fspath(path)), write)
         return
+    with reporting_disk_full(str(path)):
+        _atomic_write_remote(path, write)
+
+
+def _atomic_write_remote(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
     buf = io.BytesIO()
     write(buf)
     fs = path.fs

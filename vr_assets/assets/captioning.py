@@ -39,6 +39,7 @@ from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
+from vr_assets.storage import DiskFullError
 from vr_assets.whole_video import CAPTION_KEYS, caption_calls
 
 CHUNK_KEYS = ("anomaly_chunk_caption", "normal_chunk_caption")
@@ -181,6 +182,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             if copy is not None:
                 try:
                     clips = tool.split_copy(copy, plan, work / "copied")
+                except DiskFullError as e:  # cutting the source needs the same space
+                    raise media_failure(video, e) from e
                 except (MediaError, OSError) as e:
                     context.log.warning(f"video {key}: chunks from the prepared copy failed ({e}); cutting the source")
             cut_from = "prepared copy, stream copy" if clips is not None else "source, one re-encoding pass"

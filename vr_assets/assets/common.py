@@ -20,7 +20,7 @@ from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
-from vr_assets.storage import results_url
+from vr_assets.storage import DiskFullError, results_url
 from vr_assets.store import JsonStore
 from vr_assets.whole_video import whole_video_ref
 
@@ -64,7 +64,10 @@ def data_version_of(record: BaseModel) -> DataVersion:
 
 def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str) -> list[ModelAnswer]:
     """All calls of one step for one video; any failure fails the step naming every cause."""
-    answers = model.generate_many(calls)
+    try:
+        answers = model.generate_many(calls)
+    except DiskFullError as e:  # the answer cache or the usage ledger could not be written
+        raise Failure(description=f"video {video}: step {step}: {e}") from e
     errors = [a for a in answers if isinstance(a, Exception)]
     if errors:
         causes = "; ".join(str(e) for e in errors)
@@ -77,7 +80,7 @@ def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str)
 
 def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:
     """One line naming the video, its file (a MediaError names it already) and the cause."""
-    where = "" if isinstance(err, MediaError) else f" ({printable(video.path)})"
+    where = "" if isinstance(err, MediaError | DiskFullError) else f" ({printable(video.path)})"
     return Failure(description=f"video {video.key}{where}: {err}")
 
 

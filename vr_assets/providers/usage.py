@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vr_assets.config import Pricing
 from vr_assets.records import CallUsage, UsageSummary
+from vr_assets.storage import reporting_disk_full
 
 LEDGER_FILE = "calls.jsonl"
 
@@ -136,19 +137,31 @@ class UsageLedger:
     def append(self, usage: CallUsage, *, video_key: str, ok: bool, error: str = "") -> None:
         entry = LedgerEntry(ts=time.time(), pid=os.getpid(), video_key=video_key, ok=ok, error=error, usage=usage)
         line = (entry.model_dump_json() + "\n").encode()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with reporting_disk_full(self.path):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                view = memoryview(line)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    self._write_line(fd, line)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
+
+    @staticmethod
+    def _write_line(fd: int, line: bytes) -> None:
+        """The whole line or nothing: a write cut short (disk full) is cut off again, so readers never
+        meet half an entry. Called under the exclusive lock, so the size before it is this line's start."""
+        start = os.fstat(fd).st_size
+        view = memoryview(line)
+        try:
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except BaseException:
+            os.ftruncate(fd, start)
+            raise
 
     def _catch_up(self) -> None:
         st = self._state
