@@ -124,6 +124,8 @@ def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
         meta["context_cached_tokens"] = s.cached_tokens
     if s.uploaded_bytes or s.inline_bytes:
         meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
+    if s.outage_wait_s:  # calls waited for the endpoint to come back (its circuit breaker was open)
+        meta["outage_wait_s"] = MetadataValue.float(s.outage_wait_s)
     return meta
 
 
