@@ -23,7 +23,7 @@ from vr_assets.providers import (
     is_fatal_provider_failure,
     provider_fatal_file,
 )
-from vr_assets.providers.outage import BreakerState, open_breakers
+from vr_assets.providers.outage import BreakerState, CircuitBreaker, OutageExpired, open_breakers
 from vr_assets.records import UsageSummary
 
 pytestmark = pytest.mark.usefixtures("clean_providers")
@@ -96,6 +96,8 @@ def test_calls_wait_out_an_outage_with_few_requests(
     assert summary.outage_wait_s == pytest.approx(sum(waits), abs=0.01)
     assert ledger.summary().outage_wait_s >= summary.outage_wait_s - 0.01
     assert breaker.opened_at is None and breaker.failures == 0  # closed again, in the host-wide file
+    print(f"\n{backend} {how}: 8 calls through a 2 s outage in {took:.2f} s, {failed_requests} failed requests, "
+          f"outage_wait_s {summary.outage_wait_s:.2f} (max {max(waits):.2f})")
     lines = [r.getMessage() for r in caplog.records if r.name == "vr_assets.providers.outage"]
     assert sum("circuit breaker open" in m for m in lines) == 1, lines
     assert sum("circuit breaker closed" in m for m in lines) == 1, lines
@@ -127,6 +129,31 @@ def test_an_outage_past_the_deadline_fails_with_one_line(slots: Path) -> None:
     assert 1.0 <= took < 2.5
     assert later_took < 0.5 and "clip-8" in str(later.value) and "down for" in str(later.value)
     assert requests <= 3 + 1.0 / 0.4 + 2
+
+
+def test_processes_share_one_breaker_and_one_probe_at_a_time(tmp_path: Path) -> None:
+    """Two breakers on one state file behave as two processes do (flock locks belong to the open file)."""
+    path = tmp_path / "ep.breaker"
+    a = CircuitBreaker("ep", "http://ep", threshold=2, probe_interval_s=0.3, path=path)
+    b = CircuitBreaker("ep", "http://ep", threshold=2, probe_interval_s=0.3, path=path)
+    assert a.admit(5.0) == 0.0 and not a.failure("connection: refused")
+    assert b.failure("connection: refused")  # the second consecutive failure on the host opens it, wherever
+    assert a.is_open() and b.is_open()
+    t0 = time.monotonic()
+    a.admit(5.0)  # waits for the first probe
+    waited = time.monotonic() - t0
+    assert 0.2 <= waited < 0.6 and a.probes == 1
+    a.failure("connection: refused")
+    t1 = time.monotonic()
+    b.admit(5.0)  # a's probe took that slot: b's turn is the next one
+    assert 0.2 <= time.monotonic() - t1 < 0.6 and b.probes == 1
+    b.success()
+    assert not a.is_open() and a.admit(5.0) < 0.05 and BreakerState.model_validate_json(path.read_text()).failures == 0
+    with pytest.raises(OutageExpired) as info:
+        c = CircuitBreaker("ep", "http://ep", threshold=1, probe_interval_s=10.0, path=path)
+        c.failure("HTTP 503: down")
+        c.admit(0.2)
+    assert str(info.value).startswith("http://ep down for 0 s") and "HTTP 503: down" in str(info.value)
 
 
 def _other_process(spec: ModelSpec, fatal_file: Path) -> dict[str, Any]:

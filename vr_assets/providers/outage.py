@@ -162,6 +162,7 @@ class CircuitBreaker:
         Raises OutageExpired once the outage is older than `deadline_s` (a due probe still goes out first,
         so an endpoint that came back is noticed however long it was down)."""
         t0 = time.monotonic()
+        slept = False
         while True:
             now = self._clock()
 
@@ -176,15 +177,15 @@ class CircuitBreaker:
                 return ("wait", min(st.next_probe_at, st.opened_at + deadline_s) - now), False
 
             what, value = self._update(decide)
-            if what == "go":
-                return time.monotonic() - t0
-            if what == "probe":
-                with self._lock:
-                    self.probes += 1
-                return time.monotonic() - t0
+            if what in ("go", "probe"):
+                if what == "probe":
+                    with self._lock:
+                        self.probes += 1
+                return time.monotonic() - t0 if slept else 0.0
             if what == "expired":
                 st = self.state()
                 raise OutageExpired(self.endpoint, now - value, value, st.last_error)
+            slept = True
             with self._changed:  # a thread of this process closing the breaker wakes us; other processes: poll
                 self._changed.wait(timeout=max(0.01, min(value, 1.0)))
 
