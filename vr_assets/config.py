@@ -64,7 +64,8 @@ class RetrySettings(SpecModel):
     )
     breaker_failures: int = Field(
         5, ge=1, description="consecutive connection failures/5xx on an endpoint (any thread or process on the "
-        "host) that open its circuit breaker: calls then wait instead of sending, one probe request at a time",
+        "host) that open its circuit breaker: calls then wait instead of sending, one probe request at a time. "
+        "Keep it below max_attempts, or a lone call gives up before the breaker opens",
     )
     probe_interval_s: float = Field(5.0, gt=0, description="while the breaker is open, one probe request this often")
     fatal_hold_s: float = Field(
