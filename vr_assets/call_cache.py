@@ -18,7 +18,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from vr_assets.config import Spec
-from vr_assets.providers import ModelAnswer, ModelCall, ProviderError, TeacherModel, UsageLedger, get_model
+from vr_assets.providers import (
+    ModelAnswer,
+    ModelCall,
+    ProviderError,
+    TeacherModel,
+    UsageLedger,
+    get_model,
+    provider_fatal_file,
+)
 from vr_assets.providers.base import KeyedLocks
 from vr_assets.shared_state import coordinator
 from vr_assets.storage import reporting_disk_full
@@ -202,7 +210,7 @@ def spec_teacher(spec: Spec, role: Literal["vlm", "llm"]) -> CachedModel:
     model = get_model(
         ms, role=role, max_workers=concurrency, prices=spec.prices, media=spec.media,
         ledger=UsageLedger(Path(spec.results_dir) / "usage"), budget_usd=spec.budget_usd,
-        upload_registry=upload_registry_for(spec.results_dir),
+        upload_registry=upload_registry_for(spec.results_dir), fatal_file=provider_fatal_file(spec.results_dir),
     )
     return CachedModel(model, cache_dir_for(spec.results_dir), fingerprint)
 

@@ -58,6 +58,20 @@ class RetrySettings(SpecModel):
     initial_delay_s: float = Field(1.0, ge=0)
     max_delay_s: float = Field(60.0, gt=0)
     bad_output_attempts: int = Field(2, ge=1, description="retries for empty/truncated/blocked answers")
+    outage_deadline_s: float = Field(
+        600.0, gt=0, description="how long calls wait out an endpoint that is down (connection refused, 5xx) "
+        "once its circuit breaker is open, counted from the outage's start; then they fail with one line",
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="consecutive connection failures/5xx on an endpoint (any thread or process on the "
+        "host) that open its circuit breaker: calls then wait instead of sending, one probe request at a time. "
+        "Keep it below max_attempts, or a lone call gives up before the breaker opens",
+    )
+    probe_interval_s: float = Field(5.0, gt=0, description="while the breaker is open, one probe request this often")
+    fatal_hold_s: float = Field(
+        600.0, gt=0, description="a rejected API key (401/403) or missing model (404) recorded in the results dir "
+        "fails later calls at once, without a request, for this long (or until a call on the endpoint succeeds)",
+    )
 
 
 class ModelSpec(SpecModel):

@@ -131,6 +131,7 @@ class CallUsage(Record):
     uploaded_bytes: int = 0
     inline_bytes: int = 0
     cached: bool = Field(False, description="answered from the call cache: no provider call, no cost")
+    outage_wait_s: float = Field(0.0, description="time spent waiting out an outage of the endpoint (breaker open)")
 
 
 class UsageSummary(Record):
@@ -145,6 +146,7 @@ class UsageSummary(Record):
     latency_s: float = 0.0
     uploaded_bytes: int = 0
     inline_bytes: int = 0
+    outage_wait_s: float = 0.0
 
     @classmethod
     def of(cls, calls: list[CallUsage]) -> UsageSummary:
@@ -161,6 +163,7 @@ class UsageSummary(Record):
             latency_s=round(sum(c.latency_s for c in paid), 3),
             uploaded_bytes=sum(c.uploaded_bytes for c in paid),
             inline_bytes=sum(c.inline_bytes for c in paid),
+            outage_wait_s=round(sum(c.outage_wait_s for c in paid), 3),
         )
 
 

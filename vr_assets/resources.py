@@ -14,7 +14,7 @@ from vr_assets.call_cache import CachedModel, cache_dir_for, settings_fingerprin
 from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimits, RetrySettings, Spec
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
-from vr_assets.providers import UsageLedger, get_model
+from vr_assets.providers import UsageLedger, get_model, provider_fatal_file
 
 KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
 
@@ -39,6 +39,10 @@ class TeacherResource(ConfigurableResource):
     retry_initial_delay_s: float = 1.0
     retry_max_delay_s: float = 60.0
     bad_output_attempts: int = 2
+    retry_outage_deadline_s: float = 600.0
+    retry_breaker_failures: int = 5
+    retry_probe_interval_s: float = 5.0
+    retry_fatal_hold_s: float = 600.0
     context_cache: str = "auto"
     context_cache_ttl_s: float = 600.0
 
@@ -56,6 +60,10 @@ class TeacherResource(ConfigurableResource):
             "retry_initial_delay_s": ms.retry.initial_delay_s,
             "retry_max_delay_s": ms.retry.max_delay_s,
             "bad_output_attempts": ms.retry.bad_output_attempts,
+            "retry_outage_deadline_s": ms.retry.outage_deadline_s,
+            "retry_breaker_failures": ms.retry.breaker_failures,
+            "retry_probe_interval_s": ms.retry.probe_interval_s,
+            "retry_fatal_hold_s": ms.retry.fatal_hold_s,
             "context_cache": ms.context_cache,
             "context_cache_ttl_s": ms.context_cache_ttl_s,
         }
@@ -81,6 +89,8 @@ class TeacherResource(ConfigurableResource):
         retry = RetrySettings(
             max_attempts=self.retry_max_attempts, initial_delay_s=self.retry_initial_delay_s,
             max_delay_s=self.retry_max_delay_s, bad_output_attempts=self.bad_output_attempts,
+            outage_deadline_s=self.retry_outage_deadline_s, breaker_failures=self.retry_breaker_failures,
+            probe_interval_s=self.retry_probe_interval_s, fatal_hold_s=self.retry_fatal_hold_s,
         )
         key = self.api_key or ""
         if self.backend == "gemini":
@@ -113,6 +123,7 @@ class TeacherResource(ConfigurableResource):
             ledger=UsageLedger(Path(spec.results_dir) / "usage"),
             budget_usd=spec.budget_usd,
             upload_registry=upload_registry_for(spec.results_dir),
+            fatal_file=provider_fatal_file(spec.results_dir),
         )
         return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint())
 

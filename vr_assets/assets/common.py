@@ -17,7 +17,7 @@ from vr_assets.media import MediaError, MediaTool
 from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_path, step0_media
 from vr_assets.parsing import excerpt as excerpt  # re-exported for the steps
 from vr_assets.prompts import PromptPack
-from vr_assets.providers import MediaRef, ModelAnswer, ModelCall
+from vr_assets.providers import MediaRef, ModelAnswer, ModelCall, ProviderFatalError
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.storage import DiskFullError, results_url
@@ -69,6 +69,12 @@ def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str)
     except DiskFullError as e:  # the answer cache or the usage ledger could not be written
         raise Failure(description=f"video {video}: step {step}: {e}") from e
     errors = [a for a in answers if isinstance(a, Exception)]
+    refused = next((e for e in errors if isinstance(e, ProviderFatalError)), None)
+    if refused is not None:  # the key or the model: every call says the same, so one line says it all
+        raise Failure(
+            description=f"video {video}: step {step}: {refused}",
+            metadata={"failed_calls": len(errors), "calls": len(calls)},
+        )
     if errors:
         causes = "; ".join(str(e) for e in errors)
         raise Failure(
@@ -127,6 +133,8 @@ def usage_metadata(usage: list[CallUsage]) -> dict[str, Any]:
         meta["context_cached_tokens"] = s.cached_tokens
     if s.uploaded_bytes or s.inline_bytes:
         meta["bytes_sent"] = s.uploaded_bytes + s.inline_bytes
+    if s.outage_wait_s:  # calls waited for the endpoint to come back (its circuit breaker was open)
+        meta["outage_wait_s"] = MetadataValue.float(s.outage_wait_s)
     return meta
 
 

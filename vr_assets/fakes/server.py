@@ -228,6 +228,8 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._seq = 0
         self._audio_by_sha: dict[str, bool | None] = {}
+        self._outage_until = 0.0
+        self._outage_status = 503
 
     # ------------------------------------------------------------ lifecycle
 
@@ -289,6 +291,25 @@ class FakeServer:
         """
         with self._lock:
             self._scripted[route].append(_Scripted(status, body, dict(headers or {}), times))
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """The service is down for `seconds` but its front door answers: every request gets `status`."""
+        with self._lock:
+            self._outage_until = time.monotonic() + seconds
+            self._outage_status = status
+
+    def refuse_for(self, seconds: float) -> threading.Thread:
+        """The service is gone for `seconds` (connection refused), then back on the same port; join the
+        returned thread to wait for it."""
+        self.stop()
+
+        def back() -> None:
+            time.sleep(seconds)
+            self.start()
+
+        t = threading.Thread(target=back, name=f"{type(self).__name__}-restart", daemon=True)
+        t.start()
+        return t
 
     def reset(self) -> None:
         """Forget requests and counts; uploaded files and scripted errors stay."""
@@ -439,6 +460,11 @@ class FakeServer:
             self.prepare(ex)
         except _HttpError as err:
             ex.pending = err.reply
+        with self._lock:
+            down = self._outage_status if time.monotonic() < self._outage_until else None
+        if down is not None:
+            ex.record.fault = f"outage:{down}"
+            return self.error_reply(down)
         scripted = self._pop_scripted(route)
         if scripted is not None:
             ex.record.fault = f"scripted:{scripted.status}"

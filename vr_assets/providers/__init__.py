@@ -21,11 +21,13 @@ from vr_assets.providers.base import (
     ModelAnswer,
     ModelCall,
     ProviderError,
+    ProviderFatalError,
     TeacherModel,
     key_fingerprint,
     strip_think,
 )
 from vr_assets.providers.limits import RateLimiter, get_limiter
+from vr_assets.providers.outage import is_fatal_provider_failure, provider_fatal_file
 from vr_assets.providers.usage import UsageLedger
 
 __all__ = [
@@ -34,10 +36,13 @@ __all__ = [
     "ModelAnswer",
     "ModelCall",
     "ProviderError",
+    "ProviderFatalError",
     "RateLimiter",
     "TeacherModel",
     "UsageLedger",
     "get_model",
+    "is_fatal_provider_failure",
+    "provider_fatal_file",
     "reset_registry",
     "resolve_api_key",
     "strip_think",
@@ -81,11 +86,13 @@ def get_model(
     ledger: UsageLedger | None = None,
     budget_usd: float | None = None,
     upload_registry: Path | None = None,
+    fatal_file: Path | None = None,
 ) -> TeacherModel:
     """The process-wide teacher for `spec`; same arguments, same instance.
 
     `upload_registry`: a folder where Gemini uploads are recorded so later steps and other processes
-    reuse them (None: each process uploads for itself and deletes on `release`)."""
+    reuse them (None: each process uploads for itself and deletes on `release`). `fatal_file`: where a rejected
+    key or missing model is recorded so later calls of any process fail without asking (None: not recorded)."""
     media = media or MediaSettings()
     api_key = resolve_api_key(spec)
     fp = key_fingerprint(api_key)
@@ -106,6 +113,7 @@ def get_model(
         str(ledger.path.resolve()) if ledger is not None else "",
         budget_usd,
         str(upload_registry or ""),
+        str(fatal_file or ""),
     )
     with _INSTANCES_LOCK:
         hit = _INSTANCES.get(key)
@@ -118,7 +126,8 @@ def get_model(
             lim.requests_per_minute,
             lim.tokens_per_minute,
         )
-        accounting = Accounting(prices=dict(prices or {}), ledger=ledger, budget_usd=budget_usd)
+        accounting = Accounting(prices=dict(prices or {}), ledger=ledger, budget_usd=budget_usd,
+                                fatal_file=fatal_file)
         teacher: BaseTeacher
         if spec.backend == "gemini":
             from vr_assets.providers import gemini
@@ -143,7 +152,7 @@ def reset_registry() -> None:
 
     Uploads and context caches still alive are deleted first, best effort.
     """
-    from vr_assets.providers import gemini, limits, openai_compat
+    from vr_assets.providers import gemini, limits, openai_compat, outage
 
     with _INSTANCES_LOCK:
         _INSTANCES.clear()
@@ -156,3 +165,4 @@ def reset_registry() -> None:
         openai_compat._SHARED.clear()
     with limits._REGISTRY_LOCK:
         limits._REGISTRY.clear()
+    outage.reset_breakers()

@@ -11,6 +11,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vr_assets.config import MediaSettings, ModelSpec, Pricing, RetrySettings
 from vr_assets.providers.limits import RateLimiter
+from vr_assets.providers.outage import FatalMarker, FatalRecord, OutageExpired, get_breaker
 from vr_assets.providers.usage import UsageLedger, cache_write_usd, cost_usd, with_cache_prices
 from vr_assets.records import CallUsage
 
@@ -153,6 +155,11 @@ def _rebuild_error(cls: type[ProviderError], message: str, state: dict[str, Any]
 
 class BudgetExceeded(ProviderError):
     """Raised before a call starts once the ledger shows the budget spent."""
+
+
+class ProviderFatalError(ProviderError):
+    """The provider refuses every call alike (a rejected API key, a missing model): no video can succeed,
+    so the run stops with this one line (`outage.is_fatal_provider_failure` recognises it)."""
 
 
 class RetryableError(Exception):
@@ -328,6 +335,31 @@ class RetryPolicy:
 
 
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+DEFAULT_ENDPOINTS = {"gemini": "https://generativelanguage.googleapis.com", "openai": "https://api.openai.com/v1"}
+
+# Gemini answers a bad key with 400 INVALID_ARGUMENT; a 403 about a file or cache is that object, not the key.
+_KEY_REJECTED = re.compile(r"API[_ ]key[_ ](not[_ ]valid|invalid|expired)|API_KEY_INVALID", re.IGNORECASE)
+_NOT_THE_KEY = re.compile(r"\bFiles?\b|files/|CachedContent|cachedContents/", re.IGNORECASE)
+_MODEL_MISSING = re.compile(r"\bmodels?\b", re.IGNORECASE)
+
+
+def fatal_kind(f: Failure) -> Literal["auth", "model"] | None:
+    """Whether a refused request means every call will be refused alike: the key (401, 403, or Gemini's 400
+    'API key not valid') or the model (a 404 that talks about the model)."""
+    if f.kind != "client" or f.status is None:
+        return None
+    if f.status == 401 or (f.status == 403 and not _NOT_THE_KEY.search(f.text)):
+        return "auth"
+    if f.status == 400 and _KEY_REJECTED.search(f.text):
+        return "auth"
+    if f.status == 404 and _MODEL_MISSING.search(f.text) and not _NOT_THE_KEY.search(f.text):
+        return "model"
+    return None
+
+
+def is_outage(f: Failure) -> bool:
+    """Failures that say the endpoint is down rather than this request being wrong: they feed the breaker."""
+    return f.kind == "connection" or (f.kind == "server" and (f.status is None or f.status >= 500))
 
 
 def classify_status(status: int, text: str, retry_after_s: float | None) -> Failure:
@@ -409,6 +441,7 @@ class Accounting:
     prices: dict[str, Pricing]
     ledger: UsageLedger | None
     budget_usd: float | None
+    fatal_file: Path | None = None  # where rejections (bad key, missing model) are recorded for other processes
     local_spent: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -437,6 +470,16 @@ class BaseTeacher:
         self._policy = RetryPolicy(spec.retry)
         self._scrub = Scrubber([api_key])
         self._warned_no_price = False
+        self.endpoint = _endpoint_of(spec)
+        self._breaker = get_breaker(f"{self.provider}/{spec.model_name}/{self.endpoint}", self.endpoint,
+                                    spec.retry.breaker_failures, spec.retry.probe_interval_s)
+        fp = key_fingerprint(api_key)
+        self._fatal_scopes = {
+            "auth": f"auth|{self.provider}|{self.endpoint}|{fp}",
+            "model": f"model|{self.provider}|{self.endpoint}|{spec.model_name}",
+        }
+        fatal_file = accounting.fatal_file
+        self._fatal = FatalMarker(fatal_file, spec.retry.fatal_hold_s) if fatal_file is not None else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(provider={self.provider!r}, model={self.model_name!r}, role={self.role!r})"
@@ -476,18 +519,27 @@ class BaseTeacher:
 
     def generate(self, call: ModelCall) -> ModelAnswer:
         self._check_budget(call)
+        self._check_fatal(call)
         retry = self._spec.retry
         start = time.monotonic()
         totals = Attempt()  # tokens and bytes summed over every try: failed tries were billed too
-        transient = bad = 0
+        transient = bad = probes = 0
+        waited = 0.0
         while True:
             # (kind, text, status) when the call is over; raised below, outside any `except`, so the
             # ProviderError carries no chained SDK exception whose text might hold unscrubbed secrets.
             fatal: tuple[FailureKind, str, int | None] | None = None
+            refused: Literal["auth", "model"] | None = None
             delay = 0.0
+            try:
+                waited += self._breaker.admit(retry.outage_deadline_s)
+            except OutageExpired as down:
+                raise self._fail(call, "connection", str(down), None, totals, start, transient + bad + probes,
+                                 waited) from None
             try:
                 got, parsed = self._attempt(call, totals)
             except BadOutput as b:
+                self._breaker.success()  # it answered: the endpoint is up
                 bad += 1
                 text = self._scrub(b)
                 if bad > retry.bad_output_attempts:
@@ -500,8 +552,16 @@ class BaseTeacher:
                 raise
             except Exception as exc:  # noqa: BLE001 - every SDK error is classified below
                 f = self._classify(exc)
+                down = is_outage(f)
+                if down:
+                    down = self._breaker.failure(f.text)
+                elif f.status is not None:
+                    self._breaker.success()  # any other HTTP answer: the endpoint is up
                 if not f.retryable:
                     fatal = (f.kind, f.text, f.status)
+                    refused = fatal_kind(f)
+                elif down:
+                    probes += 1  # the breaker is open: `admit` waits for the endpoint, up to the outage deadline
                 elif transient + 1 >= retry.max_attempts:
                     fatal = (f.kind, f"gave up after {transient + 1} attempts: {f.text}", f.status)
                 else:
@@ -512,13 +572,18 @@ class BaseTeacher:
                     log.warning("%s: %s (status %s), retry %d/%d in %.2fs",
                                 self._where(call), f.kind, f.status, transient, retry.max_attempts - 1, delay)
             else:
-                usage = self._usage(call, totals, start, transient + bad)
+                self._breaker.success()
+                if self._fatal is not None:
+                    self._fatal.clear(list(self._fatal_scopes.values()))
+                usage = self._usage(call, totals, start, transient + bad + probes, waited)
                 self._record(call, usage, ok=True, error="")
                 return ModelAnswer(text=got.text, parsed=parsed, usage=usage, finish_reason=got.finish_reason)
             if fatal is not None:
                 kind, text, status = fatal
-                retries = transient + bad - (1 if kind == "bad_output" else 0)
-                raise self._fail(call, kind, text, status, totals, start, retries)
+                retries = transient + bad + probes - (1 if kind == "bad_output" else 0)
+                if refused is not None:
+                    raise self._refused(call, refused, text, status, totals, start, retries, waited)
+                raise self._fail(call, kind, text, status, totals, start, retries, waited)
             time.sleep(delay)
 
     def _attempt(self, call: ModelCall, totals: Attempt) -> tuple[Attempt, BaseModel | None]:
@@ -570,7 +635,7 @@ class BaseTeacher:
             log.warning("no price for model %s: its calls cost 0 in the ledger and budget", self.model_name)
         return with_cache_prices(self.model_name, p) if p is not None else None
 
-    def _usage(self, call: ModelCall, t: Attempt, start: float, retries: int) -> CallUsage:
+    def _usage(self, call: ModelCall, t: Attempt, start: float, retries: int, waited: float = 0.0) -> CallUsage:
         price = self._price()
         return CallUsage(
             provider=self.provider,
@@ -588,6 +653,7 @@ class BaseTeacher:
             + cache_write_usd(price, t.cache_write_tokens, self._spec.context_cache_ttl_s),
             uploaded_bytes=t.uploaded_bytes,
             inline_bytes=t.inline_bytes,
+            outage_wait_s=round(waited, 3),
         )
 
     def _record(self, call: ModelCall, usage: CallUsage, *, ok: bool, error: str) -> None:
@@ -617,6 +683,44 @@ class BaseTeacher:
                 kind="budget",
             )
 
+    def _check_fatal(self, call: ModelCall) -> None:
+        """A rejection another call recorded (any process, same results dir) fails this one before it sends."""
+        if self._fatal is None:
+            return
+        rec = self._fatal.check(list(self._fatal_scopes.values()))
+        if rec is not None:
+            raise ProviderFatalError(
+                f"{self._where(call)} failed: {rec.message}", provider=self.provider, model=self.model_name,
+                video_key=call.video_key, step=call.step, kind="client", status=rec.status, attempts=0,
+            )
+
+    def _refused(
+        self,
+        call: ModelCall,
+        what: Literal["auth", "model"],
+        text: str,
+        status: int | None,
+        totals: Attempt,
+        start: float,
+        retries: int,
+        waited: float,
+    ) -> ProviderFatalError:
+        """The key or the model was refused: one clear line, recorded so queued calls fail without asking."""
+        if what == "auth":
+            line = self._scrub(f"{self.provider} rejected the API key ({status}): {text} (endpoint {self.endpoint})")
+        else:
+            line = self._scrub(f"model {self.model_name} not found at {self.endpoint} ({status}): {text}")
+        line = " ".join(line.split())
+        if self._fatal is not None:
+            now = time.time()
+            rec = FatalRecord(at=now, at_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                              provider=self.provider, endpoint=self.endpoint, model=self.model_name,
+                              status=status, message=line)
+            self._fatal.record(self._fatal_scopes[what], rec)
+        err = self._fail(call, "client", line, status, totals, start, retries, waited, cls=ProviderFatalError,
+                         with_kind=False)
+        return err  # type: ignore[return-value]
+
     def _fail(
         self,
         call: ModelCall,
@@ -626,13 +730,17 @@ class BaseTeacher:
         totals: Attempt,
         start: float,
         retries: int,
+        waited: float = 0.0,
+        *,
+        cls: type[ProviderError] = ProviderError,
+        with_kind: bool = True,
     ) -> ProviderError:
-        message = self._scrub(f"{self._where(call)} failed: {kind}: {text}")
+        message = self._scrub(f"{self._where(call)} failed: {kind + ': ' if with_kind else ''}{text}")
         # Tokens of rejected answers were billed: the ledger keeps them even though the call failed.
-        usage = self._usage(call, totals, start, retries)
+        usage = self._usage(call, totals, start, retries, waited)
         self._record(call, usage, ok=False, error=message)
         log.error("%s", message)
-        return ProviderError(
+        return cls(
             message,
             provider=self.provider,
             model=self.model_name,
@@ -642,6 +750,13 @@ class BaseTeacher:
             status=status,
             attempts=retries + 1,
         )
+
+
+def _endpoint_of(spec: ModelSpec) -> str:
+    """The URL requests go to, for messages and the breaker's name."""
+    if spec.backend == "gemini":
+        return spec.gemini.base_url or DEFAULT_ENDPOINTS["gemini"]
+    return spec.openai.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_ENDPOINTS["openai"]
 
 
 def estimate_tokens(call: ModelCall) -> int:
@@ -750,6 +865,7 @@ __all__ = [
     "ModelCall",
     "Prepared",
     "ProviderError",
+    "ProviderFatalError",
     "RetryPolicy",
     "RetryableError",
     "Scrubber",
@@ -757,7 +873,9 @@ __all__ = [
     "classify_status",
     "classify_transport",
     "estimate_tokens",
+    "fatal_kind",
     "file_sha256",
+    "is_outage",
     "key_fingerprint",
     "media_sha256",
     "parse_retry_after",
