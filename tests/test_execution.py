@@ -303,3 +303,18 @@ def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_withou
     bodies = Counter(json.dumps(r.json, sort_keys=True) for r in env.model_requests())
     assert sum(n - 1 for n in bodies.values() if n > 1) <= 2, "only calls in flight at the stop are asked again"
     assert env.calls() > paid_before
+
+
+def test_a_rejected_key_stops_the_run_once_instead_of_failing_every_video(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    env = make_pipeline("openai", api_key="the-right-key")  # the spec sends another one: 401
+    for i, clip in enumerate(("short_mp4", "clip8", "clip16")):
+        env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
+    summary = env.run(env.spec(workflow={"qa_types": ["mcq"], "max_workers": 1}), parallel=None)
+    assert len(summary.failed) >= 3 and not summary.succeeded  # three videos, and the dataset of nothing
+    stops = [m for m in env.log if m.startswith("stopping:")]
+    assert len(stops) == 1 and "rejected the API key (401)" in stops[0], env.log
+    assert "2 queued video(s) canceled" in stops[0]
+    assert sum(m.startswith("[") and "FAILED" in m for m in env.log) == 1  # one line, not one per video
+    assert env.calls() <= 2  # the first video's first call (and at most one retry), nothing after it

@@ -29,6 +29,7 @@ from vr_assets.execution.instance import ensure_dagster_home, postgres_url_of
 from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
 from vr_assets.execution.submit import RunOutcome
 from vr_assets.outcomes import outcome_summary
+from vr_assets.providers.outage import clear_provider_fatal, is_fatal_provider_failure
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.storage import results_root, results_url
@@ -206,6 +207,7 @@ def run_pipeline(
     t0 = time.perf_counter()
     spec = _with_workers(spec, parallel)
     home = ensure_dagster_home(spec)
+    clear_provider_fatal(spec.results_dir)  # a rejected key or model of an earlier run: asked again once
     env = services_env(home, write_effective_spec(spec, home), spec)
     os.environ["VR_HOST_SLOTS_DIR"] = env["VR_HOST_SLOTS_DIR"]  # the questions asked ahead hold the same slots
     (home / "logs").mkdir(exist_ok=True)
@@ -245,6 +247,19 @@ def run_pipeline(
         f"{summary.skipped_up_to_date} up to date"
     )
     return summary
+
+
+def _cancel_queued(instance: Any, runs: dict[str, str]) -> int:
+    """Cancel those of `runs` still waiting in the queue; how many."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    ids = sorted(runs.values())
+    waiting = [DagsterRunStatus.QUEUED]
+    queued = [r.dagster_run.run_id for i in range(0, len(ids), 500)
+              for r in instance.get_run_records(RunsFilter(run_ids=ids[i : i + 500], statuses=waiting))]
+    for rid in queued:
+        instance.run_coordinator.cancel_run(rid)
+    return len(queued)
 
 
 def _wind_down(
@@ -361,6 +376,8 @@ def _queue_and_follow(
         on_start = prefetch.handed_out if prefetch is not None else None
         n = 0
 
+        fatal: list[str] = []
+
         def record(outcome: RunOutcome) -> None:
             nonlocal n
             n += 1
@@ -369,7 +386,15 @@ def _queue_and_follow(
                 summary.succeeded.append(outcome.key)
             else:
                 summary.failed[outcome.key] = outcome.why
+            if fatal and not outcome.ok and outcome.why in (fatal[0], "canceled"):
+                return  # said once, below
             progress(f"[{n}/{len(work)}] {outcome.key}: {'ok' if outcome.ok else 'FAILED: ' + outcome.why}")
+            if not outcome.ok and not fatal and is_fatal_provider_failure(outcome.why):
+                # a rejected key or a missing model: no other video can do better; the queue goes, the
+                # videos in flight fail fast on the recorded rejection without asking the provider
+                fatal.append(outcome.why)
+                canceled = _cancel_queued(instance, runs)
+                progress(f"stopping: {outcome.why} ({canceled} queued video(s) canceled; fix it and run again)")
 
         try:
             for outcome in follow(instance, runs, on_start):
