@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -315,6 +316,7 @@ def test_a_rejected_key_stops_the_run_once_instead_of_failing_every_video(
     assert len(summary.failed) >= 3 and not summary.succeeded  # three videos, and the dataset of nothing
     stops = [m for m in env.log if m.startswith("stopping:")]
     assert len(stops) == 1 and "rejected the API key (401)" in stops[0], env.log
-    assert "2 queued video(s) canceled" in stops[0]
+    # the daemon may already have started the next video when the first one's failure is read: it fails fast
+    assert re.search(r"\b[12] queued video\(s\) canceled", stops[0]), stops[0]
     assert sum(m.startswith("[") and "FAILED" in m for m in env.log) == 1  # one line, not one per video
     assert env.calls() <= 2  # the first video's first call (and at most one retry), nothing after it
