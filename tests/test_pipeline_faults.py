@@ -92,6 +92,8 @@ def dataset_files(results: Path) -> dict[str, dict[str, Any]]:
     """step_4_output/*.json without what legitimately differs between two runs (date, media_root)."""
     out: dict[str, dict[str, Any]] = {}
     for p in sorted((results / "step_4_output").glob("*.json")):
+        if p.name == "dataset_report.json":  # the report, not a task file (its timings differ run to run)
+            continue
         data = json.loads(p.read_text())
         data["metadata"].pop("date")
         data.pop("media_root")

@@ -92,7 +92,7 @@ def test_video_partition_shows_filter_decision(dagster_ui: DagsterUI, ui_page: A
 
 
 def test_dataset_shows_report(dagster_ui: DagsterUI, ui_page: Any, screenshot: Any) -> None:
-    files = sorted((dagster_ui.results / "step_4_output").glob("*.json"))
+    files = sorted(f for f in (dagster_ui.results / "step_4_output").glob("*.json") if f.name != "dataset_report.json")
     assert files, "the demo wrote no dataset files"
     total = sum(len(json.loads(f.read_text())["items"]) for f in files)
     page = ui_page
