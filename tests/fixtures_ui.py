@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import pytest
 import yaml
 
 from vr_assets.execution.instance import instance_yaml
+from vr_assets.execution.services import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -151,19 +151,8 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Pa
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """The webserver and its code server share a process group: end the group."""
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):  # a clean stop takes ~7 s
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """The webserver and its code server share a process group: end the group (a clean stop takes ~7 s)."""
+    stop_group(proc, grace_s=10.0)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
 
+from tests.timing import max_overlap, wait_for
 from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, untuned_reasons
 from vr_assets.execution.launcher import PID_TAG, WarmRunLauncher
 from vr_assets.execution.services import run_daemon, services_env, write_effective_spec, write_workspace
@@ -27,14 +28,6 @@ from vr_assets.sensors import sync_partitions
 
 MCQ_ONLY = {"workflow": {"qa_types": ["mcq"]}}
 
-
-def _max_overlap(spans: list[tuple[float, float]]) -> int:
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    best = now = 0
-    for _, d in edges:
-        now += d
-        best = max(best, now)
-    return best
 
 
 def test_the_home_is_tuned_from_the_spec_and_a_users_file_is_left_alone(
@@ -89,7 +82,7 @@ def test_every_video_run_is_queued_forked_warm_in_process_and_bounded(
         # the steps ran in the run's own process (in-process executor), not a process per step
         assert any(m.startswith(f"Executing steps in process (pid: {pid})") for m in messages), messages
         spans.append((rec.start_time, rec.end_time))
-    assert _max_overlap(spans) == 2  # never more than workflow.max_workers, and the queue used both
+    assert max_overlap(spans) == 2  # never more than workflow.max_workers, and the queue used both
     (dataset_run,) = instance.get_run_records(RunsFilter(job_name="build_dataset"))
     assert dataset_run.start_time >= max(e for _, e in spans)  # the dataset ran after every video
 
@@ -182,15 +175,6 @@ def test_the_dataset_refreshes_once_a_batch_has_finished(make_pipeline: Any, syn
     assert waiting.run_requests == [] and "queued or in progress" in (waiting.skip_message or "")
 
 
-def _wait(what: str, check: Any, timeout_s: float, poll_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
 
 def test_a_run_killed_mid_video_is_marked_failed_and_retried_without_paying_twice(
     make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
@@ -220,17 +204,17 @@ def test_a_run_killed_mid_video_is_marked_failed_and_retried_without_paying_twic
         finally:
             os.environ.pop("VR_CONFIG")
         # mid-video: step 1b's chunk captions are going out
-        _wait("the run's chunk captions", lambda: env.calls() >= 5, 120)
+        wait_for("the run's chunk captions", lambda: env.calls() >= 5, 120)
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == DagsterRunStatus.STARTED
         os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
         killed_at = time.monotonic()
-        failed = _wait("run monitoring to fail the run", lambda: (
+        failed = wait_for("run monitoring to fail the run", lambda: (
             (r := instance.get_run_by_id(run_id)) is not None and r.status == DagsterRunStatus.FAILURE), 60)
         assert failed and time.monotonic() - killed_at < 60
         retries = RunsFilter(tags={"dagster/parent_run_id": run_id})
-        retry = _wait("the retry run", lambda: instance.get_runs(retries), 60)
-        done = _wait("the retry to finish", lambda: (
+        retry = wait_for("the retry run", lambda: instance.get_runs(retries), 60)
+        done = wait_for("the retry to finish", lambda: (
             (r := instance.get_run_by_id(retry[0].run_id)) is not None and r.is_finished and r), 180)
         assert done.status == DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
     finally:
@@ -287,7 +271,7 @@ def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_withou
     spec_path.write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait("the first video's first call", lambda: env.calls() >= 1, 120)
+    wait_for("the first video's first call", lambda: env.calls() >= 1, 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]

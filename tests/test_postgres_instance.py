@@ -20,6 +20,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
+from tests.timing import max_overlap
 from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, postgres_url_of, untuned_reasons
 from vr_assets.graph import PER_VIDEO_ASSETS, build_definitions
 from vr_assets.shared_state import PgCoordinator, coordinator
@@ -84,14 +85,6 @@ def test_the_home_stays_on_postgres_and_the_coordinator_follows_the_instance(
     assert isinstance(coord, PgCoordinator) and coord.url == pg_url
 
 
-def _overlap(spans: list[tuple[float, float]]) -> int:
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    best = now = 0
-    for _, d in edges:
-        now += d
-        best = max(best, now)
-    return best
-
 
 def test_two_hosts_on_one_postgres_annotate_every_video_once_and_share_the_limits(
     make_pipeline: Any, synthetic_videos: dict[str, Path], pg_url: str, tmp_path: Path
@@ -144,7 +137,7 @@ def test_two_hosts_on_one_postgres_annotate_every_video_once_and_share_the_limit
     assert bodies and max(bodies.values()) == 1, "a model call was paid for twice"
     for role in ("vlm", "llm"):
         spans = [(r.started_at, r.started_at + r.duration_s) for r in model_calls if r.model == f"gemini-test-{role}"]
-        assert spans and _overlap(spans) <= 4, (role, _overlap(spans))
+        assert spans and max_overlap(spans) <= 4, (role, max_overlap(spans))
     assert (env.results / "step_4_output").exists()
 
 

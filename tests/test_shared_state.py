@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg2
 
+from tests.timing import max_overlap
 from vr_assets.fakes import FakeGemini, Teacher
 from vr_assets.providers.upload_registry import UploadEntry, UploadRegistry
 from vr_assets.shared_state import PgCoordinator
@@ -46,14 +47,6 @@ print(json.dumps({"kind": coordinator().kind, "answers": {p: a.text for p, a in 
                   "paid": sum(not a.usage.cached for a in got)}))
 """
 
-
-def _overlap(spans: list[tuple[float, float]]) -> int:
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    best = now = 0
-    for _, d in edges:
-        now += d
-        best = max(best, now)
-    return best
 
 
 def test_two_processes_sharing_only_the_postgres_url_pay_once_per_key_and_stay_within_the_slots(
@@ -101,7 +94,7 @@ def test_two_processes_sharing_only_the_postgres_url_pay_once_per_key_and_stay_w
     shared = [p for p in outs[0]["answers"] if p.startswith("shared")]
     assert all(outs[0]["answers"][p] == outs[1]["answers"][p] for p in shared)
     spans = [(r.started_at, r.started_at + r.duration_s) for r in fake.log if r.route == "generateContent"]
-    assert _overlap(spans) == 2, "two slots in all, across both processes (each alone would allow two)"
+    assert max_overlap(spans) == 2, "two slots in all, across both processes (each alone would allow two)"
     assert max(seen_advisory) >= 2
     assert not list((tmp_path / "answers").rglob("*.lock")) and not (tmp_path / "hostA" / "slots").exists()
 
