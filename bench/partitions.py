@@ -68,7 +68,7 @@ class Backend(BaseModel):
     seed: dict[str, float] = {}
     planning_s: float | None = None
     planning_exit: int | None = None
-    planning_tail: str = ""
+    planning_lines: list[str] = []
     sensor_tick_s: float | None = None
     sensor_result: str = ""
     sensor_preview_s: float | None = None
@@ -284,14 +284,21 @@ def seed(work: Path, spec_path: Path, n: int, clip: Path, records: dict[str, dic
 
 
 def measure_planning(home: Path, spec_path: Path, res: Backend) -> None:
+    """The command's wall, and when each of its console lines came (where the time goes)."""
     t = time.perf_counter()
-    got = subprocess.run([sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path), "--no-dataset"],
-                         cwd=REPO, env=_env(home, spec_path), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.Popen([sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path), "--no-dataset"],
+                            cwd=REPO, env=_env(home, spec_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() and "warn" not in line.lower():
+            lines.append(f"{time.perf_counter() - t:6.1f}s {line.rstrip()[:160]}")
+    res.planning_exit = proc.wait()
     res.planning_s = round(time.perf_counter() - t, 2)
-    res.planning_exit = got.returncode
-    res.planning_tail = (got.stdout + got.stderr)[-600:]
-    if "0 to run" not in got.stdout:
-        res.errors.append(f"planning found work to do or failed: {got.stdout[-300:]} {got.stderr[-300:]}")
+    res.planning_lines = lines
+    if not any("0 to run" in line for line in lines):
+        res.errors.append("planning found work to do or failed: " + " | ".join(lines[-5:]))
 
 
 def measure_sensor(home: Path, spec_path: Path, clip: Path, res: Backend) -> None:
@@ -452,6 +459,8 @@ def render(res: dict[str, Any]) -> str:
                 v = v.get(part) if isinstance(v, dict) else None
             vals.append("–" if v is None else f"{v:g}")
         lines.append(f"| {label} | {f'≤ {FLOORS[floor]:g}' if floor else ''} | " + " | ".join(vals) + " |")
+    for b in backends:
+        lines += [f"{b['backend']} `vr-annotate run` console, seconds since start:", *b["planning_lines"]]
     lines.append(f"\nmachine: {res['machine']} (load at start {res['load_at_start']})")
     for b in backends:
         for e in b["errors"] + b["page_notes"]:
