@@ -38,6 +38,7 @@ lint: setup-test
 bench: setup-test bench/.ref-venv/.ready
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/roads.py --n 24 --concurrency 8 --memory 32 128
+	$(BIN)/python bench/partitions.py --partitions 10000
 
 bench/.ref-venv/.ready: bench/setup_reference.sh
 	./bench/setup_reference.sh

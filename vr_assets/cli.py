@@ -26,7 +26,14 @@ from pydantic import BaseModel
 from vr_assets.config import Spec, SpecError, load_spec
 from vr_assets.discovery import scan
 from vr_assets.execution.instance import ensure_dagster_home, postgres_url_of
-from vr_assets.execution.services import run_daemon, serve_ui, services_env, write_effective_spec, write_workspace
+from vr_assets.execution.services import (
+    run_daemon,
+    serve_ui,
+    services_env,
+    stop_group,
+    write_effective_spec,
+    write_workspace,
+)
 from vr_assets.execution.submit import RunOutcome
 from vr_assets.outcomes import outcome_summary
 from vr_assets.providers.outage import clear_provider_fatal, is_fatal_provider_failure
@@ -231,7 +238,12 @@ def run_pipeline(
         home, env, sys.stderr.buffer if verbose else log_file
     ) as daemon:
         if spec.media.prefetch and spec.workflow.max_workers > 1 and len(keys) > 1:
-            prefetch = start_prefetch(spec, list(order.values()), sizes)
+            todo = list(order.values())
+            if not spec.storage_url:  # a stat each: videos with a step-0 record need no step-0 media
+                done = JsonStore(spec.results_dir)
+                todo = [v for v in todo if not done.exists("filter_result", v.key)]
+            if todo:
+                prefetch = start_prefetch(spec, todo, sizes)
         try:
             with _location_env(env):
                 summary = _queue_and_follow(spec, home, keys, all_keys, list(order), stale, build_dataset,
@@ -239,9 +251,13 @@ def run_pipeline(
         finally:
             if prefetch is not None:
                 prefetch.stop(answers=False)
+        if daemon is not None and summary.ran == 0 and summary.dataset_items is None and not summary.failed:
+            stop_group(daemon, grace_s=0.5)  # it launched nothing: no run to let finish cleanly
     summary.seconds = time.perf_counter() - t0
-    progress(outcome_summary(spec.results_dir, summary.failed, found.skipped, keys=keys,
-                             store_url=results_url(spec)).render())
+    ran = [k for k in (*summary.succeeded, *summary.failed) if k != "dataset"]
+    if ran or found.skipped:  # the videos of this run; the others were up to date (counted below)
+        progress(outcome_summary(spec.results_dir, summary.failed, found.skipped, keys=ran,
+                                 store_url=results_url(spec)).render())
     progress(
         f"done in {summary.seconds:.1f}s: {len(summary.succeeded)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped_up_to_date} up to date"
