@@ -3,7 +3,7 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, MetadataValue, Output, asset
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
 from vr_assets.checks import EXPORT_SPECS, ItemFailure, check_exports, failures_markdown, item_failures
@@ -29,10 +29,16 @@ from vr_assets.viewer.links import video_page_url
 
 USAGE_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa")
 REPORT_JSON = "dataset_report.json"
+# People's reviews (`vr-annotate view`): records the dataset reads, shown in the lineage as its input
+REVIEWS = AssetSpec(
+    "reviews", group_name="dataset", kinds={"json"},
+    description="Accept / reject / edit decisions on QA items, made in the viewer (vr-annotate view) and kept per "
+    "video in <results_dir>/reviews/<key>.json. Not materialized by Dagster: the dataset reads them when it builds.",
+)
 RECORD_ASSETS = tuple(ASSET_RECORDS)  # every record the dataset pass reads of a video
 
 
-def build(pipe: Pipeline) -> list[AssetsDefinition]:
+def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
     spec = pipe.spec
     examples = ExampleIndex.of(pipe.pack)  # what the leakage rule compares items with
 
@@ -75,7 +81,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
 
     @asset(
         name="dataset",
-        deps=[task_exports],
+        deps=[task_exports, REVIEWS],
         group_name="dataset",
         code_version=code_version("dataset/3", SCANNER_VERSION, QUALITY_VERSION, spec.export.model_dump(), spec.license,
                                   spec.description_extra, spec.data.video_root),
@@ -178,7 +184,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition]:
             },
         )
 
-    return [task_exports, dataset]
+    return [task_exports, dataset, REVIEWS]
 
 
 def usage_report(usages: list[CallUsage]) -> tuple[str, UsageSummary]:
