@@ -265,8 +265,8 @@ def run_pipeline(
     return summary
 
 
-def _cancel_queued(instance: Any, runs: dict[str, str]) -> int:
-    """Cancel those of `runs` still waiting in the queue; how many."""
+def _cancel_queued(instance: Any, runs: dict[str, str]) -> list[str]:
+    """Cancel those of `runs` still waiting in the queue; their run ids."""
     from dagster import DagsterRunStatus, RunsFilter
 
     ids = sorted(runs.values())
@@ -275,7 +275,7 @@ def _cancel_queued(instance: Any, runs: dict[str, str]) -> int:
               for r in instance.get_run_records(RunsFilter(run_ids=ids[i : i + 500], statuses=waiting))]
     for rid in queued:
         instance.run_coordinator.cancel_run(rid)
-    return len(queued)
+    return queued
 
 
 def _wind_down(
@@ -288,15 +288,10 @@ def _wind_down(
     finished is recorded by Dagster as usual, so the next run resumes from there and pays nothing twice.
     A second ^C stops the runs in flight at once.
     """
-    from dagster import DagsterRunStatus, RunsFilter
-
     from vr_assets.execution.submit import follow
 
     waiting = {rid for k, rid in runs.items() if k not in summary.succeeded and k not in summary.failed}
-    records = instance.get_run_records(RunsFilter(run_ids=sorted(waiting))) if waiting else []
-    queued = [r.dagster_run.run_id for r in records if r.dagster_run.status == DagsterRunStatus.QUEUED]
-    for rid in queued:
-        instance.run_coordinator.cancel_run(rid)
+    queued = _cancel_queued(instance, {k: rid for k, rid in runs.items() if rid in waiting})
     live = {k: rid for k, rid in runs.items() if rid in waiting and rid not in queued}
     progress(f"interrupted: {len(queued)} queued video(s) canceled; up to {grace_s:.0f} s for the {len(live)} in "
              "flight to finish (^C again stops them now)")
@@ -409,7 +404,7 @@ def _queue_and_follow(
                 # a rejected key or a missing model: no other video can do better; the queue goes, the
                 # videos in flight fail fast on the recorded rejection without asking the provider
                 fatal.append(outcome.why)
-                canceled = _cancel_queued(instance, runs)
+                canceled = len(_cancel_queued(instance, runs))
                 progress(f"stopping: {outcome.why} ({canceled} queued video(s) canceled; fix it and run again)")
 
         try:
