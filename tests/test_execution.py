@@ -302,5 +302,23 @@ def test_a_rejected_key_stops_the_run_once_instead_of_failing_every_video(
     assert len(stops) == 1 and "rejected the API key (401)" in stops[0], env.log
     # the daemon may already have started the next video when the first one's failure is read: it fails fast
     assert re.search(r"\b[12] queued video\(s\) canceled", stops[0]), stops[0]
-    assert sum(m.startswith("[") and "FAILED" in m for m in env.log) == 1  # one line, not one per video
+    # one line, not one per video
+    assert sum(m.startswith("[") and "FAILED" in m for m in env.log) == 1, "\n".join(env.log)
     assert env.calls() <= 2  # the first video's first call (and at most one retry), nothing after it
+
+
+def test_the_daemon_entry_starts_the_forkserver_of_the_homes_warm_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vr-annotate run`'s daemon starts the run launcher's forkserver before it imports Dagster, with the preload
+    the home's launcher would use; a home with another launcher (or its own preload list) starts none."""
+    from vr_assets.execution import daemon, forkserver
+    from vr_assets.execution.instance import execution_yaml, instance_yaml
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text(instance_yaml(str(tmp_path), max_workers=2))
+    assert daemon._preload_for_home() == forkserver.DEFAULT_PRELOAD
+    (tmp_path / "dagster.yaml").write_text(execution_yaml(2, shared=True))  # several hosts on Postgres
+    assert daemon._preload_for_home() == (*forkserver.DEFAULT_PRELOAD, *forkserver.POSTGRES_PRELOAD)
+    (tmp_path / "dagster.yaml").write_text("run_launcher:\n  module: dagster\n  class: DefaultRunLauncher\n")
+    assert daemon._preload_for_home() is None

@@ -266,3 +266,30 @@ def test_an_instance_at_the_head_opens_without_dagsters_migration_check(tmp_path
     # missing files and missing tables are left to Dagster too
     assert ready(str(tmp_path / "nowhere"), "runs", sqlite_run_storage.__file__, {"runs"}) is None
     assert ready(schedules_dir, "schedules", sqlite_schedule_storage.__file__, {"jobs", "not_a_table"}) is None
+
+
+def test_processes_opening_a_new_home_at_once_all_get_its_storage(tmp_path: Path) -> None:
+    """`vr-annotate run` and its daemon open a new home at the same moment: the storages' init lock lets one
+    build the databases while the others wait, instead of two creating Dagster's tables and both failing."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(str(home)))
+    opener = (
+        "import sys, time\n"
+        "from dagster import DagsterInstance\n"
+        "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+        "with DagsterInstance.get() as i:\n"
+        "    print(len(i.get_runs()), i.get_dynamic_partitions('x'))\n"
+    )
+    at = str(time.time() + 3.0)  # after every interpreter has imported Dagster
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    procs = [subprocess.Popen([sys.executable, "-c", opener, at], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outs]
+    assert all(out.strip() == "0 []" for out, _ in outs)
+    assert (home / "history" / "runs.db").exists() and (home / "schedules" / "schedules.db").exists()

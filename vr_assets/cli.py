@@ -178,13 +178,16 @@ def _location_env(env: dict[str, str]) -> Iterator[None]:
 
 
 def _create_storage(home: Path, env: dict[str, str]) -> None:
-    """A new SQLite home's databases, or Dagster's tables in a Postgres database (which another host may
-    be opening this very moment), created here, under the coordinator's lock, before the daemon opens
-    the storage too: two processes creating them at the same moment both fail."""
-    on_postgres = postgres_url_of(home) is not None
-    new_sqlite = "storage" not in yaml.safe_load((home / "dagster.yaml").read_text()) and not on_postgres
-    if not (on_postgres or (new_sqlite and not (home / "history" / "runs.db").exists())):
-        return
+    """Dagster's tables in a Postgres database (which another host may be opening this very moment), created
+    here, under the coordinator's lock, before the daemon opens the storage too: two processes creating them
+    at the same moment both fail; so are Dagster's default SQLite databases of a new home. The SQLite storages
+    of the home vr-annotate writes need nothing here: they take a file lock while they build their databases
+    (`vr_assets.execution.storage`), so the daemon starts at once."""
+    if postgres_url_of(home) is None:
+        config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+        ours = (config.get("run_storage") or {}).get("module") == "vr_assets.execution.storage"
+        if ours or "storage" in config or (home / "history" / "runs.db").exists():
+            return
     with _location_env(env):
         from dagster import DagsterInstance
 
@@ -351,7 +354,7 @@ def _queue_and_follow(
     from dagster import AssetKey, DagsterInstance
 
     from vr_assets.execution.launcher import forget_stale_location
-    from vr_assets.execution.submit import RunSubmitter, follow
+    from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
     from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
     from vr_assets.partitions import videos_partitions
     from vr_assets.shared_state import coordinator
@@ -382,8 +385,12 @@ def _queue_and_follow(
         running = _runs_in_progress(instance, ANNOTATE_JOB)
         if followed := [k for k in work if k in running]:
             progress(f"{len(followed)} of them already queued or running (another vr-annotate): following those")
-        runs = {k: running.get(k) or submitter.submit(k, assets) for k, assets in work.items()}
-        submitting.close()
+        # the first wave now; the rest from a thread at lower CPU priority while the first wave starts
+        first = list(work)[: spec.workflow.max_workers]
+        runs = {k: running.get(k) or submitter.submit(k, work[k]) for k in first}
+        held = submitting.pop_all()
+        feeder = QueueFeeder(lambda k: running.get(k) or submitter.submit(k, work[k]),
+                             [k for k in work if k not in runs], runs, on_done=held.close).start()
         on_start = prefetch.handed_out if prefetch is not None else None
         n = 0
 
@@ -397,22 +404,28 @@ def _queue_and_follow(
                 summary.succeeded.append(outcome.key)
             else:
                 summary.failed[outcome.key] = outcome.why
-            if fatal and not outcome.ok and outcome.why in (fatal[0], "canceled"):
-                return  # said once, below
+            if fatal and not outcome.ok and (outcome.why == "canceled" or is_fatal_provider_failure(outcome.why)):
+                return  # said once, below; the videos a daemon started meanwhile fail on the recorded rejection
             progress(f"[{n}/{len(work)}] {outcome.key}: {'ok' if outcome.ok else 'FAILED: ' + outcome.why}")
             if not outcome.ok and not fatal and is_fatal_provider_failure(outcome.why):
                 # a rejected key or a missing model: no other video can do better; the queue goes, the
                 # videos in flight fail fast on the recorded rejection without asking the provider
                 fatal.append(outcome.why)
+                feeder.stop()
                 canceled = len(_cancel_queued(instance, runs))
                 progress(f"stopping: {outcome.why} ({canceled} queued video(s) canceled; fix it and run again)")
 
         try:
-            for outcome in follow(instance, runs, on_start):
+            for outcome in follow(instance, runs, on_start, feeding=feeder.feeding):
                 record(outcome)
         except KeyboardInterrupt:
+            feeder.stop()
             _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
             raise
+        finally:
+            feeder.stop()
+        if feeder.error is not None:
+            raise feeder.error
         if prefetch is not None:
             prefetch.stop()
             progress(prefetch.summary())

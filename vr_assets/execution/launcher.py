@@ -16,7 +16,6 @@ and the daemon launches it here.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -29,13 +28,14 @@ from dagster import Array, Field, Noneable
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from vr_assets.execution import forkserver
+from vr_assets.execution.forkserver import DEFAULT_PRELOAD
+
 log = logging.getLogger(__name__)
 
 PID_TAG = "vr_assets/pid"
 HOST_TAG = "vr_assets/host"
 START_TAG = "vr_assets/proc_start"  # the process's start time in clock ticks: a reused pid is not our run
-
-DEFAULT_PRELOAD = ("vr_assets.execution.preload",)
 
 
 def _proc_start(pid: int) -> str | None:
@@ -124,17 +124,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def _context(self) -> Any:
         with self._lock:
             if self._ctx is None:
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(self._preload)
-                self._ctx = ctx
+                self._ctx = forkserver.context(self._preload)
             return self._ctx
 
     def warm_up(self) -> None:
         """Start the forkserver now (its imports take seconds) instead of at the first launch."""
-        from multiprocessing import forkserver
-
-        self._context()
-        forkserver.ensure_running()
+        forkserver.start(self._preload)
 
     def launch_run(self, context: LaunchRunContext) -> None:
         from dagster._serdes import serialize_value

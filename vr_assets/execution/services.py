@@ -116,7 +116,7 @@ def run_daemon(home: Path, env: dict[str, str], log: IO[bytes]) -> Iterator[subp
             yield None
             return
         proc = subprocess.Popen(
-            [_bin("dagster-daemon"), "run", "--empty-workspace", "--log-level", "warning"],
+            [sys.executable, "-m", "vr_assets.execution.daemon", "run", "--empty-workspace", "--log-level", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:

@@ -17,15 +17,11 @@ from pathlib import Path
 from dagster._core.launcher import LaunchRunContext
 from dagster._serdes import ConfigurableClassData
 
-from vr_assets.execution.launcher import DEFAULT_PRELOAD, WarmRunLauncher
+from vr_assets.execution.forkserver import DEFAULT_PRELOAD, POSTGRES_PRELOAD
+from vr_assets.execution.launcher import WarmRunLauncher
 from vr_assets.shared_state import coordinator
 
 log = logging.getLogger(__name__)
-
-
-# The run's instance opens its Postgres storages (dagster_postgres): ~1-2 s of imports in every run
-# process unless the forkserver has them already.
-POSTGRES_PRELOAD = ("vr_assets.execution.pg_storage", "psycopg2")
 
 
 class SharedWarmRunLauncher(WarmRunLauncher):

@@ -13,6 +13,7 @@ are Dagster's own, so an instance written with them opens with the stock classes
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -110,6 +111,19 @@ def _ready_db(base_dir: str, name: str, storage_module_file: str, tables: set[st
     return create_db_conn_string(base_dir, name)
 
 
+@contextmanager
+def _init_lock(base_dir: str) -> Iterator[None]:
+    """One process at a time builds a storage's databases: the daemon and `vr-annotate run` open a new home
+    at the same moment, and two processes creating Dagster's tables at once both fail."""
+    os.makedirs(base_dir, exist_ok=True)
+    with open(os.path.join(base_dir, ".init.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's per-run-sharded SQLite event log with cached engines and partition lookups."""
 
@@ -121,14 +135,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._pending: set[str] = set()
         self._timer: threading.Timer | None = None
         self._held = threading.local()
-        super().__init__(base_dir, inst_data)
+        with _init_lock(base_dir):
+            super().__init__(base_dir, inst_data)
+            # Built here, once, by whoever opens the instance first (the CLI or the daemon, before runs
+            # start): built by each run instead, sixteen runs raced to build it at once.
+            template = self._template_path()
+            if not os.path.exists(template):
+                self._build_template(template)
         self._db_lock = threading.RLock()  # type: ignore[assignment]  # a batch holds two shards at once
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", _EVENT_BATCH_SIZE)
-        # Built here, once, by whoever opens the instance first (the CLI, before its workers start):
-        # built by each worker's first run instead, sixteen workers raced to build it at once.
-        template = self._template_path()
-        if not os.path.exists(template):
-            self._build_template(template)
 
     @classmethod
     def from_config_value(  # type: ignore[override]
@@ -341,7 +356,11 @@ class _OpensAtHead:
     @classmethod
     def from_local(cls, base_dir: str, inst_data: ConfigurableClassData | None = None) -> Any:
         ready = _ready_db(base_dir, cls._db_name, cls._storage_module, set(cls._tables))
-        return cls(ready, inst_data) if ready else super().from_local(base_dir, inst_data)  # type: ignore[call-arg,misc]
+        if ready:
+            return cls(ready, inst_data)  # type: ignore[call-arg]
+        with _init_lock(base_dir):  # built by one process; the next one finds it ready
+            ready = _ready_db(base_dir, cls._db_name, cls._storage_module, set(cls._tables))
+            return cls(ready, inst_data) if ready else super().from_local(base_dir, inst_data)  # type: ignore[call-arg,misc]
 
 
 class PooledSqliteRunStorage(_OpensAtHead, SqliteRunStorage):
