@@ -77,6 +77,20 @@ def call_stats(fake: Any) -> CallStats:
     return s
 
 
+def ramp(spans: list[tuple[float, float]], c: int) -> tuple[float, float | None]:
+    """Seconds from the pipeline's launch to its first model call, and to the first moment with `c` calls in
+    flight (None: never): how long the provider's slots wait while the pipeline starts."""
+    if not spans:
+        return 0.0, None
+    edges = sorted([(b, 1) for b, _ in spans] + [(b + d, -1) for b, d in spans], key=lambda x: (x[0], x[1]))
+    now = 0
+    for t, step in edges:
+        now += step
+        if now >= c:
+            return round(min(b for b, _ in spans), 2), round(t, 2)
+    return round(min(b for b, _ in spans), 2), None
+
+
 class Ideal(BaseModel):
     """max(longest dependent chain of one video, total provider time / concurrency)."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from calls import CallStats, call_stats, ideal, utilisation
+from calls import MODEL_ROUTES, CallStats, call_stats, ideal, ramp, utilisation
 from ffmpeg_cost import FFMPEG, Cost, children_cpu_s, ref_cut_chunks, ref_frame_times, ref_sample_frames, run_method
 from proctree import TreeCpu
 from pydantic import BaseModel, Field
@@ -63,6 +63,8 @@ class PipelineRun(BaseModel):
     throughput_bound_s: float
     wall_over_ideal: float
     slots_busy: float = Field(0.0, description="provider time / (C x wall): how full the C slots were kept")
+    first_call_s: float = Field(0.0, description="launch to the first model call")
+    full_at_s: float | None = Field(None, description="launch to the first moment with C calls in flight")
     verdict_videos_seen: int
     dataset_items: int
     dataset_videos: int
@@ -303,9 +305,14 @@ def run_against_fake(
         cmd, env = command(fake.base_url, root, work)
         log(f"{name}: {len(videos)} videos, C={args.concurrency}, fake {fake.base_url}")
         s0 = self_cpu_s()  # the bench process only serves the fake meanwhile
+        started = time.time()
         got = run_logged(cmd, env, work / "run.log", args.run_timeout)
         fake_cpu = self_cpu_s() - s0
         stats = call_stats(fake)
+        ok = [r for r in fake.log if r.route in MODEL_ROUTES and r.status == 200]
+        spans = [(r.started_at - started, r.duration_s) for r in ok]
+        (work / "spans.json").write_text(json.dumps({"since_launch": sorted(spans)}))
+        first_call_s, full_at_s = ramp(spans, args.concurrency)
         seen = verdict_videos_seen(fake, keys)
     finally:
         fake.stop()
@@ -328,6 +335,8 @@ def run_against_fake(
         throughput_bound_s=bound.throughput_s,
         wall_over_ideal=round(got.wall_s / bound.ideal_s, 3) if bound.ideal_s else 0.0,
         slots_busy=utilisation(stats, args.concurrency, got.wall_s),
+        first_call_s=first_call_s,
+        full_at_s=full_at_s,
         verdict_videos_seen=seen,
         dataset_items=items,
         dataset_videos=vids,
@@ -509,6 +518,8 @@ def render(res: dict[str, Any]) -> str:
     row("… provider time ÷ C (s)", "throughput_bound_s")
     row("wall ÷ ideal", "wall_over_ideal")
     row("provider slots busy (time in calls ÷ C × wall)", "slots_busy")
+    row("… launch to the first model call (s)", "first_call_s")
+    row("… launch to C calls in flight (s)", "full_at_s")
     row("peak calls in flight", "peak_in_flight", 0, src="calls")
     row("CPU s of the pipeline process tree (2 cores)", "cpu_s")
     row("CPU s of the fake server", "fake_cpu_s")
