@@ -37,6 +37,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 REF_VENV = BENCH / ".ref-venv"
 API_KEY = "bench-key"
+WIRE_USAGE = "wire_usage.jsonl"  # the fake's per-request usage of a run (vr_assets/fakes/usage_log.py)
 
 # The package may not be pip-installed yet; `python bench/run.py` puts only bench/ on sys.path.
 if str(REPO) not in sys.path:
@@ -249,27 +250,52 @@ def ref_media_shas(videos: list[BenchVideo], scratch: Path) -> dict[str, set[str
 
 
 _YES_NO_ONLY = re.compile(r"answer\s+with\s+only\W+yes\W+or\W+no", re.IGNORECASE)
+# A prompt that shows its answer layout with a line of '=' between the question and its "Answer:" section.
+_SECTIONED = re.compile(r"^={5,}[ \t]*\n[ \t]*Answer:", re.MULTILINE)
+_ANSWER_LINE = re.compile(r"^(Answer:)", re.MULTILINE)
 
 
 def make_teacher(videos: list[BenchVideo], extra_keys: dict[str, set[str]], **kw: Any) -> Any:
     from vr_assets.fakes import Teacher, TeacherAnswer
+    from vr_assets.fakes.teacher import QA_SEPARATOR
 
     class BenchTeacher(Teacher):
-        """Adds one route the offline teacher lacks: the reference's free-text suitability question.
+        """Three habits of a real model the offline teacher lacks, so each pipeline gets answers to its own prompts.
 
-        Its filter prompt asks for a bare Yes/No without the words the teacher routes on, so the
-        teacher would answer with a caption and the reference would drop every video at step 0.
-        A no-op for any answer that already starts with yes/no.
+        - The reference's free-text suitability question asks for a bare Yes/No without the words the teacher
+          routes on, so the teacher would answer with a caption and the reference would drop every video.
+        - It routes on the instruction, not on its own earlier answers quoted in the prompt: a pipeline that pastes
+          captions holding the teacher's timestamps into later prompts would otherwise get time-span items for
+          every question type.
+        - It follows a layout the prompt shows: where a line of '=' separates a question from its "Answer:"
+          section, its question/answer blocks put one there too (multiple-choice blocks keep their answer after the
+          options, as such a layout shows them).
+        No-ops for our pipeline's prompts (no quoted answer changes its route, none shows a sectioned layout).
         """
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self._said: set[str] = set()
 
         def answer(
             self, prompt_text: str, media_sha256: list[str], schema: dict[str, Any] | None, model: str = ""
         ) -> Any:
-            got = super().answer(prompt_text, media_sha256, schema, model)
-            if schema is None and _YES_NO_ONLY.search(prompt_text) and not re.match(r"(?i)\s*(yes|no)\b", got.text):
-                lead = "Yes" if self.verdict_for(media_sha256).relevant else "No"
-                return TeacherAnswer(text=lead, think=got.think)
-            return got
+            routed = prompt_text
+            for said in sorted(self._said, key=len, reverse=True):
+                routed = routed.replace(said, " ")
+            got = super().answer(routed, media_sha256, schema, model)
+            text = got.text
+            if schema is None and _YES_NO_ONLY.search(prompt_text) and not re.match(r"(?i)\s*(yes|no)\b", text):
+                text = "Yes" if self.verdict_for(media_sha256).relevant else "No"
+            elif schema is None and _SECTIONED.search(prompt_text):
+                blocks = text.split(f"\n{QA_SEPARATOR}\n")
+                text = f"\n{QA_SEPARATOR}\n".join(
+                    b if b.startswith("Multiple-Choice") else _ANSWER_LINE.sub(f"{QA_SEPARATOR}\n\\1", b, count=1)
+                    for b in blocks
+                )
+            if schema is None and len(got.text) >= 40:
+                self._said.add(got.text)
+            return got if text == got.text else TeacherAnswer(text=text, think=got.think)
 
     teacher = BenchTeacher(**kw)
     for v in videos:
@@ -298,8 +324,10 @@ def run_against_fake(
 
     work = fresh(args.out / name)
     root = stage(videos, work / "videos")
+    # every billed request on the wire, counted by the media's duration the same way for both pipelines (issue #20)
     fake = FakeGemini(
-        teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text
+        teacher=make_teacher(videos, keys), latency_media_s=args.latency_media, latency_text_s=args.latency_text,
+        usage_log=work / WIRE_USAGE, video_tokens="duration", min_cache_tokens=args.min_cache_tokens,
     ).start()
     try:
         cmd, env = command(fake.base_url, root, work)
@@ -344,10 +372,22 @@ def run_against_fake(
     )
 
 
+def bench_prices() -> dict[str, Any]:
+    """The spec's `prices`: the teacher priced from the dated table bench/cost.py prices both pipelines with, so
+    our cost decisions (whether an explicit context cache pays) are made on the same prices."""
+    from cost import DEFAULT_MODEL, PriceTable
+
+    from vr_assets.config import Spec
+
+    price = PriceTable.load().models[DEFAULT_MODEL].model_dump(exclude_none=True)
+    spec = Spec()
+    return {spec.vlm.model_name: price, spec.llm.model_name: price}
+
+
 def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
     def command(base_url: str, root: Path, work: Path) -> tuple[list[str], dict[str, str]]:
         spec = work / "spec.yaml"
-        write_spec(spec, base_url, root, work / "results", args.concurrency)
+        write_spec(spec, base_url, root, work / "results", args.concurrency, {"prices": bench_prices()})
         cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
         return cmd, pipeline_env(work / "dagster_home")
 
@@ -598,6 +638,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--skip-ffmpeg", action="store_true")
     p.add_argument("--ffmpeg-max-files", type=int, default=0, help="0: every workload file")
+    p.add_argument("--min-cache-tokens", type=int, default=2048,
+                   help="the fake refuses explicit caches smaller than this (2.5 Flash: 2,048 on 2026 doc pages)")
+    p.add_argument("--batch-steps", default="", help="cost: steps priced on the batch/flex tier (50%%), e.g. 2,3")
     p.add_argument("--bookkeeping-partitions", type=int, default=500, help="0 skips section 5")
     p.add_argument("--run-timeout", type=float, default=4 * 3600, help="seconds before a pipeline run is killed")
     p.add_argument("--out", type=Path, default=BENCH / "out")
@@ -685,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_ours:
         from cost import bench_lines  # issue #20: the estimate's error and the cost per usable item
 
-        print("\n" + bench_lines(args.out))
+        print("\n" + bench_lines(args.out, batch_steps=[s for s in args.batch_steps.split(",") if s]))
     return 0
 
 

@@ -7,6 +7,7 @@ pipeline CLI; before that module exists the skip says so, once it exists the tes
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,15 @@ def test_bookkeeping_counts_materializations(bench_run: tuple[str, dict]) -> Non
     assert bk["materializations"] >= 3 * 5  # at least filter..qa for every partition
     assert bk["runs"] >= 3
     assert bk["wall_s"] > 0 and bk["s_per_partition_asset"] > 0
+
+
+def test_cost_per_usable_item_is_measured_on_the_wire(bench_run: tuple[str, dict]) -> None:
+    """Our row comes from the fake's wire usage log, which agrees with our own ledger call for call."""
+    table, _ = bench_run
+    ours = re.search(r"^\| ours \| (\d+) \| (\d+) \|.*\| (\d+) \| (\d+) \| ([0-9.]+) \|$", table, re.MULTILINE)
+    assert ours is not None, table[-3000:]
+    videos, calls, items, usable, per_item = ours.groups()
+    assert int(videos) == 2 and int(calls) > 0 and 0 < int(usable) <= int(items) and float(per_item) > 0
+    check = re.search(r"wire (\d+) calls \$([0-9.]+) .* ledger (\d+) calls \$([0-9.]+)", table)
+    assert check is not None and check.group(1) == check.group(3) == calls and check.group(2) == check.group(4)
+    assert "| explicit context caching | yes |" in table and "estimate vs actual" in table

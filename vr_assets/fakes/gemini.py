@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 from vr_assets.fakes.server import (
     ERROR_FAULTS,
-    MEDIA_TOKENS,
     TRANSPORT_FAULTS,
     Exchange,
     FakeServer,
@@ -35,6 +34,7 @@ from vr_assets.fakes.server import (
     probe_media,
 )
 from vr_assets.fakes.teacher import Teacher
+from vr_assets.fakes.usage_log import PartTokens, count_part, usage_record
 
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 _V = r"(?P<v>v1|v1beta|v1alpha)"
@@ -84,6 +84,13 @@ def _b64decode(data: str) -> bytes:
     s = data.strip()
     s += "=" * (-len(s) % 4)
     return base64.urlsafe_b64decode(s.encode("ascii"))
+
+
+def _resolution(value: Any) -> str | None:
+    """A media_resolution as the SDK sends it: a bare enum name (generationConfig) or {level: name} (a part)."""
+    if isinstance(value, dict):
+        value = _get(value, "level")
+    return str(value) if value else None
 
 
 def _modality(mime: str) -> str:
@@ -145,6 +152,9 @@ class CachedContent:
     display_name: str = ""
     deleted: bool = False
     reads: int = 0  # generateContent requests that named it
+    text_tokens: int = 0
+    parts: list[PartTokens] = field(default_factory=list)
+    created_unix: float = 0.0
 
     @property
     def name(self) -> str:
@@ -178,6 +188,8 @@ class _GenInfo:
     max_tokens: int | None
     cached_tokens: int = 0  # prompt tokens that came from the named cache
     cache_name: str | None = None
+    parts: list[PartTokens] = field(default_factory=list)  # per media part: what it costs in tokens
+    cached_text_tokens: int = 0
 
 
 class FakeGemini(FakeServer):
@@ -339,29 +351,38 @@ class FakeGemini(FakeServer):
         sampling: list[dict[str, float]] = []
         audio: list[bool | None] = []
         system = _get(body, "systemInstruction")
-        blocks = ([system] if isinstance(system, dict) else []) + [c for c in contents if isinstance(c, dict)]
+        blocks = [(b, False) for b in ([system] if isinstance(system, dict) else []) + [c for c in contents
+                                                                                    if isinstance(c, dict)]]
         cache = self._cache_for_request(model, body) if _get(body, "cachedContent") else None
         if cache is not None:  # its contents come first, as if the request had them
-            blocks = ([cache.system] if cache.system else []) + cache.contents + blocks
-        for block in blocks:
+            blocks = [(b, True) for b in ([cache.system] if cache.system else []) + cache.contents] + blocks
+        config = _get(body, "generationConfig") or {}
+        resolution = _resolution(_get(config, "mediaResolution"))
+        parts: list[PartTokens] = []
+        for block, from_cache in blocks:
             for part in block.get("parts") or []:
                 if not isinstance(part, dict) or part.get("thought"):
                     continue
                 if isinstance(part.get("text"), str):
                     texts.append(part["text"])
                 inline = _get(part, "inlineData")
-                if isinstance(inline, dict):
-                    sha, inline_mime, sound = self._inline_media(inline)
-                    media.append((sha, inline_mime))
-                    sampling.append(self._sampling(part, None))
-                    audio.append(sound)
                 file_data = _get(part, "fileData")
-                if isinstance(file_data, dict):
-                    sha, file_mime, duration_s, sound = self._file_media(file_data)
-                    media.append((sha, file_mime))
-                    sampling.append(self._sampling(part, duration_s))
-                    audio.append(sound)
-        config = _get(body, "generationConfig") or {}
+                if isinstance(inline, dict):
+                    sha, got_mime, duration_s, sound = self._inline_media(inline)
+                    window = self._sampling(part, None)
+                elif isinstance(file_data, dict):
+                    sha, got_mime, duration_s, sound = self._file_media(file_data)
+                    window = self._sampling(part, duration_s)
+                else:
+                    continue
+                media.append((sha, got_mime))
+                sampling.append(window)
+                audio.append(sound)
+                counted = count_part(model.removeprefix("models/"), sha, got_mime, _modality(got_mime), duration_s,
+                                     sound, window, _resolution(_get(part, "mediaResolution")) or resolution,
+                                     self.video_tokens)
+                counted.from_cache = from_cache
+                parts.append(counted)
         mime = str(_get(config, "responseMimeType") or "text/plain")
         schema = (
             _get(config, "responseJsonSchema") or config.get("_responseJsonSchema") or _get(config, "responseSchema")
@@ -384,6 +405,8 @@ class FakeGemini(FakeServer):
             max_tokens=int(max_tokens) if max_tokens else None,
             cached_tokens=cache.tokens if cache is not None else 0,
             cache_name=cache.name if cache is not None else None,
+            parts=parts,
+            cached_text_tokens=cache.text_tokens if cache is not None else 0,
         )
 
     def _cache_for_request(self, model: str, body: dict[str, Any]) -> CachedContent:
@@ -407,7 +430,7 @@ class FakeGemini(FakeServer):
             cache.reads += 1
             return cache
 
-    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str, bool | None]:
+    def _inline_media(self, inline: dict[str, Any]) -> tuple[str, str, float | None, bool | None]:
         mime = str(_get(inline, "mimeType") or "")
         if not mime:
             raise http_error(self.error_reply(400, "* inline_data.mime_type: mime type is required"))
@@ -417,7 +440,8 @@ class FakeGemini(FakeServer):
             raise http_error(self.error_reply(400, f"Invalid value at 'inline_data.data': {exc}")) from exc
         sha = hashlib.sha256(raw).hexdigest()
         self.note_inline(sha, len(raw))
-        return sha, mime, self.has_audio(sha, raw, mime)
+        facts = self.media_facts(sha, raw, mime)
+        return sha, mime, facts.duration_s, facts.has_audio
 
     def _sampling(self, part: dict[str, Any], duration_s: float | None) -> dict[str, float]:
         """A part's videoMetadata in seconds; a range that is empty or starts past the video's end is
@@ -475,8 +499,10 @@ class FakeGemini(FakeServer):
     def _usage(self, info: _GenInfo, answer_chars: int, think_chars: int) -> dict[str, Any]:
         text_tokens = info.text_chars // 4
         details: dict[str, int] = {"TEXT": text_tokens}
-        for _, mime in info.media:
-            details[_modality(mime)] = details.get(_modality(mime), 0) + MEDIA_TOKENS
+        for p in info.parts:
+            details[p.modality] = details.get(p.modality, 0) + p.video_tokens
+            if p.audio_tokens:
+                details["AUDIO"] = details.get("AUDIO", 0) + p.audio_tokens
         prompt_tokens = sum(details.values())
         candidates = answer_chars // 4
         thoughts = think_chars // 4
@@ -532,7 +558,15 @@ class FakeGemini(FakeServer):
             }
             answer_chars = 0
         think_chars = len(answer.think) if fault not in ("empty", "safety") else 0
-        body["usageMetadata"] = self._usage(info, answer_chars, think_chars)
+        body["usageMetadata"] = usage = self._usage(info, answer_chars, think_chars)
+        self.note_usage(usage_record(
+            kind="generate", server="gemini", model=info.model, route=ex.record.route, fault=fault,
+            prompt_tokens=usage["promptTokenCount"], text_tokens=info.text_chars // 4,
+            by_modality={d["modality"]: d["tokenCount"] for d in usage["promptTokensDetails"]},
+            cached_tokens=usage.get("cachedContentTokenCount", 0), cached_text_tokens=info.cached_text_tokens,
+            output_tokens=usage["candidatesTokenCount"], thinking_tokens=usage["thoughtsTokenCount"],
+            parts=info.parts, cache_name=info.cache_name, video_tokens_mode=self.video_tokens,
+        ))
         body["modelVersion"] = info.model
         body["responseId"] = f"fake-{self.next_id():08d}"
         if ex.record.route == "streamGenerateContent":
@@ -646,6 +680,7 @@ class FakeGemini(FakeServer):
                 data=data,
             )
             self.uploaded[f.id] = f
+        self.note_usage(usage_record(kind="upload", server="gemini", route="upload", upload_bytes=f.size))
         if f.state == "ACTIVE":
             self._probe(f)
         return Reply.json({"file": self._file_json(f)}, headers={"X-Goog-Upload-Status": "final"})
@@ -724,7 +759,7 @@ class FakeGemini(FakeServer):
             return self.error_reply(400, "* CreateCachedContentRequest: model and contents are required")
         system = _get(body, "systemInstruction")
         info = self._gen_info(model, {"contents": contents, "systemInstruction": system})  # files checked here
-        tokens = info.text_chars // 4 + MEDIA_TOKENS * len(info.media)
+        tokens = info.text_chars // 4 + sum(p.video_tokens + p.audio_tokens for p in info.parts)
         if tokens < self.min_cache_tokens:
             return self.error_reply(
                 400, f"Cached content is too small. total_token_count={tokens}, min_total_token_count="
@@ -738,9 +773,15 @@ class FakeGemini(FakeServer):
             system=system if isinstance(system, dict) else None, tokens=tokens,
             expire_unix=time.time() + (float(hit.group(1)) if hit else 3600.0), create_time=_ts(_now()),
             display_name=str(_get(body, "displayName") or ""),
+            text_tokens=info.text_chars // 4, parts=info.parts, created_unix=time.time(),
         )
         with self._files_lock:
             self.caches[cache.id] = cache
+        self.note_usage(usage_record(
+            kind="cache_create", server="gemini", model=model, route="caches.create", prompt_tokens=tokens,
+            text_tokens=cache.text_tokens, parts=info.parts, cache_name=cache.name,
+            ttl_s=float(hit.group(1)) if hit else 3600.0, video_tokens_mode=self.video_tokens,
+        ))
         return Reply.json(self._cache_json(cache))
 
     def _cache_json(self, c: CachedContent) -> dict[str, Any]:
@@ -786,6 +827,8 @@ class FakeGemini(FakeServer):
             if c is None or c.deleted:
                 return self.error_reply(404, f"CachedContent not found (or permission denied): {ex.params['cid']}")
             c.deleted = True
+        self.note_usage(usage_record(kind="cache_delete", server="gemini", model=c.model, route="caches.delete",
+                                     cache_name=c.name, lived_s=round(time.time() - c.created_unix, 3)))
         return Reply.json({})
 
     def _download(self, ex: Exchange, fault: str | None) -> Reply:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from vr_assets.fakes.server import MEDIA_TOKENS, Exchange, FakeServer, FaultPlan, Reply, Route, http_error
 from vr_assets.fakes.teacher import KNOWN_TITLES, Teacher
+from vr_assets.fakes.usage_log import PartTokens, usage_record
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 _ERROR_SHAPES: dict[int, tuple[str, str | None, str]] = {
@@ -195,6 +196,15 @@ class FakeOpenAI(FakeServer):
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": min(think_tokens, completion_tokens)},
         }
+        self.note_usage(usage_record(
+            kind="generate", server="openai", model=model, route=ex.record.route, fault=fault,
+            prompt_tokens=prompt_tokens, text_tokens=len(info["prompt"]) // 4,
+            by_modality={"TEXT": len(info["prompt"]) // 4, "MEDIA": MEDIA_TOKENS * len(info["media"])},
+            output_tokens=completion_tokens - min(think_tokens, completion_tokens),
+            thinking_tokens=min(think_tokens, completion_tokens),
+            parts=[PartTokens(sha256=sha, mime="", modality="IMAGE", video_tokens=MEDIA_TOKENS)
+                   for sha in info["media"]],
+        ))
         n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
         ident = f"chatcmpl-fake{self.next_id():010d}"
         created = int(time.time())

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from vr_assets.fakes.teacher import Teacher
+from vr_assets.fakes.usage_log import UsageLog, WireUsage, video_tokens_mode
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,8 @@ class FakeServer:
         port: int = 0,
         api_key: str | None = None,
         log_media: bool = False,
+        usage_log: str | os.PathLike[str] | None = None,
+        video_tokens: str | None = None,
     ) -> None:
         self.teacher = teacher if teacher is not None else Teacher()
         self.latency_media_s = latency_media_s
@@ -227,7 +231,11 @@ class FakeServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._seq = 0
-        self._audio_by_sha: dict[str, bool | None] = {}
+        self._facts_by_sha: dict[str, MediaFacts] = {}
+        #: billed events, one JSON line each, when asked (argument or env VR_FAKE_USAGE_LOG); see usage_log.py
+        self.usage_log = UsageLog.from_env(usage_log)
+        #: how a video part is counted: flat 258 per part (default) or by its duration (usage_log.py)
+        self.video_tokens = video_tokens_mode(video_tokens)
         self._outage_until = 0.0
         self._outage_status = 503
 
@@ -372,15 +380,23 @@ class FakeServer:
 
     def has_audio(self, sha: str, data: bytes, mime: str) -> bool | None:
         """Whether received video bytes carry sound, probed once per content hash (None: not a video)."""
+        return self.media_facts(sha, data, mime).has_audio
+
+    def media_facts(self, sha: str, data: bytes, mime: str) -> MediaFacts:
+        """Duration and sound of received video bytes, probed once per content hash (empty: not a video)."""
         if not mime.startswith("video/"):
-            return None
+            return MediaFacts()
         with self._lock:
-            if sha in self._audio_by_sha:
-                return self._audio_by_sha[sha]
-        found = probe_media(data).has_audio
+            if sha in self._facts_by_sha:
+                return self._facts_by_sha[sha]
+        found = probe_media(data)
         with self._lock:
-            self._audio_by_sha[sha] = found
+            self._facts_by_sha[sha] = found
         return found
+
+    def note_usage(self, entry: WireUsage) -> None:
+        if self.usage_log is not None:
+            self.usage_log.write(entry)
 
     # ------------------------------------------------------------ dispatch
 
