@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:  # `python bench/input_catalogue.py` puts only ben
 FF = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 SMALL = "size=160x120:rate=10"
 KEY = "catalogue-test-key-0123456789"
+RECORDING_S = 600  # the growing file's full length: longer than any run of the catalogue
 
 
 class Kind(BaseModel):
@@ -155,8 +156,11 @@ def build_catalogue(root: Path, work: Path, jsonl: Path) -> list[Kind]:
         "-g", "5", root / "vfr.mp4")
     lie_about_duration(_clip(work / "e.mp4", "mandelbrot", vf="negate"), root / "header_says_0.4s.mp4", 0.2)
     lie_about_duration(_clip(work / "f.mp4", "smptebars", vf="negate"), root / "header_says_1h.mp4", 1800)
-    _clip(root / "growing.ts", "testsrc2", vf="negate", codec=("-c:v", "libx264", "-preset", "ultrafast", "-f",
-                                                                 "mpegts"))
+    # a recording in progress: the first 2 s are there, `growing` appends the rest as it is "recorded"
+    _ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-t", str(RECORDING_S), "-g", "5", "-c:v", "libx264",
+        "-preset", "ultrafast", "-f", "mpegts", work / "recording.ts")
+    recording = (work / "recording.ts").read_bytes()
+    _put(root, "growing.ts", data=recording[:len(recording) * 2 // RECORDING_S // 188 * 188])
     lines = ["{not json", json.dumps({"video": "a/clip.mp4", "mode": "normal"}), json.dumps({"video": "a/clip.mp4"}),
              json.dumps({"video": str(root.parent / "missing.mp4")}),
              # the walk takes the reference's .mp4 .avi .mov .mkv; a listing names any container
@@ -201,18 +205,20 @@ def build_catalogue(root: Path, work: Path, jsonl: Path) -> list[Kind]:
 
 
 @contextmanager
-def growing(path: Path, every_s: float = 0.005) -> Iterator[None]:
-    """Append the file's own MPEG-TS packets to it, 10 at a time, as a recorder writing it would."""
-    packets = path.read_bytes()
+def growing(path: Path, recording: Path, every_s: float = 0.02) -> Iterator[None]:
+    """Append `recording`'s bytes past what `path` holds, in real time (a second of video per second), as
+    a recorder writing the file would, until the block ends or the recording does."""
+    data = recording.read_bytes()
+    per_tick = max(188, int(len(data) / RECORDING_S * every_s) // 188 * 188)
     stop = threading.Event()
 
     def grow() -> None:
-        at = 0
+        at = path.stat().st_size
         with path.open("ab") as fh:
-            while not stop.wait(every_s):
-                fh.write(packets[at:at + 1880])
+            while at < len(data) and not stop.wait(every_s):
+                fh.write(data[at:at + per_tick])
                 fh.flush()
-                at = (at + 1880) % max(1, len(packets) - 1880)
+                at += per_tick
 
     thread = threading.Thread(target=grow, name="grow", daemon=True)
     thread.start()
@@ -276,7 +282,7 @@ def run_catalogue(base: Path, parallel: int = 2) -> CatalogueRun:
         reset_registry()
         t0 = time.perf_counter()
         try:
-            with growing(root / "growing.ts"):
+            with growing(root / "growing.ts", base / "work" / "recording.ts"):
                 summary = run_pipeline(spec, parallel=parallel, progress=console.append)
         finally:
             reset_registry()

@@ -443,8 +443,8 @@ def check_unchanged(path: Path | str, probe: VideoProbe, operation: str = "read"
         raise MediaError(path, operation, f"the file went away after its probe ({e.strerror or e})") from None
     if st.st_size != probe.size_bytes or (probe.mtime_ns is not None and st.st_mtime_ns != probe.mtime_ns):
         raise MediaError(
-            path, operation, f"the file changed after its probe ({probe.size_bytes} -> {st.st_size} bytes, "
-            "modified since): still being written or replaced; nothing was sent, run again once it is complete",
+            path, operation, f"the file changed after its probe ({probe.size_bytes} -> {st.st_size} bytes): still "
+            "being written or replaced; nothing was sent, run again once it is complete",
         )
 
 
