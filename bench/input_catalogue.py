@@ -327,7 +327,7 @@ def table(run: CatalogueRun) -> str:
         outcome = ", ".join(f"{n} {o}" if n > 1 else o for o in sorted(set(r.outcomes))
                             if (n := r.outcomes.count(o))) or "none"
         why = printable(r.reason).replace(run.root + "/", "").replace("|", "\\|")
-        lines.append(f"| {r.kind} | {outcome} | {r.calls} | {why[:150]} |")
+        lines.append(f"| {r.kind} | {outcome} | {r.calls} | {why[:200]} |")
     return "\n".join(lines)
 
 
