@@ -47,7 +47,9 @@ def test_every_kind_of_input_in_one_run(tmp_path: Path) -> None:
     growing = rows["a file that grows while being read (MPEG-TS, listed)"].reason
     assert "growing.ts: the file changed after its probe (" in growing  # before any call: 0 paid (above)
     # the CLI's own summary lists the outcomes by kind: 15 videos annotated (a JSONL line names one twice)
-    head = next(line for line in run.console if line.startswith("outcome: "))
+    shown = next(text for text in run.console if text.startswith("outcome: ")).splitlines()
+    assert "  growing.ts: prepare video failed for " in "\n".join(shown)
+    head = shown[0]
     assert head == ("outcome: 26 videos, 5 entries skipped: 15 annotated, 3 stopped at step 0, 8 failed, "
                     "5 skipped at discovery"), head
 
