@@ -338,7 +338,10 @@ def _probe_in_process(path: Path) -> dict[str, Any]:
                 packets, rotation = _scan_video(container, shown[0])
                 if rotation:
                     streams[shown[0].index]["side_data_list"] = [{"rotation": rotation}]
-                if (span := _packet_span(container, shown[0])) is not None:
+                # MP4/MOV: the sample table makes the seek to the end free; elsewhere (Matroska without cues,
+                # MPEG-TS) it can read the whole file, so the header stands there
+                indexed = container.format.name.startswith("mov,")
+                if indexed and (span := _packet_span(container, shown[0])) is not None:
                     streams[shown[0].index]["packet_span"] = span
             scale = 1 / av.time_base
             fmt = {
@@ -400,7 +403,7 @@ def _scan_video(container: Any, stream: Any) -> tuple[list[dict[str, Any]], floa
 
 def _packet_span(container: Any, stream: Any, max_packets: int = 4000) -> float | None:
     """The stream's length as its packets tell it: from its start to the end of its last packet, read after
-    one seek to the last keyframe (demux only; an index makes it as cheap for hours as for seconds).
+    one seek to the last keyframe (demux only; MP4's sample table makes it as cheap for hours as for seconds).
 
     The header's duration is only a claim (an edited or half-written file lies); this is what decodes. None
     when the seek fails or does not reach the end within `max_packets` (no index: the header stands).
