@@ -51,6 +51,54 @@ LOCATION_QUERY = """
 """
 
 
+LIVE_UI_KEY = "live-ui-key-5f3a9c"  # the API key the live UI's spec carries: found in no artefact the UI shows
+
+_METADATA = """fragment M on MetadataEntry { label description ... on TextMetadataEntry { text }
+  ... on MarkdownMetadataEntry { mdStr } ... on JsonMetadataEntry { jsonString } ... on PathMetadataEntry { path }
+  ... on UrlMetadataEntry { url } }"""
+UI_QUERIES = {
+    "runs": "{ runsOrError { __typename ... on Runs { results { runId jobName status runConfigYaml "
+            "tags { key value } } } } }",
+    "event log": """query($runId: ID!) { logsForRun(runId: $runId, limit: 100000) { __typename
+      ... on EventConnection { events { __typename ... on MessageEvent { message stepKey }
+        ... on DisplayableEvent { label description metadataEntries { ...M } }
+        ... on ExecutionStepFailureEvent { error { message stack } }
+        ... on LogsCapturedEvent { fileKey stepKeys } } }
+      ... on PythonError { message } } }""" + _METADATA,
+    "asset pages": "{ assetNodes { assetKey { path } description assetMaterializations(limit: 1000) { runId partition "
+                   "metadataEntries { ...M } } } }" + _METADATA,
+    "resources": '{ allTopLevelResourceDetailsOrError(repositorySelector: {repositoryLocationName: "vr_assets", '
+                 'repositoryName: "__repository__"}) { __typename ... on ResourceDetailsList { results { name '
+                 "description configuredValues { key value type } } } } }",
+    "compute logs": "query($key: [String!]!) { capturedLogs(logKey: $key) { stdout stderr } }",
+}
+
+
+def graphql(base_url: str, query: str, **variables: Any) -> dict[str, Any]:
+    data = json.dumps({"query": query, "variables": variables}).encode()
+    req = urllib.request.Request(base_url + "/graphql", data=data, headers={"Content-Type": "application/json"})
+    body = json.loads(urllib.request.urlopen(req, timeout=60).read())
+    assert not body.get("errors"), body["errors"]
+    return body["data"]
+
+
+def ui_answers(base_url: str) -> dict[str, str]:
+    """What the webserver serves about every run and asset, as text: the runs with their run config and tags,
+    each run's event log and captured compute logs, every asset's materialization metadata, the resources'
+    configured values. `where -> text` for a scan."""
+    out = {"runs": json.dumps(runs := graphql(base_url, UI_QUERIES["runs"]))}
+    out["asset pages"] = json.dumps(graphql(base_url, UI_QUERIES["asset pages"]))
+    out["resources"] = json.dumps(graphql(base_url, UI_QUERIES["resources"]))
+    for run in runs["runsOrError"]["results"]:
+        log = graphql(base_url, UI_QUERIES["event log"], runId=run["runId"])
+        out[f"event log of {run['runId']}"] = json.dumps(log)
+        for event in log["logsForRun"].get("events", []):
+            if event["__typename"] == "LogsCapturedEvent":
+                key = [run["runId"], "compute_logs", event["fileKey"]]
+                out[f"compute log {key}"] = json.dumps(graphql(base_url, UI_QUERIES["compute logs"], key=key))
+    return out
+
+
 @dataclass
 class DagsterUI:
     base_url: str
@@ -250,7 +298,7 @@ def vr_annotate_ui(tmp_path: Path) -> Iterator[LiveUI]:
     _write_ui_spec(spec_path, results)
     raw = yaml.safe_load(spec_path.read_text())
     for role in ("vlm", "llm"):
-        raw[role] = {"backend": "gemini", "gemini": {"base_url": fake.base_url, "api_key": "live-ui-key"},
+        raw[role] = {"backend": "gemini", "gemini": {"base_url": fake.base_url, "api_key": LIVE_UI_KEY},
                      "retry": {"initial_delay_s": 0.1}}
     raw.setdefault("workflow", {})["qa_types"] = ["mcq", "bcq"]
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))

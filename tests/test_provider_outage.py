@@ -265,3 +265,54 @@ def test_a_recorded_refusal_expires_and_a_success_clears_it(tmp_path: Path) -> N
 )
 def test_fatal_failure_reasons_are_recognised(reason: str, fatal: bool) -> None:
     assert is_fatal_provider_failure(reason) is fatal
+
+
+# ---------------------------------------------------------------- the console of `vr-annotate run`
+
+
+def test_the_breaker_watch_says_once_down_and_once_back(tmp_path: Path) -> None:
+    from vr_assets.providers.outage import BreakerWatch
+
+    breaker = CircuitBreaker("ep", "http://ep", threshold=2, probe_interval_s=0.1, path=tmp_path / "ep.breaker")
+    said: list[str] = []
+    watch = BreakerWatch(tmp_path, said.append)
+    watch.poll()
+    breaker.failure("HTTP 503")
+    watch.poll()
+    breaker.failure("HTTP 503")  # opens
+    watch.poll()
+    watch.poll()
+    opened = breaker.state().opened_at
+    assert opened is not None
+    breaker.success()
+    watch.poll(now=opened + 3.2)
+    watch.poll()
+    assert len(said) == 2, said
+    assert said[0].startswith("teacher endpoint http://ep down since ") and "2 consecutive failures" in said[0]
+    assert said[1] == "teacher endpoint http://ep back after 3 s down: calls resume"
+
+
+def test_vr_annotate_run_shows_the_wait_on_its_console_and_in_the_run_metadata(
+    make_pipeline: Any, tmp_path: Path
+) -> None:
+    from dagster import AssetKey, DagsterInstance
+
+    from bench.input_catalogue import _clip
+
+    env = make_pipeline("openai")
+    _clip(env.videos / "clip.mp4")
+    env.fake.fail_next("chat.completions", 503, times=4)  # 2 open the breaker, 2 probes fail, the third answers
+    retry = {"max_attempts": 6, "initial_delay_s": 0.01, "max_delay_s": 0.05, "breaker_failures": 2,
+             "probe_interval_s": 0.5}
+    spec = env.spec(workflow={"qa_types": ["mcq"]}, vlm={"retry": retry}, llm={"retry": retry})
+    summary = env.run(spec)
+    assert summary.succeeded == ["clip.mp4"] and not summary.failed
+    down = [line for line in env.log if line.startswith("teacher endpoint ")]
+    assert len(down) == 2, env.log
+    assert " down since " in down[0] and "503" in down[0], down
+    assert " back after " in down[1] and down[1].endswith(" s down: calls resume"), down
+    assert env.log.index(down[0]) < env.log.index(down[1]) < next(
+        i for i, line in enumerate(env.log) if line.startswith("done in "))
+    mats = DagsterInstance.get().fetch_materializations(AssetKey("filter_result"), limit=1).records
+    meta = mats[0].asset_materialization.metadata  # type: ignore[union-attr]
+    assert meta["outage_wait_s"].value >= 0.5  # type: ignore[operator]

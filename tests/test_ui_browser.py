@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.fixtures_ui import CHROMIUM, DagsterUI
+from tests.fixtures_ui import CHROMIUM, LIVE_UI_KEY, DagsterUI, ui_answers
 from vr_assets.assets.common import OFFLINE_NOTE
 from vr_assets.graph import PER_VIDEO_ASSETS
 
@@ -157,3 +157,17 @@ def test_a_user_launches_the_missing_videos_and_the_dataset_picks_them_up(
     page.goto(ui.url("/runs"))
     expect(page.get_by_text("build_dataset").first).to_be_visible(timeout=WAIT_MS)
     screenshot(page, "runs_after_launch")
+
+    # the spec's API key is on no page of the UI road: runs (run config, tags), event logs, compute logs, asset
+    # metadata, resources, as GraphQL serves them to the pages; nor in any file the road wrote but the spec
+    answers = ui_answers(ui.base_url)
+    assert sum(k.startswith("event log") for k in answers) >= len(runs) + 2  # the CLI's run and the dataset too
+    assert "model_calls" in answers["asset pages"] and '"api_key"' in answers["resources"]  # what was scanned
+    assert [where for where, text in answers.items() if LIVE_UI_KEY in text] == []
+    files = [p for p in ui.results.parent.rglob("*") if p.is_file() and p.suffix != ".yaml"]
+    assert any(p.suffix == ".db" for p in files)  # the event log databases
+    assert [str(p) for p in files if LIVE_UI_KEY.encode() in p.read_bytes()] == []
+    for route in (f"/runs/{runs[0].run_id}", "/locations/vr_assets/resources/vlm"):
+        page.goto(ui.url(route))
+        page.wait_for_load_state("networkidle")
+        assert LIVE_UI_KEY not in page.content(), route

@@ -36,7 +36,7 @@ from vr_assets.execution.services import (
 )
 from vr_assets.execution.submit import RunOutcome
 from vr_assets.outcomes import outcome_summary
-from vr_assets.providers.outage import clear_provider_fatal, is_fatal_provider_failure
+from vr_assets.providers.outage import BreakerWatch, clear_provider_fatal, is_fatal_provider_failure
 from vr_assets.records import VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.storage import results_root, results_url
@@ -248,7 +248,8 @@ def run_pipeline(
             if todo:
                 prefetch = start_prefetch(spec, todo, sizes)
         try:
-            with _location_env(env):
+            # one console line when the teacher endpoint's breaker opens, one when it closes
+            with _location_env(env), BreakerWatch(env["VR_HOST_SLOTS_DIR"], progress):
                 summary = _queue_and_follow(spec, home, keys, all_keys, list(order), stale, build_dataset,
                                             summary, prefetch, daemon is None, progress)
         finally:

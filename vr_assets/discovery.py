@@ -134,12 +134,16 @@ def _lines(file: Path) -> list[str]:
 
 
 def read_jsonl(
-    file: Path, video_root: Path | None, filter_field: str | None, findings: list[DiscoveryFinding] | None = None
+    file: Path, video_root: Path | None, filter_field: str | None, findings: list[DiscoveryFinding] | None = None,
+    seen: dict[str, str] | None = None,
 ) -> list[VideoSource]:
     """Lines with `video_path` or `video`; a bad line, or an entry that is not a file, is skipped with its line
-    number and reason (logged, and added to `findings`). A path that does not exist stays: its step 0 fails."""
+    number and reason (logged, and added to `findings`). A path that does not exist stays: its step 0 fails.
+    A second line naming a file a line of this or an earlier JSONL (`seen`: path -> where) named is skipped
+    too: the first line's mode and fields stand, the video is annotated once."""
     out: list[VideoSource] = []
     skipped = findings if findings is not None else []
+    seen = {} if seen is None else seen
     if not file.exists():
         raise FileNotFoundError(f"data.input_jsonl_files: {printable(str(file))} does not exist")
     for n, line in enumerate(_lines(file), start=1):
@@ -175,6 +179,11 @@ def read_jsonl(
                 skipped.append(found.model_copy(update={"reason": f"{found.reason} ({where})"}))
                 continue
         p = p.resolve()
+        if str(p) in seen:
+            why = f"line {n}: the same file as {seen[str(p)]}, a duplicate entry; line skipped"
+            skipped.append(_finding(file, "duplicate_entry", why))
+            continue
+        seen[str(p)] = f"line {n} of {printable(str(file))}"
         mode = row.get("mode")
         if mode not in ("anomaly", "normal", None):
             log.warning("%s:%d: mode %r is not anomaly/normal; ignored", printable(str(file)), n, mode)
@@ -207,8 +216,9 @@ def scan(spec: Spec) -> Discovery:
             # a symlink to a file outside the root keeps its own place in the tree
             rel = _rel_to(rp, root) or p.relative_to(root).as_posix()
             by_path[str(rp)] = VideoSource(key="", path=str(rp), source="video_root", rel_path=rel)
+    listed: dict[str, str] = {}
     for f in spec.data.input_jsonl_files:
-        for v in read_jsonl(Path(f), root, spec.data.filter_field, skipped):
+        for v in read_jsonl(Path(f), root, spec.data.filter_field, skipped, listed):
             by_path[v.path] = v
     for finding in skipped:
         log.warning("discovery skipped %s", finding.line())

@@ -338,6 +338,11 @@ def _probe_in_process(path: Path) -> dict[str, Any]:
                 packets, rotation = _scan_video(container, shown[0])
                 if rotation:
                     streams[shown[0].index]["side_data_list"] = [{"rotation": rotation}]
+                # MP4/MOV: the sample table makes the seek to the end free; elsewhere (Matroska without cues,
+                # MPEG-TS) it can read the whole file, so the header stands there
+                indexed = container.format.name.startswith("mov,")
+                if indexed and (span := _packet_span(container, shown[0])) is not None:
+                    streams[shown[0].index]["packet_span"] = span
             scale = 1 / av.time_base
             fmt = {
                 "format_name": container.format.name,
@@ -394,6 +399,56 @@ def _scan_video(container: Any, stream: Any) -> tuple[list[dict[str, Any]], floa
             except (av.FFmpegError, ValueError):
                 rotation = 0.0
     return packets, rotation or 0.0
+
+
+def _packet_span(container: Any, stream: Any, max_packets: int = 4000) -> float | None:
+    """The stream's length as its packets tell it: from its start to the end of its last packet, read after
+    one seek to the last keyframe (demux only; MP4's sample table makes it as cheap for hours as for seconds).
+
+    The header's duration is only a claim (an edited or half-written file lies); this is what decodes. None
+    when the seek fails or does not reach the end within `max_packets` (no index: the header stands).
+    """
+    import av
+
+    tb = stream.time_base
+    if tb is None:
+        return None
+    try:
+        container.seek(int(1e7 / tb), stream=stream, backward=True, any_frame=False)
+        end: float | None = None
+        for n, packet in enumerate(container.demux(stream)):
+            if n >= max_packets:
+                return None
+            if packet.pts is not None and packet.size:
+                end = max(end or 0.0, float((packet.pts + (packet.duration or 0)) * tb))
+    except (av.FFmpegError, OverflowError, ValueError):
+        return None
+    start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    return round(end - start, 6) if end is not None and end > start else None
+
+
+def _measured_duration(header: float | None, span: float | None) -> tuple[float | None, float | None]:
+    """(duration, the header's lie or None): the packets' span wins when the header is off by more than half
+    a second and 5 %; a header alone stands (a picture has no span worth trusting)."""
+    if header is None or span is None or abs(span - header) <= max(0.5, 0.05 * span):
+        return header, None
+    return span, header
+
+
+def check_unchanged(path: Path | str, probe: VideoProbe, operation: str = "read") -> None:
+    """Raise MediaError when the file is not the version `probe` read (a recording still growing, a file
+    replaced mid-run): what was decided, made or hashed from the old one must not meet the new one's bytes.
+    A probe record without `mtime_ns` (an older record) is checked on size alone."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise MediaError(path, operation, f"the file went away after its probe ({e.strerror or e})") from None
+    if st.st_size != probe.size_bytes or (probe.mtime_ns is not None and st.st_mtime_ns != probe.mtime_ns):
+        raise MediaError(
+            path, operation, f"the file changed after its probe ({probe.size_bytes} -> {st.st_size} bytes): still "
+            "being written or replaced; nothing was sent, run again once it is complete",
+        )
 
 
 def file_has_audio(path: Path | str) -> bool:
@@ -475,6 +530,7 @@ class MediaTool(BaseModel):
         path = Path(path)
         self._require_file(path, "probe")
         self._count()
+        mtime_ns = path.stat().st_mtime_ns  # before reading: a change while probing shows as a newer mtime
         info = _probe_in_process(path) if self.ffprobe == "auto" else self._probe_process(path)
         streams = info.get("streams", [])
         fmt = info.get("format", {})
@@ -486,14 +542,16 @@ class MediaTool(BaseModel):
             kind = "audio only" if has_audio else f"streams: {[s.get('codec_type') for s in streams] or 'none'}"
             raise MediaError(path, "probe", f"no video stream ({kind})")
         video = videos[0]
-        duration = _positive(video.get("duration")) or _positive(fmt.get("duration"))
+        header = _positive(video.get("duration")) or _positive(fmt.get("duration"))
+        duration, lied = _measured_duration(header, _positive(video.get("packet_span")))
         if duration is None:
             fmt_name = str(fmt.get("format_name", ""))
             if fmt_name.endswith("_pipe") or fmt_name == "image2":  # a picture (png_pipe, jpeg_pipe ...)
                 raise MediaError(path, "probe", f"a still image ({fmt_name}), not a video")
             raise MediaError(path, "probe", "zero or unknown duration (not a playable video)")
         width, height = int(video.get("width") or 0), int(video.get("height") or 0)
-        if abs(_rotation(video)) % 180 == 90:
+        rotation = _rotation(video)
+        if abs(rotation) % 180 == 90:
             width, height = height, width
         fps = _ratio(video.get("avg_frame_rate")) or _ratio(video.get("r_frame_rate"))
         gop = _keyframe_interval(info.get("packets", []), int(video.get("index", 0)))
@@ -509,6 +567,9 @@ class MediaTool(BaseModel):
             has_audio=has_audio,
             size_bytes=path.stat().st_size,
             format_name=str(fmt.get("format_name", "")),
+            rotation_deg=rotation,
+            header_duration_sec=round(lied, 6) if lied is not None else None,
+            mtime_ns=mtime_ns,
             **extra,
         )
         with self._lock:
@@ -640,7 +701,10 @@ class MediaTool(BaseModel):
         info = probe or self.probe(path)
         small = self.max_side is None or max(info.width, info.height) <= self.max_side
         slow = self.fps is None or (0 < info.fps <= self.fps + 0.01)
-        as_is = path.suffix.lower() in PASSTHROUGH_CONTAINERS and info.video_codec in PASSTHROUGH_CODECS
+        # a rotated picture goes upright (ffmpeg applies the display matrix when it re-encodes: a model may not);
+        # a header that lies about the length is re-muxed, so the model reads the length the packets have
+        as_is = (path.suffix.lower() in PASSTHROUGH_CONTAINERS and info.video_codec in PASSTHROUGH_CODECS
+                 and not info.rotation_deg and info.header_duration_sec is None)
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
         extra: dict[str, Any] = {"force_key_frames": ",".join(_num(t) for t in keyframes)} if keyframes else {}

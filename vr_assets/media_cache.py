@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vr_assets.config import Spec
-from vr_assets.media import MediaTool, choose_chunk_duration, frame_times, plan_chunks
+from vr_assets.media import MediaError, MediaTool, check_unchanged, choose_chunk_duration, frame_times, plan_chunks
 from vr_assets.records import VideoProbe
 
 
@@ -101,7 +101,8 @@ def media_lock(cache: Path, *, wait: bool = True) -> Iterator[bool]:
 def _copy_path(spec: Spec, tool: MediaTool, probe: VideoProbe, cache: Path) -> tuple[Path, list[float]]:
     keyframes = copy_keyframes(spec, probe.duration_sec)
     sound = (tool.audio_kbps,) if tool.audio else ()  # absent when dropped: earlier copies keep their names
-    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes, *sound)}.mp4"
+    version = (probe.mtime_ns,) if probe.mtime_ns is not None else ()  # a replaced file of the same size too
+    name = f"video-{code_version(tool.max_side, tool.fps, probe.size_bytes, keyframes, *sound, *version)}.mp4"
     return cache / name, keyframes
 
 
@@ -147,7 +148,17 @@ def step0_media(
     out, keyframes = _copy_path(spec, tool, probe, cache)
 
     def copy() -> Path:
-        return out if out.exists() else tool.prepare_video(src, out, probe, keyframes=keyframes)
+        if out.exists():
+            return out
+        check_unchanged(src, probe, "prepare video")  # decided on this version: make the copy from it
+        made = tool.prepare_video(src, out, probe, keyframes=keyframes)
+        try:
+            check_unchanged(src, probe, "prepare video")  # and ffmpeg read that version only
+        except MediaError:
+            if made != src:
+                made.unlink(missing_ok=True)  # a copy that may mix two versions is never sent
+            raise
+        return made
 
     if probe.duration_sec <= wf.long_video_threshold_sec or one_upload_per_video(spec):
         return "video", [copy()]

@@ -55,7 +55,7 @@ class VideoSource(Record):
 
 FindingKind = Literal[
     "dangling_symlink", "symlink_loop", "folder", "symlinked_folder", "unreadable_folder", "not_a_file",
-    "same_file", "bad_jsonl_line",
+    "same_file", "bad_jsonl_line", "duplicate_entry",
 ]
 
 
@@ -105,6 +105,13 @@ class VideoProbe(Record):
     format_name: str = ""
     keyframe_interval_sec: float | None = None
     start_time_sec: float = 0.0
+    rotation_deg: int = Field(0, description="display rotation (phone videos); width/height are as shown")
+    header_duration_sec: float | None = Field(
+        None, description="the container's duration when its packets said otherwise (a lying header): "
+        "duration_sec is then the packets' span, and the copy the model sees is re-muxed",
+    )
+    mtime_ns: int | None = Field(None, description="the file's modification time when probed: a file that "
+                                 "changes after its probe fails instead of mixing two versions")
 
 
 # ---------------------------------------------------------------- provider usage

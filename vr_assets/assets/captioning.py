@@ -33,7 +33,7 @@ from vr_assets.assets.common import (
 from vr_assets.call_cache import CachedModel
 from vr_assets.checks import CAPTION_SPECS, CHUNK_SPECS, check_captions, check_chunks
 from vr_assets.fsnames import printable
-from vr_assets.media import MediaError, MediaTool, video_mime, video_workdir
+from vr_assets.media import MediaError, MediaTool, check_unchanged, video_mime, video_workdir
 from vr_assets.media_cache import audio_version, chunk_plan, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.providers import MediaRef, ModelAnswer
@@ -189,6 +189,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
             cut_from = "prepared copy, stream copy" if clips is not None else "source, one re-encoding pass"
             try:
                 if clips is None:
+                    check_unchanged(video.path, captions.probe, "cut chunks")  # the version steps 0 and 1a saw
                     clips = tool.cut_chunks(Path(video.path), plan, work)
             except (MediaError, OSError) as e:
                 raise media_failure(video, e) from e

@@ -21,7 +21,7 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.fsnames import printable
-from vr_assets.media import MIN_CHUNK_SEC, MediaError
+from vr_assets.media import MIN_CHUNK_SEC, MediaError, check_unchanged
 from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.partitions import videos_partitions
 from vr_assets.records import FilterResult
@@ -87,6 +87,10 @@ def build(pipe: Pipeline) -> AssetsDefinition:
                 )
             except ScreeningError as e:
                 raise Failure(description=str(e)) from None
+            try:  # answers about the version probed, or none: a source sent as it is was read again by the call
+                check_unchanged(video.path, probe, "screen")
+            except MediaError as e:
+                raise media_failure(video, e) from e
             if asked.is_valid is False:
                 model.discard(key)  # no later step looks at it: its upload goes now
             result = FilterResult(

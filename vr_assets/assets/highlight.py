@@ -18,7 +18,7 @@ from vr_assets.assets.common import (
     usage_metadata,
 )
 from vr_assets.checks import HIGHLIGHT_SPECS, check_highlight
-from vr_assets.media import MediaError, highlight_window, video_mime, video_workdir
+from vr_assets.media import MediaError, check_unchanged, highlight_window, video_mime, video_workdir
 from vr_assets.media_cache import audio_version, code_version, one_upload_per_video
 from vr_assets.parsing import parse_timestamp
 from vr_assets.partitions import videos_partitions
@@ -115,6 +115,8 @@ def build(pipe: Pipeline) -> AssetsDefinition:
                 try:
                     # step 0's small 2 fps copy when it is still there: far less to decode than the source
                     src = prepared_copy(pipe, video, captions.probe, tool) or Path(video.path)
+                    if src == Path(video.path):
+                        check_unchanged(src, captions.probe, "cut clip")  # the version the earlier steps saw
                     clip = tool.cut_clip(src, start, end, work / "highlight.mp4")
                 except (MediaError, OSError) as e:
                     raise media_failure(video, e) from e

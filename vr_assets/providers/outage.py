@@ -274,6 +274,56 @@ def open_breakers(directory: str | Path, now: float | None = None) -> list[str]:
     return lines
 
 
+class BreakerWatch:
+    """Console lines from the host-wide breaker files the runs' processes share: one when an endpoint's
+    breaker opens (calls wait), one when it closes (how long it was down). A thread of the CLI polls them
+    every `every_s`, so the wait shows where the person running `vr-annotate run` looks."""
+
+    def __init__(self, directory: str | Path, say: Callable[[str], None], every_s: float = 0.25) -> None:
+        self.directory = Path(directory)
+        self.say = say
+        self.every_s = every_s
+        self.lines: list[str] = []
+        self._open: dict[Path, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="breaker-watch", daemon=True)
+
+    def poll(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for p in sorted(self.directory.glob("*.breaker")):
+            try:
+                st = BreakerState.model_validate_json(p.read_text() or "{}")
+            except (OSError, ValidationError):
+                continue
+            was = self._open.get(p)
+            endpoint = st.endpoint or p.stem
+            if st.opened_at is not None and was != st.opened_at:
+                self._open[p] = st.opened_at
+                self._say(f"teacher endpoint {endpoint} down since {_utc(st.opened_at)} ({st.failures} consecutive "
+                          f"failures, last: {st.last_error[:160]}): calls wait, a probe goes out now and then")
+            elif st.opened_at is None and was is not None:
+                del self._open[p]
+                self._say(f"teacher endpoint {endpoint} back after {max(0.0, now - was):.0f} s down: calls resume")
+
+    def _say(self, line: str) -> None:
+        self.lines.append(line)
+        self.say(line)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def __enter__(self) -> BreakerWatch:
+        self.poll()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # a breaker that closed since the last look
+
+
 # ---------------------------------------------------------------- fatal rejections
 
 
@@ -350,6 +400,7 @@ def clear_provider_fatal(results_dir: str | Path) -> bool:
 
 
 __all__ = [
+    "BreakerWatch",
     "BreakerState",
     "CircuitBreaker",
     "FATAL_FILE",
