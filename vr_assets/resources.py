@@ -15,6 +15,7 @@ from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimi
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
 from vr_assets.providers import UsageLedger, get_model, provider_fatal_file
+from vr_assets.providers.batch import batch_book_for
 
 KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
 
@@ -125,7 +126,8 @@ class TeacherResource(ConfigurableResource):
             upload_registry=upload_registry_for(spec.results_dir),
             fatal_file=provider_fatal_file(spec.results_dir),
         )
-        return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint())
+        return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint(),
+                           tier_of=spec.workflow.tier_of, batch_book=batch_book_for(spec.results_dir))
 
 
 def _key_env(role: str, ms: ModelSpec) -> str:
