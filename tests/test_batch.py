@@ -148,3 +148,100 @@ def test_a_tier_the_endpoint_does_not_offer_fails_loading(tmp_path: Path) -> Non
     ok = parse_spec({"llm": {**vllm, "openai": {"base_url": "http://x/v1", "batch_api": True}},
                      "workflow": {"tier": {"3": "batch"}}}, "t", tmp_path)
     assert ok.workflow.tier == {"qa": "batch"}
+
+
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+def test_a_step_on_the_batch_tier_waits_holding_nothing_and_is_paid_once(
+    backend: str, make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """description and qa on the batch tier, one video, MCQ only, on a real Dagster instance:
+    run 1 materializes steps 0-1c and ends without description (waiting, nothing downstream, an observation
+    says so); the sensor submits, sees the batch PENDING, then stores the answer and requests description and
+    after; that run answers description from the cache and ends with qa waiting; qa's entry fails once in its
+    batch and goes into the next one; then the run completes. No call of steps 2 or 3 goes to the live
+    endpoint, each is in the ledger once, ok, at half price."""
+    from dagster import AssetKey, DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+
+    from vr_assets.graph import PER_VIDEO_ASSETS, build_definitions
+    from vr_assets.partitions import videos_partitions
+    from vr_assets.providers.batch import batch_book_for
+    from vr_assets.sensors import sync_partitions
+
+    env = make_pipeline(backend, batch_delay_s=0.3)
+    fake = env.fake
+    env.add_video(synthetic_videos["short_mp4"], "cam/a.mp4")
+    model = "gemini-test" if backend == "gemini" else "test-vl"
+    llm_opt = {} if backend == "gemini" else {"llm": {"openai": {"batch_api": True}}}
+    spec = env.spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "tier": {"description": "batch", "qa": "batch"},
+                              "batch": {"max_wait_s": 0}},
+                    prices={model: {"input_per_mtok": 1.0, "output_per_mtok": 4.0}}, **llm_opt)
+    (key,), _ = sync_partitions(spec, set())
+    (tmp_path / "home").mkdir()
+    instance = DagsterInstance.local_temp(str(tmp_path / "home"))
+    instance.add_dynamic_partitions(videos_partitions.name, [key])
+    defs = build_definitions(spec)
+    graph = [*defs.assets, *defs.asset_checks]
+    sensor = defs.resolve_sensor_def("provider_batches")
+    live_route = "generateContent" if backend == "gemini" else "chat.completions"
+
+    def materialized(asset: str) -> bool:
+        return instance.get_latest_materialization_event(AssetKey(asset)) is not None
+
+    def run(selection: list[str]) -> None:
+        got = materialize(graph, partition_key=key, resources=defs.resources, instance=instance, selection=selection)
+        assert got.success
+
+    def tick() -> SensorResult | SkipReason:
+        return sensor(build_sensor_context(instance=instance, definitions=defs))
+
+    run(list(PER_VIDEO_ASSETS))
+    assert materialized("highlight") and not materialized("description") and not materialized("qa")
+    live_calls = fake.counts[live_route]
+    book = batch_book_for(spec.results_dir)
+    (entry,) = book.entries()
+    assert (entry.video_key, entry.step, entry.state) == (key, "2", "queued")
+    obs = instance.fetch_observations(AssetKey("description"), limit=5).records
+    assert obs and obs[0].asset_observation is not None
+    assert obs[0].asset_observation.metadata["batch"].value == "waiting"
+
+    def through_batch(step: str, failures: int = 0) -> list[str]:
+        """Ticks until the sensor asks for a run; the selection it asked for."""
+        fake.batch_entry_failures = failures
+        first = tick()
+        assert isinstance(first, SensorResult) and not first.run_requests  # submitted, nothing to run yet
+        assert {e.metadata["batch_state"].value for e in first.asset_events} == {"submitted"}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            got = tick()
+            if isinstance(got, SensorResult) and got.run_requests:
+                (req,) = got.run_requests
+                assert req.partition_key == key
+                return [k.to_user_string() for k in req.asset_selection or []]
+        raise AssertionError(f"step {step}: no run requested; entries {book.entries()}")
+
+    assert through_batch("2") == ["description", "qa", "task_exports"]
+    run(["description", "qa", "task_exports"])
+    assert materialized("description") and not materialized("qa")
+    assert through_batch("3", failures=1) == ["qa", "task_exports"]  # resubmitted once, answered the second time
+    run(["qa", "task_exports"])
+    assert materialized("qa") and materialized("task_exports")
+    assert fake.counts[live_route] == live_calls  # steps 2 and 3 never went to the live endpoint
+    assert book.entries() == [] and all(j.done for j in book.jobs()) and len(book.jobs()) == 3
+
+    ledger = UsageLedger(Path(spec.results_dir) / "usage").entries()
+    late = [e for e in ledger if e.usage.step in ("2", "3")]
+    # the entry the provider failed carried no answer and no usage: nothing billed, nothing in the ledger
+    assert [(e.usage.step, e.ok, e.usage.tier) for e in late] == [("2", True, "batch"), ("3", True, "batch")]
+    assert [(j.succeeded, j.failed) for j in book.jobs()] == [(1, 0), (0, 1), (1, 0)]
+    price = spec.prices[model]
+    for e in late:
+        full = cost_usd(price, e.usage.prompt_tokens, e.usage.output_tokens, e.usage.thinking_tokens)
+        assert e.usage.cost_usd == pytest.approx(full / 2)
+    # the step's own metadata reports the batch call once, with its cost (it was asked ahead of the step)
+    meta = instance.get_latest_materialization_event(AssetKey("description")).asset_materialization.metadata
+    assert meta["model_calls"].value == 1 and meta["cached_calls"].value == 0
+    assert meta["cost_usd"].value == pytest.approx(late[0].usage.cost_usd)
+    # a re-run is answered from the cache, paying nothing
+    run(["description", "qa"])
+    assert len(UsageLedger(Path(spec.results_dir) / "usage").entries()) == len(ledger)

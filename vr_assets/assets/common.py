@@ -106,7 +106,7 @@ def end_for_batch(context: AssetExecutionContext, asset: str, wait: BatchWait) -
         asset_key=AssetKey(asset), partition=context.partition_key,
         metadata={"batch": "waiting", "waiting_calls": wait.waiting, "calls": wait.calls},
     ))
-    context.instance.add_run_tags(context.run_id, {"vr/batch": f"{asset}: {wait.waiting} call(s) waiting"})
+    context.instance.add_run_tags(context.run.run_id, {"vr/batch": f"{asset}: {wait.waiting} call(s) waiting"})
 
 
 def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:
