@@ -203,6 +203,10 @@ def test_a_step_on_the_batch_tier_waits_holding_nothing_and_is_paid_once(
     obs = instance.fetch_observations(AssetKey("description"), limit=5).records
     assert obs and obs[0].asset_observation is not None
     assert obs[0].asset_observation.metadata["batch"].value == "waiting"
+    from vr_assets.outcomes import outcome_summary
+
+    (outcome,) = outcome_summary(spec.results_dir, {}).outcomes
+    assert (outcome.kind, outcome.reason) == ("not_run", "description waits for the next batch")
 
     def through_batch(step: str, failures: int = 0) -> list[str]:
         """Ticks until the sensor asks for a run; the selection it asked for."""
@@ -245,3 +249,21 @@ def test_a_step_on_the_batch_tier_waits_holding_nothing_and_is_paid_once(
     # a re-run is answered from the cache, paying nothing
     run(["description", "qa"])
     assert len(UsageLedger(Path(spec.results_dir) / "usage").entries()) == len(ledger)
+
+
+def test_the_estimate_prices_flex_and_batch_steps_at_half(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    from vr_assets.estimate import estimate
+
+    env = make_pipeline("gemini")
+    env.add_video(synthetic_videos["short_mp4"], "a.mp4")
+    prices = {"gemini-test": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}}
+    plain = {s.step: s.usd for s in estimate(env.spec(prices=prices), use_ledger=False).steps}
+    tiered = estimate(env.spec(prices=prices, workflow={"tier": {"qa": "batch", "captions": "flex"}}),
+                      use_ledger=False)
+    cheap = {s.step: s.usd for s in tiered.steps}
+    assert plain["3"] > 0 and cheap["3"] == pytest.approx(plain["3"] / 2, abs=2e-6)
+    assert plain["1a"] > 0 and cheap["1a"] == pytest.approx(plain["1a"] / 2, abs=2e-6)
+    assert cheap["2"] == plain["2"] and cheap["0"] == plain["0"]
+    assert env.calls() == 0
