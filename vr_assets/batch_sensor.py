@@ -5,6 +5,8 @@ is held while a batch is out (hours, at most 24 h for both providers)."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 from dagster import (
     AssetKey,
@@ -50,9 +52,9 @@ def build_batch_sensor(spec: Spec, job: JobDefinition):  # noqa: ANN201 (dagster
     )
     def provider_batches(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         book = batch_book_for(spec.results_dir)
-        if not book.root.is_dir():
-            return SkipReason("no step is on the batch tier, or none has waited yet")
         before = {e.key: (e.video_key, e.asset) for e in book.entries()}
+        if not before and all(j.done for j in book.jobs()):
+            return SkipReason("no call waits for a batch")
         report = tick(spec, book)
         by_job: dict[str, set[tuple[str, str]]] = {}
         for e in book.entries():
@@ -77,3 +79,22 @@ def build_batch_sensor(spec: Spec, job: JobDefinition):  # noqa: ANN201 (dagster
 
     return provider_batches
 
+
+
+def main_batches(spec: Spec, *, wait: bool = False, say: Callable[[str], None] = print) -> int:
+    """`vr-annotate batches`: the sensor's work without the UI; `wait`: until no call waits. The videos whose
+    answers came in are finished by the next `vr-annotate run` (it runs their missing steps, from the cache)."""
+    book = batch_book_for(spec.results_dir)
+    ready: set[tuple[str, str]] = set()
+    while True:
+        report = tick(spec, book)
+        for j in [*report.polled, *report.submitted]:
+            say(f"batch {j.id} ({j.provider}/{j.model}): {j.state}, {len(j.keys)} call(s), {j.succeeded} answered, "
+                f"{j.failed} failed")
+        ready.update(report.ready)
+        if not wait or report.waiting == 0:
+            break
+        time.sleep(spec.workflow.batch.poll_interval_s)
+    say(f"{report.waiting} call(s) waiting; answers in for {len(ready)} video step(s)"
+        + (": `vr-annotate run` finishes them" if ready else ""))
+    return 0

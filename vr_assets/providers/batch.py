@@ -21,10 +21,9 @@ import importlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vr_assets.config import TIER_STEPS, Spec
 from vr_assets.providers.base import Attempt, BadOutput, ModelAnswer, ModelCall, ProviderError, parse_structured
+from vr_assets.shared_state import Records, coordinator
 
 log = logging.getLogger(__name__)
 
@@ -103,54 +103,43 @@ class BatchJob(BaseModel):
 
 
 class BatchBook:
-    """The outbox and the submitted batches, as files under one folder (one host)."""
+    """The outbox and the submitted batches: records of the shared-state coordinator (`vr_assets.shared_state`),
+    so files under the results folder on one host, rows beside Dagster's when the instance is on Postgres."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.entries_dir = root / "entries"
-        self.jobs_dir = root / "jobs"
 
-    def _entry_path(self, key: str) -> Path:
-        return self.entries_dir / f"{key}.json"
+    @property
+    def _entries(self) -> Records:
+        return coordinator().records("batch_entries", self.root / "entries")
 
-    def _job_path(self, job_id: str) -> Path:
-        return self.jobs_dir / (job_id.replace("/", "_") + ".json")
+    @property
+    def _jobs(self) -> Records:
+        return coordinator().records("batch_jobs", self.root / "jobs")
 
-    @staticmethod
-    def _write(path: Path, text: str, *, exclusive: bool = False) -> bool:
-        """Whole file or nothing; `exclusive`: only if absent (two runs queueing one call write it once)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            if not exclusive:
-                os.replace(tmp, path)
-                return True
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """One tick at a time (the UI's sensor and `vr-annotate batches`, any host): a batch is submitted once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with coordinator().lock("batch-tick", self.root / ".tick.lock"):
+            yield
 
     def queue(self, entry: BatchEntry) -> bool:
-        """True when this call was not waiting yet."""
-        return self._write(self._entry_path(entry.key), entry.model_dump_json(), exclusive=True)
+        """True when this call was not waiting yet (two runs queueing one call write it once)."""
+        return self._entries.add(entry.key, entry.model_dump_json())
 
     def entry(self, key: str) -> BatchEntry | None:
+        raw = self._entries.get(key)
         try:
-            return BatchEntry.model_validate_json(self._entry_path(key).read_text())
-        except (FileNotFoundError, ValueError):
+            return BatchEntry.model_validate_json(raw) if raw else None
+        except ValueError:
             return None
 
     def save(self, entry: BatchEntry) -> None:
-        self._write(self._entry_path(entry.key), entry.model_dump_json())
+        self._entries.put(entry.key, entry.model_dump_json())
 
     def drop(self, key: str) -> None:
-        self._entry_path(key).unlink(missing_ok=True)
+        self._entries.delete(key)
 
     def take_failure(self, key: str) -> str | None:
         """The provider's last word on a call that failed in every batch it went into; taken once, so a later
@@ -162,25 +151,27 @@ class BatchBook:
         return e.error
 
     def entries(self) -> list[BatchEntry]:
+        records = self._entries
         out = []
-        for p in sorted(self.entries_dir.glob("*.json")) if self.entries_dir.is_dir() else []:
-            try:
-                out.append(BatchEntry.model_validate_json(p.read_text()))
-            except ValueError:
-                continue
+        for name in records.names():
+            e = self.entry(name)
+            if e is not None:
+                out.append(e)
         return out
 
     def jobs(self) -> list[BatchJob]:
+        records = self._jobs
         out = []
-        for p in sorted(self.jobs_dir.glob("*.json")) if self.jobs_dir.is_dir() else []:
+        for name in records.names():
+            raw = records.get(name)
             try:
-                out.append(BatchJob.model_validate_json(p.read_text()))
+                out.append(BatchJob.model_validate_json(raw or ""))
             except ValueError:
                 continue
         return sorted(out, key=lambda j: j.submitted_at)
 
     def save_job(self, job: BatchJob) -> None:
-        self._write(self._job_path(job.id), job.model_dump_json())
+        self._jobs.put(job.id.replace("/", "_"), job.model_dump_json())
 
 
 def batch_book_for(results_dir: str) -> BatchBook:
@@ -290,6 +281,11 @@ class TickReport(BaseModel):
 def tick(spec: Spec, book: BatchBook, *, now: float | None = None,
          teacher_for: Callable[[str], Any] | None = None) -> TickReport:
     """Submit what is due, poll what is in flight, store the answers, say which steps can run again."""
+    with book.ticking():
+        return _tick(spec, book, now, teacher_for)
+
+
+def _tick(spec: Spec, book: BatchBook, now: float | None, teacher_for: Callable[[str], Any] | None) -> TickReport:
     from vr_assets.call_cache import spec_teacher
 
     now = time.time() if now is None else now
