@@ -232,6 +232,10 @@ def test_a_step_on_the_batch_tier_waits_holding_nothing_and_is_paid_once(
     assert materialized("qa") and materialized("task_exports")
     assert fake.counts[live_route] == live_calls  # steps 2 and 3 never went to the live endpoint
     assert book.entries() == [] and all(j.done for j in book.jobs()) and len(book.jobs()) == 3
+    if isinstance(fake, FakeGemini):  # batch input and results files deleted once stored
+        assert not [f for f in fake.uploaded.values() if not f.deleted and not f.mime_type.startswith("video/")]
+    else:
+        assert not [f for f in fake.files.values() if f.purpose == "batch"]
 
     ledger = UsageLedger(Path(spec.results_dir) / "usage").entries()
     late = [e for e in ledger if e.usage.step in ("2", "3")]

@@ -214,15 +214,26 @@ def _poll_gemini(teacher: Any, job: BatchJob) -> tuple[str, dict[str, Attempt | 
             else:
                 resp = types.GenerateContentResponse._from_response(response=row.get("response") or {}, kwargs={})
                 results[key] = read_response(resp)
-        teacher.client.files.delete(name=got.dest.file_name)
-    if job.input_file:
-        try:
-            teacher.client.files.delete(name=job.input_file)
-        except Exception as err:  # noqa: BLE001 - the service drops files after 48 h anyway
-            log.info("could not delete batch input %s: %s", job.input_file, err)
     for key in job.keys:
         results.setdefault(key, f"batch {job.id} ended {state} without an answer for this entry")
     return state, results
+
+
+def _drop_files(teacher: Any, job: BatchJob) -> None:
+    """A finished batch's files, once its answers are stored: the input and (Gemini) the results file; OpenAI's
+    output and error files stay in the account's file list until deleted there."""
+    names = [job.input_file]
+    if teacher.provider == "gemini":
+        got = teacher.client.batches.get(name=job.id)
+        names.append(got.dest.file_name if got.dest is not None and got.dest.file_name else "")
+    for name in filter(None, names):
+        try:
+            if teacher.provider == "gemini":
+                teacher.client.files.delete(name=name)
+            else:
+                teacher.client.files.delete(name)
+        except Exception as err:  # noqa: BLE001 - Gemini drops files after 48 h anyway; never fail a tick on it
+            log.info("could not delete batch file %s: %s", name, err)
 
 
 def _submit_openai(teacher: Any, entries: list[BatchEntry], label: str) -> tuple[str, str]:
@@ -326,6 +337,8 @@ def _tick(spec: Spec, book: BatchBook, now: float | None, teacher_for: Callable[
                     report.requeued += 1
                 book.save(entry)
         book.save_job(job)
+        if job.done:
+            _drop_files(teacher, job)
         report.polled.append(job)
     waiting = [e for e in book.entries() if e.state == "queued"]
     groups: dict[str, list[BatchEntry]] = {}
