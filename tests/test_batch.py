@@ -128,6 +128,8 @@ def test_flex_goes_on_the_wire_at_half_price(backend: str, tmp_path: Path, clean
     route = "generateContent" if backend == "gemini" else "chat.completions"
     tiers = [(r.json or {}).get("serviceTier" if backend == "gemini" else "service_tier") for r in fake.records(route)]
     assert tiers == [None, "flex"]
+    if backend == "gemini":  # a flex request may take long: its own timeout (flex_timeout_s, 900 s)
+        assert [r.headers.get("x-server-timeout") for r in fake.records(route)] == ["120", "900"]
     price = spec.prices[model]
     assert std.usage.cost_usd == cost_usd(price, std.usage.prompt_tokens, std.usage.output_tokens, 0) > 0
     assert flex.usage.cost_usd == pytest.approx(std.usage.cost_usd / 2)
@@ -271,3 +273,32 @@ def test_the_estimate_prices_flex_and_batch_steps_at_half(
     assert plain["1a"] > 0 and cheap["1a"] == pytest.approx(plain["1a"] / 2, abs=2e-6)
     assert cheap["2"] == plain["2"] and cheap["0"] == plain["0"]
     assert env.calls() == 0
+
+
+def test_an_entry_failed_in_every_batch_fails_its_step_once_then_waits_again(
+    tmp_path: Path, clean_providers: None, fake_gemini: FakeGemini
+) -> None:
+    from vr_assets.call_cache import spec_teacher
+    from vr_assets.providers import ProviderError
+    from vr_assets.providers.batch import WaitingForBatch, batch_book_for, tick
+
+    spec = parse_spec({"llm": {"gemini": {"base_url": fake_gemini.base_url, "api_key": KEY, "model": "gemini-test"}},
+                       "results_dir": str(tmp_path), "workflow": {"tier": {"qa": "batch"},
+                                                                  "batch": {"max_wait_s": 0, "max_resubmits": 1}}},
+                      "t", tmp_path)
+    model = spec_teacher(spec, "llm")
+    call = ModelCall(step="3", prompt_key="mcq", video_key="v1", prompt="Ask one question about a dock.")
+    (first,) = model.generate_many([call])
+    assert isinstance(first, WaitingForBatch) and "waits for a batch (queued)" in str(first)
+    book = batch_book_for(spec.results_dir)
+    fake_gemini.batch_entry_failures = 2  # the first batch and the one it is resubmitted in
+    reports = [tick(spec, book) for _ in range(4)]  # submit, fail + resubmit, fail for good, nothing left
+    assert [len(r.submitted) for r in reports] == [1, 1, 0, 0]
+    assert [(r.requeued, r.failed) for r in reports] == [(0, 0), (1, 0), (0, 1), (0, 0)]
+    assert reports[2].ready == [("v1", "qa")]  # the step runs again, to fail with the provider's word
+    (failed,) = model.generate_many([call])
+    assert isinstance(failed, ProviderError) and not isinstance(failed, WaitingForBatch)
+    assert "failed in batch" in str(failed) and "INTERNAL" in str(failed)
+    (again,) = model.generate_many([call])  # a later run queues it afresh
+    assert isinstance(again, WaitingForBatch)
+    assert fake_gemini.counts["generateContent"] == 0 and fake_gemini.counts["batches.create"] == 2

@@ -100,6 +100,11 @@ class ModelSpec(SpecModel):
         "counts its storage for this long. An expired cache is recreated once when a later call needs it",
     )
 
+    flex_timeout_s: float = Field(
+        900.0, gt=0, description="seconds per request of a step on the flex tier (workflow.tier), instead of "
+        "<gemini|openai>.timeout when that is shorter: flex answers with variable latency (OpenAI advises 15 min)",
+    )
+
     @property
     def model_name(self) -> str:
         return self.gemini.model if self.backend == "gemini" else self.openai.model_name

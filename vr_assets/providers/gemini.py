@@ -549,7 +549,7 @@ class GeminiTeacher(BaseTeacher):
             cached_content=cache.name if cache is not None else None,
             response_mime_type="application/json" if call.schema_model is not None else None,
             response_schema=call.schema_model,
-            http_options=types.HttpOptions(timeout=self._timeout_ms),
+            http_options=types.HttpOptions(timeout=self._timeout_for(call)),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             service_tier=types.ServiceTier.FLEX if call.tier == "flex" else None,
         )
@@ -558,6 +558,11 @@ class GeminiTeacher(BaseTeacher):
             model=s.model, contents=[types.Content(role="user", parts=parts)], config=config
         )
         return read_response(resp)
+
+    def _timeout_for(self, call: ModelCall) -> int:
+        if call.tier != "flex":
+            return self._timeout_ms
+        return max(self._timeout_ms, int(round(self._spec.flex_timeout_s * 1000)))
 
     @property
     def client(self) -> genai.Client:

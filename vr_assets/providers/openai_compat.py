@@ -170,8 +170,9 @@ class OpenAITeacher(BaseTeacher):
 
     def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
         s = self._settings
+        timeout = max(s.timeout, self._spec.flex_timeout_s) if call.tier == "flex" else s.timeout
         resp = self._shared.client.chat.completions.create(
-            model=s.model_name, timeout=s.timeout, **self._body(call, prepared),
+            model=s.model_name, timeout=timeout, **self._body(call, prepared),
         )
         return read_completion(resp)
 
