@@ -302,3 +302,21 @@ def test_an_entry_failed_in_every_batch_fails_its_step_once_then_waits_again(
     (again,) = model.generate_many([call])  # a later run queues it afresh
     assert isinstance(again, WaitingForBatch)
     assert fake_gemini.counts["generateContent"] == 0 and fake_gemini.counts["batches.create"] == 2
+
+
+def test_the_outbox_is_shared_through_postgres(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the instance on Postgres, two hosts' books are one: a call queued on one is seen (and not queued
+    twice) on the other, and nothing is written under either results folder."""
+    from vr_assets.execution.instance import POSTGRES_URL_ENV
+    from vr_assets.providers.batch import BatchBook, BatchEntry
+
+    monkeypatch.setenv(POSTGRES_URL_ENV, pg_url)
+    a, b = BatchBook(tmp_path / "hostA" / "batch"), BatchBook(tmp_path / "hostB" / "batch")
+    call = ModelCall(step="2", prompt_key="normal_description", video_key="v", prompt="p")
+    assert a.queue(BatchEntry.of(call, "k1", "llm")) and not b.queue(BatchEntry.of(call, "k1", "llm"))
+    (seen,) = b.entries()
+    assert (seen.key, seen.asset, seen.call().prompt) == ("k1", "description", "p")
+    seen.state, seen.error = "failed", "HTTP 500"
+    b.save(seen)
+    assert a.take_failure("k1") == "HTTP 500" and b.entries() == []
+    assert not (tmp_path / "hostA" / "batch" / "entries").exists()
