@@ -320,3 +320,27 @@ def test_the_outbox_is_shared_through_postgres(pg_url: str, tmp_path: Path, monk
     b.save(seen)
     assert a.take_failure("k1") == "HTTP 500" and b.entries() == []
     assert not (tmp_path / "hostA" / "batch" / "entries").exists()
+
+
+def test_the_cli_road_waits_then_finishes_from_the_cache(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    """`vr-annotate run` with qa on the batch tier: its run (launched by the daemon, forked warm) ends with qa
+    waiting and says so; `vr-annotate batches --wait` submits, polls and stores; the next run finishes qa and
+    the dataset without a live call of step 3."""
+    from vr_assets.batch_sensor import main_batches
+
+    env = make_pipeline("gemini", batch_delay_s=0.2)
+    env.add_video(synthetic_videos["short_mp4"], "a.mp4")
+    spec = env.spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "tier": {"qa": "batch"},
+                              "batch": {"max_wait_s": 0, "poll_interval_s": 0.1}})
+    first = env.run(spec)
+    assert first.failed == {} and first.dataset_items in (0, None)
+    assert any("qa waits for the next batch" in line for line in env.log)
+    live = env.calls()
+    said: list[str] = []
+    assert main_batches(spec, wait=True, say=said.append) == 0
+    assert said[-1] == "0 call(s) waiting; answers in for 1 video step(s): `vr-annotate run` finishes them"
+    second = env.run(spec)
+    assert second.failed == {} and second.succeeded[:1] == ["a.mp4"] and second.dataset_items
+    assert env.calls() == live and env.fake.counts["batches.create"] == 1  # qa: one batch, no live call
