@@ -344,3 +344,26 @@ def test_the_cli_road_waits_then_finishes_from_the_cache(
     second = env.run(spec)
     assert second.failed == {} and second.succeeded[:1] == ["a.mp4"] and second.dataset_items
     assert env.calls() == live and env.fake.counts["batches.create"] == 1  # qa: one batch, no live call
+
+
+def test_nothing_is_submitted_once_the_budget_is_spent(
+    tmp_path: Path, clean_providers: None, fake_gemini: FakeGemini
+) -> None:
+    from vr_assets.call_cache import spec_teacher
+    from vr_assets.providers import ProviderError
+    from vr_assets.providers.batch import batch_book_for, tick
+    from vr_assets.records import CallUsage
+
+    spec = parse_spec({"llm": {"gemini": {"base_url": fake_gemini.base_url, "api_key": KEY, "model": "gemini-test"}},
+                       "results_dir": str(tmp_path), "budget_usd": 0.01,
+                       "workflow": {"tier": {"description": "batch"}, "batch": {"max_wait_s": 0}}}, "t", tmp_path)
+    UsageLedger(tmp_path / "usage").append(CallUsage(provider="gemini", model="gemini-test", step="1a",
+                                                     prompt_key="x", cost_usd=0.02), video_key="v0", ok=True)
+    model = spec_teacher(spec, "llm")
+    call = ModelCall(step="2", prompt_key="normal_description", video_key="v1", prompt="Describe it.")
+    model.generate_many([call])
+    report = tick(spec, batch_book_for(spec.results_dir))
+    assert report.submitted == [] and report.failed == 1 and report.ready == [("v1", "description")]
+    (got,) = model.generate_many([call])
+    assert isinstance(got, ProviderError) and "budget of $0.0100 is spent" in str(got)
+    assert fake_gemini.counts["batches.create"] == 0 and fake_gemini.counts["upload.start"] == 0

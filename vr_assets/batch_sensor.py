@@ -74,7 +74,7 @@ def build_batch_sensor(spec: Spec, job: JobDefinition):  # noqa: ANN201 (dagster
         live = [j.id for j in book.jobs() if not j.done]
         context.update_cursor(json.dumps({"waiting_calls": report.waiting, "live_batches": live}))
         if not runs and not events:
-            return SkipReason(f"{report.waiting} call(s) waiting, {len(live)} batch(es) in flight")
+            return SkipReason(f"{report.waiting} call(s) waiting, {len(live)} batch(es) in flight, no change")
         return SensorResult(run_requests=runs, asset_events=events)
 
     return provider_batches

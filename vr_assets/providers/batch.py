@@ -281,7 +281,7 @@ class TickReport(BaseModel):
     """What one tick did; the sensor turns it into runs, observations and log lines."""
 
     submitted: list[BatchJob] = Field(default_factory=list)
-    polled: list[BatchJob] = Field(default_factory=list)
+    polled: list[BatchJob] = Field(default_factory=list, description="batches whose state changed on this tick")
     answered: int = 0
     requeued: int = 0
     failed: int = 0
@@ -311,6 +311,7 @@ def _tick(spec: Spec, book: BatchBook, now: float | None, teacher_for: Callable[
         teacher = cached.model
         poll = _poll_gemini if teacher.provider == "gemini" else _poll_openai
         state, results = poll(teacher, job)
+        changed = state != job.state
         job.state = state
         if results is not None:
             job.done, job.finished_at = True, now
@@ -336,11 +337,21 @@ def _tick(spec: Spec, book: BatchBook, now: float | None, teacher_for: Callable[
                     entry.state, entry.batch_id = "queued", ""
                     report.requeued += 1
                 book.save(entry)
-        book.save_job(job)
+        if changed or job.done:
+            book.save_job(job)
+            report.polled.append(job)
         if job.done:
             _drop_files(teacher, job)
-        report.polled.append(job)
     waiting = [e for e in book.entries() if e.state == "queued"]
+    spent = _over_budget(spec)
+    if spent is not None and waiting:  # what a live call would refuse is not submitted either
+        for e in waiting:
+            e.state, e.error = "failed", spent
+            book.save(e)
+            touched.add((e.video_key, e.asset))
+        report.failed += len(waiting)
+        log.warning("%d batch call(s) not submitted: %s", len(waiting), spent)
+        waiting = []
     groups: dict[str, list[BatchEntry]] = {}
     for e in waiting:
         groups.setdefault(e.role, []).append(e)
@@ -371,6 +382,18 @@ def _tick(spec: Spec, book: BatchBook, now: float | None, teacher_for: Callable[
     report.waiting = sum(1 for e in left if e.state != "failed")
     report.ready = sorted(t for t in touched if t not in open_by_step)
     return report
+
+
+def _over_budget(spec: Spec) -> str | None:
+    """Why nothing may be submitted: the ledger shows `budget_usd` spent (None: go ahead)."""
+    if spec.budget_usd is None:
+        return None
+    from vr_assets.providers.usage import UsageLedger
+
+    spent = UsageLedger(Path(spec.results_dir) / "usage").spent_usd()
+    if spent < spec.budget_usd:
+        return None
+    return f"budget of ${spec.budget_usd:.4f} is spent (${spent:.4f} so far): not submitted"
 
 
 def _store_answer(cached: Any, entry: BatchEntry, got: Attempt, now: float) -> str | None:
