@@ -36,14 +36,20 @@ def _wait(fn: Any, timeout: float = 10.0) -> Any:
         time.sleep(0.05)
 
 
-def test_gemini_batch_protocol_with_the_real_sdk(fake_gemini: FakeGemini) -> None:
-    """JSONL through the Files API, batches.create on its name, PENDING until the delay is over, results file
-    keyed like the input; a failed entry is an error line; inline requests come back inline; cancel and list."""
+def test_gemini_batch_protocol_with_the_real_sdk(fake_gemini: FakeGemini, fakes_media: dict[str, Path]) -> None:
+    """JSONL through the Files API (a line may point at another uploaded file), batches.create on its name,
+    PENDING until the delay is over, results file keyed like the input; a failed entry is an error line; inline
+    requests come back inline; cancel and list."""
     fake_gemini.batch_delay_s = 0.4
     fake_gemini.batch_entry_failures = 1
+    fake_gemini.processing_polls = 0
     client = _gemini(fake_gemini)
+    with open(fakes_media["clip_a"], "rb") as fh:
+        video = client.files.upload(file=fh, config=types.UploadFileConfig(mime_type="video/mp4"))
     lines = [{"key": f"k{i}", "request": {"contents": [{"role": "user", "parts": [{"text": f"say {i}"}]}]}}
              for i in range(3)]
+    lines[2]["request"]["contents"][0]["parts"].insert(0, {"fileData": {"fileUri": video.uri,
+                                                                        "mimeType": "video/mp4"}})
     src = client.files.upload(file=io.BytesIO("\n".join(json.dumps(x) for x in lines).encode()),
                               config=types.UploadFileConfig(mime_type="jsonl", display_name="in"))
     job = client.batches.create(model="gemini-test", src=src.name,
@@ -59,6 +65,8 @@ def test_gemini_batch_protocol_with_the_real_sdk(fake_gemini: FakeGemini) -> Non
     assert len(failed) == 1 and failed[0]["error"]["code"] == 500
     ok = [r for r in rows if "response" in r]
     assert all(r["response"]["candidates"][0]["content"]["parts"][0]["text"] for r in ok)
+    with_video = next(r for r in rows if r["key"] == "k2")  # the entry failed on purpose is the first one
+    assert {d["modality"] for d in with_video["response"]["usageMetadata"]["promptTokensDetails"]} == {"TEXT", "VIDEO"}
     assert fake_gemini.counts["generateContent"] == 0  # nothing answered outside the batch
 
     inline = client.batches.create(model="gemini-test", src=[
