@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from vr_assets.providers import (
     provider_fatal_file,
 )
 from vr_assets.providers.base import KeyedLocks
+from vr_assets.providers.batch import BatchBook, BatchEntry, WaitingForBatch, batch_book_for
 from vr_assets.shared_state import coordinator
 from vr_assets.storage import reporting_disk_full
 from vr_assets.store import atomic_write_text
@@ -62,10 +64,16 @@ _in_flight = KeyedLocks()
 class CachedModel:
     """Wraps a TeacherModel; same generate/generate_many/release surface."""
 
-    def __init__(self, model: TeacherModel, cache_dir: Path, settings_fingerprint: str) -> None:
+    def __init__(
+        self, model: TeacherModel, cache_dir: Path, settings_fingerprint: str, *,
+        tier_of: Callable[[str], str] | None = None, batch_book: BatchBook | None = None,
+    ) -> None:
+        """`tier_of`: a step id's price tier (workflow.tier); `batch_book`: where batch-tier calls wait."""
         self.model = model
         self.cache_dir = cache_dir
         self.settings_fingerprint = settings_fingerprint
+        self.tier_of = tier_of
+        self.batch_book = batch_book
 
     @property
     def provider(self) -> str:
@@ -149,10 +157,16 @@ class CachedModel:
     def generate_many(self, calls: list[ModelCall], *, ahead: bool = False) -> list[ModelAnswer | ProviderError]:
         """Answers in call order. `ahead`: asked before the step that needs them (vr-annotate's prefetch);
         the step's own lookup then reports each fresh answer as its call, with its cost, once."""
+        if self.tier_of is not None:
+            calls = [c if c.tier != "standard" else c.model_copy(update={"tier": self.tier_of(c.step)})
+                     for c in calls]
         keys = [self.key_for(c) for c in calls]
         out: list[ModelAnswer | ProviderError | None] = [
             self._lookup(c, k, claim=not ahead) for c, k in zip(calls, keys, strict=True)
         ]
+        for i, c in enumerate(calls):
+            if out[i] is None and c.tier == "batch":  # never sent from here: the batch sensor sends it
+                out[i] = self._to_batch(c, keys[i])
         todo = [i for i, a in enumerate(out) if a is None]
         if todo:
             held = {keys[i]: self._path(keys[i]).with_suffix(".lock") for i in todo}
@@ -166,6 +180,25 @@ class CachedModel:
                         self._store(keys[i], ans, ahead=ahead)
                     out[i] = ans
         return [a for a in out if a is not None]
+
+    def _to_batch(self, call: ModelCall, key: str) -> ProviderError:
+        """A batch-tier call without an answer: its error if every batch failed it, else it waits (queued once)."""
+        where = f"{self.model.provider}/{self.model.model_name} video {call.video_key!r} step {call.step}"
+        if self.batch_book is None:
+            return ProviderError(f"{where}: batch tier without a batch outbox", kind="config",
+                                 video_key=call.video_key, step=call.step)
+        failed = self.batch_book.take_failure(key)
+        if failed is not None:
+            return ProviderError(f"{where} ({call.prompt_key}) failed in batch: {failed}", kind="batch",
+                                 provider=self.model.provider, model=self.model.model_name,
+                                 video_key=call.video_key, step=call.step)
+        role = getattr(self.model, "role", "llm")
+        self.batch_book.queue(BatchEntry.of(call, key, role))
+        entry = self.batch_book.entry(key)
+        state = f"{entry.state} {entry.batch_id}".strip() if entry is not None else "queued"
+        return WaitingForBatch(f"{where} ({call.prompt_key}) waits for a batch ({state})", kind="batch",
+                               provider=self.model.provider, model=self.model.model_name,
+                               video_key=call.video_key, step=call.step)
 
     @property
     def clips_in_place(self) -> bool:
@@ -212,7 +245,8 @@ def spec_teacher(spec: Spec, role: Literal["vlm", "llm"]) -> CachedModel:
         ledger=UsageLedger(Path(spec.results_dir) / "usage"), budget_usd=spec.budget_usd,
         upload_registry=upload_registry_for(spec.results_dir), fatal_file=provider_fatal_file(spec.results_dir),
     )
-    return CachedModel(model, cache_dir_for(spec.results_dir), fingerprint)
+    return CachedModel(model, cache_dir_for(spec.results_dir), fingerprint, tier_of=spec.workflow.tier_of,
+                       batch_book=batch_book_for(spec.results_dir))
 
 
 def upload_registry_for(results_dir: str) -> Path:

@@ -522,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     ui_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     ui_p.add_argument("--port", type=int, default=3000)
     ui_p.add_argument("--host", default="127.0.0.1")
+    batch_p = sub.add_parser("batches", help="steps on the batch tier: submit what waits, poll the batches, store "
+                             "the answers (what the UI's provider_batches sensor does); then `run` finishes them")
+    batch_p.add_argument("--config", help="spec YAML (default $VR_CONFIG or ./spec.yaml)")
+    batch_p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    batch_p.add_argument("--wait", action="store_true", help="poll every workflow.batch.poll_interval_s until no "
+                         "call waits")
     sub.add_parser("default-spec", help="print a commented spec with every field and its default")
     demo_p = sub.add_parser("demo", help="annotate the bundled sample videos (offline teacher without a key)")
     demo_p.add_argument("--results", default="results/demo", help="results folder")
@@ -550,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "ui":
         return open_ui(spec, args.host, args.port)
+    if args.cmd == "batches":
+        from vr_assets.batch_sensor import main_batches
+
+        return main_batches(spec, wait=args.wait)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM winds down like ^C
     try:
         summary = run_pipeline(

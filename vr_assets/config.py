@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vr_assets.records import ALL_QA_TYPES
 
@@ -43,6 +43,14 @@ class OpenAISettings(SpecModel):
     temperature: float = 0.3
     max_tokens: int = Field(8192, gt=0)
     timeout: float = Field(120.0, gt=0)
+    flex: bool = Field(
+        False, description="the endpoint takes `service_tier: flex` (OpenAI's own API does; vLLM and NIM do not): "
+        "needed for a step on the flex tier (workflow.tier)",
+    )
+    batch_api: bool = Field(
+        False, description="the endpoint has OpenAI's Files and Batch API (/v1/files, /v1/batches; OpenAI's own "
+        "API does, vLLM and NIM do not): needed for a step on the batch tier (workflow.tier)",
+    )
 
 
 class RateLimits(SpecModel):
@@ -90,6 +98,11 @@ class ModelSpec(SpecModel):
     context_cache_ttl_s: float = Field(
         600.0, gt=0, description="lifetime of an explicit context cache unless deleted first; the break-even "
         "counts its storage for this long. An expired cache is recreated once when a later call needs it",
+    )
+
+    flex_timeout_s: float = Field(
+        900.0, gt=0, description="seconds per request of a step on the flex tier (workflow.tier), instead of "
+        "<gemini|openai>.timeout when that is shorter: flex answers with variable latency (OpenAI advises 15 min)",
     )
 
     @property
@@ -154,6 +167,29 @@ class MediaSettings(SpecModel):
     )
 
 
+Tier = Literal["standard", "flex", "batch"]
+# the model steps a tier is chosen for, by asset name, and the step id each one's calls carry
+TIER_STEPS: dict[str, str] = {
+    "filter_result": "0", "captions": "1a", "chunk_captions": "1b", "highlight": "1c", "description": "2", "qa": "3",
+}
+# steps whose calls can wait in a batch: text-only LLM calls (a VLM call would need its upload alive for a day)
+BATCH_STEPS = ("description", "qa")
+
+
+class BatchSettings(SpecModel):
+    """How calls of steps on the batch tier are gathered, submitted and watched (the `provider_batches` sensor)."""
+
+    max_entries: int = Field(200, ge=1, description="submit a batch once this many calls wait")
+    max_wait_s: float = Field(
+        600.0, ge=0, description="submit what waits once the oldest call has waited this long, however few",
+    )
+    max_resubmits: int = Field(
+        2, ge=0, description="an entry the provider answered with an error goes into a later batch at most this "
+        "many times; then its video's step fails with the provider's message",
+    )
+    poll_interval_s: float = Field(30.0, gt=0, description="how often the sensor runs (submits and polls)")
+
+
 class WorkflowSettings(SpecModel):
     steps: list[str] = Field(default_factory=lambda: ["0", "1a", "1b", "1c", "2", "3", "4"])
     mode: Literal["auto", "anomaly", "normal"] = "auto"
@@ -177,6 +213,37 @@ class WorkflowSettings(SpecModel):
     long_video_sample_fps: float = Field(0.5, gt=0)
     long_video_max_frames: int = Field(60, ge=1)
     qa_types: list[str] = Field(default_factory=lambda: list(ALL_QA_TYPES))
+    tier: dict[str, Tier] = Field(
+        default_factory=dict, description="price tier per model step (asset name: filter_result, captions, "
+        "chunk_captions, highlight, description, qa), e.g. {qa: batch, description: batch}. standard: the default. "
+        "flex: same request, synchronous, half price, slower and may be refused under load (Gemini; OpenAI with "
+        "<model>.openai.flex). batch: description and qa only; the call waits in a provider batch (half price, "
+        "up to 24 h): the run ends without the step, holding no worker, and the provider_batches sensor re-runs "
+        "it once the answers are in",
+    )
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier_steps(cls, v: dict[str, Tier]) -> dict[str, Tier]:
+        by_id = {i: name for name, i in TIER_STEPS.items()}
+        out: dict[str, Tier] = {}
+        for step, tier in v.items():
+            name = by_id.get(str(step), str(step))
+            if name not in TIER_STEPS:
+                raise ValueError(f"unknown step {step!r}; choose from {list(TIER_STEPS)}")
+            if tier == "batch" and name not in BATCH_STEPS:
+                raise ValueError(f"{name}: the batch tier is for {' and '.join(BATCH_STEPS)} only (text calls); "
+                                 "use flex for a step that sends video")
+            out[name] = tier
+        return out
+
+    def tier_of(self, step_id: str) -> Tier:
+        """The tier of the step whose calls carry `step_id` ("2", "3", …)."""
+        for name, i in TIER_STEPS.items():
+            if i == step_id:
+                return self.tier.get(name, "standard")
+        return "standard"
 
     @field_validator("qa_types")
     @classmethod
@@ -231,6 +298,21 @@ class Pricing(SpecModel):
         None, description="Gemini: keeping an explicit context cache, per million tokens per hour. null: the "
         "published price for known models, else unknown (then no explicit cache is made: it cannot be judged)",
     )
+    flex_factor: float = Field(
+        0.5, gt=0, le=1, description="a flex-tier call costs this fraction of the prices above (Gemini and OpenAI: "
+        "half, their optimization and pricing pages)",
+    )
+    batch_factor: float = Field(
+        0.5, gt=0, le=1, description="a batch-tier call costs this fraction of the prices above (both: half)",
+    )
+
+    def for_tier(self, tier: str) -> Pricing:
+        """These prices as billed on `tier` (standard: unchanged)."""
+        factor = {"flex": self.flex_factor, "batch": self.batch_factor}.get(tier, 1.0)
+        if factor == 1.0:
+            return self
+        scale = ("input_per_mtok", "output_per_mtok", "thinking_per_mtok", "cached_input_per_mtok")
+        return self.model_copy(update={k: getattr(self, k) * factor for k in scale if getattr(self, k) is not None})
 
 
 class Spec(SpecModel):
@@ -252,6 +334,27 @@ class Spec(SpecModel):
     prices: dict[str, Pricing] = Field(default_factory=dict, description="per model name")
     budget_usd: float | None = Field(None, gt=0, description="stop new calls once spent")
     offline_teacher: bool = Field(False, description="set by the keyless demo: outputs are marked as not real")
+
+    @model_validator(mode="after")
+    def _tiers_offered(self) -> Spec:
+        """A tier the chosen endpoint does not offer fails loading, naming the step and what to set."""
+        for step, tier in self.workflow.tier.items():
+            if tier == "standard":
+                continue
+            role = "vlm" if step in ("filter_result", "captions", "chunk_captions") else "llm"
+            roles = ("vlm", "llm") if step == "highlight" else (role,)
+            for r in roles:
+                ms = self.vlm if r == "vlm" else self.llm
+                if ms.backend != "openai":
+                    continue
+                flag = "flex" if tier == "flex" else "batch_api"
+                if not getattr(ms.openai, flag):
+                    raise ValueError(
+                        f"workflow.tier.{step}: {tier} needs an endpoint that offers it; the {r} endpoint "
+                        f"({ms.openai.base_url or 'OPENAI_BASE_URL'}) is OpenAI-compatible: set {r}.openai.{flag}: "
+                        "true if it does (OpenAI's API; vLLM and NIM do not)"
+                    )
+        return self
 
     @field_validator("storage_url")
     @classmethod

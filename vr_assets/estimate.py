@@ -328,7 +328,9 @@ def estimate(
             if price is None:
                 unpriced.add((spec.vlm if g.role == "vlm" else spec.llm).model_name)
             ttl = (spec.vlm if g.role == "vlm" else spec.llm).context_cache_ttl_s
-            usd = cost_usd(price, round(inp), round(outp), 0, round(cached)) + cache_write_usd(price, round(write), ttl)
+            billed = price.for_tier(spec.workflow.tier_of(g.step)) if price is not None else None  # flex/batch: half
+            usd = (cost_usd(billed, round(inp), round(outp), 0, round(cached))
+                   + cache_write_usd(price, round(write), ttl))
             s = steps[g.step]
             s.calls += calls
             s.input_tokens += inp

@@ -11,6 +11,7 @@ from dagster import AssetChecksDefinition, AssetSelection, Definitions, define_a
 
 from vr_assets.assets import captioning, description, export, filtering, highlight, qa
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline
+from vr_assets.batch_sensor import build_batch_sensor
 from vr_assets.config import Spec, load_spec
 from vr_assets.io_manager import PartitionedJsonIOManager
 from vr_assets.prompts import load_pack
@@ -50,7 +51,7 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=[annotate, build_dataset],
-        sensors=[build_sensor(spec, annotate), build_dataset_sensor(build_dataset)],
+        sensors=[build_sensor(spec, annotate), build_dataset_sensor(build_dataset), build_batch_sensor(spec, annotate)],
         # a video's steps run one after another in its run's process (forked warm by the run launcher,
         # see vr_assets.execution): a process per step would cost a Python start per step
         executor=in_process_executor,

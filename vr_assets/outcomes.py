@@ -76,6 +76,21 @@ def _one_line(text: str) -> str:
     return excerpt(printable(first), REASON_CHARS)
 
 
+def batch_waiting(results_dir: str | Path) -> dict[str, str]:
+    """Videos whose batch-tier step waits for a provider batch: key -> one line (the step, the batch, its state)."""
+    from vr_assets.providers.batch import batch_book_for
+
+    book = batch_book_for(str(results_dir))
+    states = {j.id: j.state for j in book.jobs()}
+    per_video: dict[str, list[str]] = {}
+    for e in book.entries():
+        if e.state == "failed":
+            continue
+        where = f"batch {e.batch_id} ({states.get(e.batch_id, e.state)})" if e.batch_id else "the next batch"
+        per_video.setdefault(e.video_key, []).append(f"{e.asset} waits for {where}")
+    return {k: "; ".join(sorted(set(v))) for k, v in per_video.items()}
+
+
 def outcome_summary(
     results_dir: str | Path,
     failed: Mapping[str, str],
@@ -91,6 +106,7 @@ def outcome_summary(
     videos = VideoRegistry(results_dir).load()
     store = JsonStore(store_url or results_dir)
     wanted = sorted(videos) if keys is None else [k for k in sorted(set(keys)) if k in videos]
+    waiting = batch_waiting(results_dir)
     out: list[VideoOutcome] = []
     for key in wanted:
         name = videos[key].rel_path
@@ -106,6 +122,7 @@ def outcome_summary(
             items = sum(len(v) for v in exported.tasks.values())
             out.append(VideoOutcome(name=name, key=key, kind="annotated", reason=f"{items} items"))
         else:
-            out.append(VideoOutcome(name=name, key=key, kind="not_run", reason="no failure and no task items yet"))
+            why = waiting.get(key) or "no failure and no task items yet"
+            out.append(VideoOutcome(name=name, key=key, kind="not_run", reason=why))
     out += [VideoOutcome(name=f.path, kind="skipped", reason=_one_line(f.reason)) for f in skipped]
     return OutcomeSummary(outcomes=out)

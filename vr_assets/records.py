@@ -139,6 +139,8 @@ class CallUsage(Record):
     inline_bytes: int = 0
     cached: bool = Field(False, description="answered from the call cache: no provider call, no cost")
     outage_wait_s: float = Field(0.0, description="time spent waiting out an outage of the endpoint (breaker open)")
+    tier: Literal["standard", "flex", "batch"] = Field(
+        "standard", description="the price tier it was sent on (flex and batch: half price, see Pricing)")
 
 
 class UsageSummary(Record):

@@ -15,6 +15,7 @@ from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimi
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
 from vr_assets.providers import UsageLedger, get_model, provider_fatal_file
+from vr_assets.providers.batch import batch_book_for
 
 KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
 
@@ -45,6 +46,7 @@ class TeacherResource(ConfigurableResource):
     retry_fatal_hold_s: float = 600.0
     context_cache: str = "auto"
     context_cache_ttl_s: float = 600.0
+    flex_timeout_s: float = 900.0
 
     @classmethod
     def from_spec(cls, role: str, ms: ModelSpec, spec: Spec) -> TeacherResource:
@@ -66,6 +68,7 @@ class TeacherResource(ConfigurableResource):
             "retry_fatal_hold_s": ms.retry.fatal_hold_s,
             "context_cache": ms.context_cache,
             "context_cache_ttl_s": ms.context_cache_ttl_s,
+            "flex_timeout_s": ms.flex_timeout_s,
         }
         if ms.backend == "gemini":
             g = ms.gemini
@@ -101,12 +104,13 @@ class TeacherResource(ConfigurableResource):
             )
             return ModelSpec(backend="gemini", gemini=gemini, limits=limits, retry=retry,
                              context_cache=self.context_cache,  # type: ignore[arg-type]
-                             context_cache_ttl_s=self.context_cache_ttl_s)
+                             context_cache_ttl_s=self.context_cache_ttl_s, flex_timeout_s=self.flex_timeout_s)
         openai = OpenAISettings(
             api_key=key, base_url=self.base_url, model_name=self.model, temperature=self.temperature,
             max_tokens=self.max_output_tokens, timeout=self.timeout,
         )
-        return ModelSpec(backend="openai", openai=openai, limits=limits, retry=retry)
+        return ModelSpec(backend="openai", openai=openai, limits=limits, retry=retry,
+                         flex_timeout_s=self.flex_timeout_s)
 
     def settings_fingerprint(self) -> str:
         return settings_fingerprint(
@@ -125,7 +129,8 @@ class TeacherResource(ConfigurableResource):
             upload_registry=upload_registry_for(spec.results_dir),
             fatal_file=provider_fatal_file(spec.results_dir),
         )
-        return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint())
+        return CachedModel(model, cache_dir_for(spec.results_dir), self.settings_fingerprint(),
+                           tier_of=spec.workflow.tier_of, batch_book=batch_book_for(spec.results_dir))
 
 
 def _key_env(role: str, ms: ModelSpec) -> str:

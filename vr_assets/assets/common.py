@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DataVersion, Failure, MetadataValue
+from dagster import AssetExecutionContext, AssetKey, AssetObservation, DataVersion, Failure, MetadataValue
 from pydantic import BaseModel
 
 from vr_assets.call_cache import CachedModel
@@ -18,6 +18,7 @@ from vr_assets.media_cache import code_version, media_cache_dir, prepared_copy_p
 from vr_assets.parsing import excerpt as excerpt  # re-exported for the steps
 from vr_assets.prompts import PromptPack
 from vr_assets.providers import MediaRef, ModelAnswer, ModelCall, ProviderFatalError
+from vr_assets.providers.batch import WaitingForBatch
 from vr_assets.records import CallUsage, UsageSummary, VideoProbe, VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.storage import DiskFullError, results_url
@@ -69,6 +70,9 @@ def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str)
     except DiskFullError as e:  # the answer cache or the usage ledger could not be written
         raise Failure(description=f"video {video}: step {step}: {e}") from e
     errors = [a for a in answers if isinstance(a, Exception)]
+    waiting = [e for e in errors if isinstance(e, WaitingForBatch)]
+    if waiting and len(waiting) == len(errors):
+        raise BatchWait(video, step, len(waiting), len(calls))
     refused = next((e for e in errors if isinstance(e, ProviderFatalError)), None)
     if refused is not None:  # the key or the model: every call says the same, so one line says it all
         raise Failure(
@@ -82,6 +86,27 @@ def run_calls(model: CachedModel, calls: list[ModelCall], video: str, step: str)
             metadata={"failed_calls": len(errors), "calls": len(calls)},
         )
     return [a for a in answers if isinstance(a, ModelAnswer)]
+
+
+class BatchWait(Exception):
+    """Some calls of a batch-tier step wait in a provider batch: the step ends without output (`end_for_batch`)."""
+
+    def __init__(self, video: str, step: str, waiting: int, calls: int) -> None:
+        super().__init__(f"video {video}: step {step}: {waiting} of {calls} call(s) wait for a provider batch; "
+                         "the provider_batches sensor runs this step again once their answers are in")
+        self.waiting = waiting
+        self.calls = calls
+
+
+def end_for_batch(context: AssetExecutionContext, asset: str, wait: BatchWait) -> None:
+    """The step is not materialized (its downstream steps are skipped) and the run ends, holding no worker; the
+    asset's page shows the wait as an observation of this partition, the run as a tag."""
+    context.log.info(str(wait))
+    context.log_event(AssetObservation(
+        asset_key=AssetKey(asset), partition=context.partition_key,
+        metadata={"batch": "waiting", "waiting_calls": wait.waiting, "calls": wait.calls},
+    ))
+    context.instance.add_run_tags(context.run.run_id, {"vr/batch": f"{asset}: {wait.waiting} call(s) waiting"})
 
 
 def media_failure(video: VideoSource, err: MediaError | OSError) -> Failure:

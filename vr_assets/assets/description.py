@@ -1,9 +1,19 @@
 """Step 2: the LLM merges every caption into one structured description of the video."""
 
 
+from collections.abc import Iterator
+
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
-from vr_assets.assets.common import Pipeline, data_version_of, excerpt, run_calls, usage_metadata
+from vr_assets.assets.common import (
+    BatchWait,
+    Pipeline,
+    data_version_of,
+    end_for_batch,
+    excerpt,
+    run_calls,
+    usage_metadata,
+)
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
 from vr_assets.prompt_inputs import caption_values, chunk_captions_str, dense_section, highlight_section
@@ -25,6 +35,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         kinds={"python", spec.llm.backend},
         owners=["team:video-data"],
         pool="llm",
+        output_required=False,  # on the batch tier a run may end before the answer is in
         description="Step 2. A detailed, structured description written by the LLM from the global, dense, chunk "
         "and highlight captions; the QA step builds on it.",
     )
@@ -34,7 +45,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         chunk_captions: ChunkCaptions,
         highlight: Highlight,
         llm: TeacherResource,
-    ) -> Output[Description]:
+    ) -> Iterator[Output[Description]]:
         key = context.partition_key
         prompt_key = f"{captions.mode}_description"
         values = caption_values(captions)
@@ -43,9 +54,13 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         values["chunk_captions_str"] = chunk_captions_str(chunk_captions.chunks)
         if captions.mode == "anomaly":
             values["highlight_section"] = highlight_section(highlight)
-        (ans,) = run_calls(llm.client(spec), [pipe.call("2", prompt_key, key, None, **values)], key, "2")
+        try:
+            (ans,) = run_calls(llm.client(spec), [pipe.call("2", prompt_key, key, None, **values)], key, "2")
+        except BatchWait as wait:
+            end_for_batch(context, "description", wait)
+            return
         result = Description(video_key=key, prompt_key=prompt_key, detailed_description=ans.text, usage=[ans.usage])
-        return Output(
+        yield Output(
             result,
             data_version=data_version_of(result),
             metadata={"prompt_key": prompt_key, "words": len(ans.text.split()),

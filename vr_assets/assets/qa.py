@@ -1,11 +1,14 @@
 """Step 3: one LLM call per configured question type, parsed into QA items."""
 
+from collections.abc import Iterator
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, asset
 
 from vr_assets.assets.common import (
+    BatchWait,
     Pipeline,
     data_version_of,
+    end_for_batch,
     excerpt,
     md_escape,
     run_calls,
@@ -38,6 +41,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         kinds={"python", spec.llm.backend},
         owners=["team:video-data"],
         pool="llm",
+        output_required=False,  # on the batch tier a run may end before the answers are in
         description="Step 3. Question/answer pairs with step-by-step reasoning, one LLM call per question type "
         "(mcq, bcq, open_qa, causal_linkage, temporal_localization, temporal_event_desc, scene_description, "
         "event_summary), all sent at once.",
@@ -48,14 +52,18 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         chunk_captions: ChunkCaptions,
         description: Description,
         llm: TeacherResource,
-    ) -> Output[QAResult]:
+    ) -> Iterator[Output[QAResult]]:
         key = context.partition_key
         values = caption_values(captions)
         values["chunk_captions_str"] = chunk_captions_str(chunk_captions.chunks)
         values["step_2_output"] = description.detailed_description
         keyed = [(t, qa_prompt_key(t, captions.mode)) for t in qa_types]
         calls = [pipe.call("3", k, key, None, **values) for _, k in keyed]
-        answers = run_calls(llm.client(spec), calls, key, "3")
+        try:
+            answers = run_calls(llm.client(spec), calls, key, "3")
+        except BatchWait as wait:
+            end_for_batch(context, "qa", wait)
+            return
         items, raw, failures = [], {}, {}
         for (qa_type, prompt_key), ans in zip(keyed, answers, strict=True):
             raw[prompt_key] = ans.text
@@ -82,7 +90,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             for it in items[:: max(1, len(items) // 6)][:6]
         )
         preview = "| type | question | answer |\n|---|---|---|\n" + sample
-        return Output(
+        yield Output(
             result,
             data_version=data_version_of(result),
             metadata={"items": len(items), "items_per_type": MetadataValue.json(per_type),

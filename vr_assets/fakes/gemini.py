@@ -165,6 +165,32 @@ class CachedContent:
 
 
 @dataclass
+class FakeBatch:
+    """A batch job: its requests as (key, GenerateContentRequest), answered all at once when its delay is over."""
+
+    id: str
+    model: str
+    requests: list[tuple[str, dict[str, Any]]]
+    from_file: bool
+    created: float
+    create_time: str
+    display_name: str = ""
+    state: str = "BATCH_STATE_PENDING"
+    end_time: str = ""
+    responses_file: str = ""
+    inlined: list[dict[str, Any]] = field(default_factory=list)
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.id}"
+
+
+_BATCH_DONE = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED")
+
+
+@dataclass
 class _Session:
     file_id: str
     api_version: str
@@ -208,9 +234,16 @@ class FakeGemini(FakeServer):
         processing_polls: int = 2,
         probe_durations: bool = True,
         min_cache_tokens: int = 0,
+        batch_delay_s: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(teacher, latency_media_s, latency_text_s, faults, **kwargs)
+        #: a batch reports PENDING, then RUNNING, until this long after its creation; then it is answered
+        self.batch_delay_s = batch_delay_s
+        #: the next this many batch entries answered are failed with a 500 error in the results
+        self.batch_entry_failures = 0
+        self.batches: dict[str, FakeBatch] = {}
+        self._batch_lock = threading.Lock()
         #: GETs that still report PROCESSING for a video file; 0 makes uploads ACTIVE at once
         self.processing_polls = processing_polls
         self.probe_durations = probe_durations
@@ -229,6 +262,16 @@ class FakeGemini(FakeServer):
                 self._generate,
             ),
             ("POST", re.compile(rf"/{_V}/models/(?P<model>[^:]+):countTokens"), "countTokens", self._count_tokens),
+            (
+                "POST",
+                re.compile(rf"/{_V}/models/(?P<model>[^:]+):batchGenerateContent"),
+                "batches.create",
+                self._batch_create,
+            ),
+            ("GET", re.compile(rf"/{_V}/batches"), "batches.list", self._batch_list),
+            ("GET", re.compile(rf"/{_V}/batches/(?P<bid>[^/:]+)"), "batches.get", self._batch_get),
+            ("POST", re.compile(rf"/{_V}/batches/(?P<bid>[^/:]+):cancel"), "batches.cancel", self._batch_cancel),
+            ("DELETE", re.compile(rf"/{_V}/batches/(?P<bid>[^/:]+)"), "batches.delete", self._batch_delete),
             ("GET", re.compile(rf"/{_V}/models"), "models.list", self._models_list),
             ("GET", re.compile(rf"/{_V}/models/(?P<model>[^:/]+)"), "models.get", self._models_get),
             ("POST", re.compile(rf"/upload/{_V}/files"), "upload", self._upload),
@@ -518,7 +561,14 @@ class FakeGemini(FakeServer):
         return usage
 
     def _generate(self, ex: Exchange, fault: str | None) -> Reply:
-        info: _GenInfo = ex.info
+        body = self._answer(ex.info, fault)
+        if ex.record.route == "streamGenerateContent":
+            event = b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
+            return Reply(status=200, body=event, content_type="text/event-stream")
+        return Reply.json(body)
+
+    def _answer(self, info: _GenInfo, fault: str | None) -> dict[str, Any]:
+        """A GenerateContentResponse body for one request (live, or one line of a batch)."""
         answer = self.teacher.answer(info.prompt, [sha for sha, _ in info.media], info.schema, info.model)
         text = answer.text
         if info.mime == "text/x.enum":
@@ -569,10 +619,7 @@ class FakeGemini(FakeServer):
         ))
         body["modelVersion"] = info.model
         body["responseId"] = f"fake-{self.next_id():08d}"
-        if ex.record.route == "streamGenerateContent":
-            event = b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
-            return Reply(status=200, body=event, content_type="text/event-stream")
-        return Reply.json(body)
+        return body
 
     def _count_tokens(self, ex: Exchange, fault: str | None) -> Reply:
         usage = self._usage(ex.info, 0, 0)
@@ -829,6 +876,134 @@ class FakeGemini(FakeServer):
             c.deleted = True
         self.note_usage(usage_record(kind="cache_delete", server="gemini", model=c.model, route="caches.delete",
                                      cache_name=c.name, lived_s=round(time.time() - c.created_unix, 3)))
+        return Reply.json({})
+
+    # ------------------------------------------------------------ batches
+
+    def _batch_create(self, ex: Exchange, fault: str | None) -> Reply:
+        """`models/{model}:batchGenerateContent`: inline requests or the name of an uploaded JSONL file whose lines
+        are `{"key": ..., "request": GenerateContentRequest}`."""
+        batch = _get(ex.json, "batch") if isinstance(ex.json, dict) else None
+        src = _get(batch, "inputConfig") if isinstance(batch, dict) else None
+        if not isinstance(src, dict):
+            return self.error_reply(400, "* BatchGenerateContentRequest.batch.input_config: required")
+        requests: list[tuple[str, dict[str, Any]]] = []
+        file_name = _get(src, "fileName")
+        if file_name:
+            with self._files_lock:
+                data = self._live(str(file_name).removeprefix("files/")).data
+            for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    return self.error_reply(400, f"input file {file_name} line {n}: not JSON")
+                if not isinstance(row, dict) or not isinstance(row.get("request"), dict):
+                    return self.error_reply(400, f"input file {file_name} line {n}: no request")
+                requests.append((str(row.get("key", n)), row["request"]))
+        else:
+            inline = _get(_get(src, "requests") or {}, "requests") or []
+            for n, item in enumerate(inline):
+                meta = _get(item, "metadata") or {}
+                requests.append((str(meta.get("key", n)), _get(item, "request") or {}))
+        if not requests:
+            return self.error_reply(400, "* BatchGenerateContentRequest: the batch has no requests")
+        job = FakeBatch(id=secrets.token_hex(8), model=ex.params["model"].removeprefix("models/"),
+                        requests=requests, from_file=bool(file_name), created=time.monotonic(),
+                        create_time=_ts(_now()), display_name=str(_get(batch, "displayName") or ""))
+        with self._files_lock:
+            self.batches[job.id] = job
+        return Reply.json(self._batch_json(job, ex.params["v"]))
+
+    def _batch_json(self, b: FakeBatch, v: str) -> dict[str, Any]:
+        pending = len(b.requests) - b.succeeded - b.failed if b.state not in _BATCH_DONE else 0
+        meta: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            "model": f"models/{b.model}", "displayName": b.display_name, "state": b.state,
+            "createTime": b.create_time, "updateTime": b.end_time or b.create_time,
+            "batchStats": {"requestCount": str(len(b.requests)), "successfulRequestCount": str(b.succeeded),
+                           "failedRequestCount": str(b.failed), "pendingRequestCount": str(pending)},
+        }
+        out: dict[str, Any] = {"name": b.name, "metadata": meta, "done": b.state in _BATCH_DONE}
+        if b.end_time:
+            meta["endTime"] = b.end_time
+        if b.state == "BATCH_STATE_SUCCEEDED":
+            dest = ({"responsesFile": b.responses_file} if b.from_file
+                    else {"inlinedResponses": {"inlinedResponses": b.inlined}})
+            meta["output"] = dest
+            out["response"] = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                               "GenerateContentBatchOutput", **dest}
+        return out
+
+    def _advance(self, b: FakeBatch) -> None:
+        """PENDING, RUNNING halfway through the delay, then every request answered (some failed on purpose)."""
+        if b.state in _BATCH_DONE:
+            return
+        age = time.monotonic() - b.created
+        if age < self.batch_delay_s:
+            b.state = "BATCH_STATE_RUNNING" if age >= self.batch_delay_s / 2 else "BATCH_STATE_PENDING"
+            return
+        lines: list[dict[str, Any]] = []
+        for key, request in b.requests:
+            error: dict[str, Any] | None = None
+            if self.batch_entry_failures > 0:
+                self.batch_entry_failures -= 1
+                error = {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}
+            else:
+                try:
+                    response = self._answer(self._gen_info(b.model, request), None)
+                except Exception as exc:  # noqa: BLE001 - a bad request fails its entry, not the batch
+                    reply = getattr(exc, "reply", None)
+                    body = json.loads(reply.body) if reply is not None else {"error": {"message": str(exc)}}
+                    error = body.get("error") or {"code": 400, "message": str(exc)}
+            if error is not None:
+                b.failed += 1
+                lines.append({"key": key, "error": error})
+            else:
+                b.succeeded += 1
+                lines.append({"key": key, "response": response})
+        if b.from_file:
+            data = "".join(json.dumps(row) + "\n" for row in lines).encode()
+            f = UploadedFile(id=f"batch-{b.id}", sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                             mime_type="application/jsonl", state="ACTIVE", create_time=_ts(_now()), data=data)
+            with self._files_lock:
+                self.uploaded[f.id] = f
+            b.responses_file = f.name
+        else:
+            b.inlined = [{"metadata": {"key": row["key"]}, **{k: v for k, v in row.items() if k != "key"}}
+                         for row in lines]
+        b.state, b.end_time = "BATCH_STATE_SUCCEEDED", _ts(_now())
+
+    def _batch(self, bid: str) -> FakeBatch:
+        b = self.batches.get(bid)
+        if b is None:
+            raise http_error(self.error_reply(404, f"Batch batches/{bid} not found."))
+        return b
+
+    def _batch_get(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            b = self._batch(ex.params["bid"])
+        with self._batch_lock:  # not the files lock: answering a request that names a file takes that one
+            self._advance(b)
+            return Reply.json(self._batch_json(b, ex.params["v"]))
+
+    def _batch_list(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            ops = [self._batch_json(b, ex.params["v"]) for b in self.batches.values()]
+        return Reply.json({"operations": ops} if ops else {})
+
+    def _batch_cancel(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            b = self._batch(ex.params["bid"])
+            if b.state not in _BATCH_DONE:
+                b.state, b.end_time = "BATCH_STATE_CANCELLED", _ts(_now())
+        return Reply.json({})
+
+    def _batch_delete(self, ex: Exchange, fault: str | None) -> Reply:
+        with self._files_lock:
+            self._batch(ex.params["bid"])
+            del self.batches[ex.params["bid"]]
         return Reply.json({})
 
     def _download(self, ex: Exchange, fault: str | None) -> Reply:

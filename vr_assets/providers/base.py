@@ -90,6 +90,8 @@ class ModelCall(BaseModel):
     media: MediaRef | None = None
     schema_model: type[BaseModel] | None = None
     system: str = Field("", description="optional system instruction")
+    tier: Literal["standard", "flex", "batch"] = Field(
+        "standard", description="the price tier it goes on (workflow.tier); not part of the answer's cache key")
 
 
 class ModelAnswer(BaseModel):
@@ -113,6 +115,7 @@ FailureKind = Literal[
     "upload",
     "budget",
     "config",
+    "batch",
     "unexpected",
 ]
 
@@ -636,7 +639,8 @@ class BaseTeacher:
         return with_cache_prices(self.model_name, p) if p is not None else None
 
     def _usage(self, call: ModelCall, t: Attempt, start: float, retries: int, waited: float = 0.0) -> CallUsage:
-        price = self._price()
+        standard = self._price()
+        price = standard.for_tier(call.tier) if standard is not None else None
         return CallUsage(
             provider=self.provider,
             model=self.model_name,
@@ -650,10 +654,11 @@ class BaseTeacher:
             latency_s=round(time.monotonic() - start, 4),
             retries=retries,
             cost_usd=cost_usd(price, t.prompt_tokens, t.output_tokens, t.thinking_tokens, t.cached_tokens)
-            + cache_write_usd(price, t.cache_write_tokens, self._spec.context_cache_ttl_s),
+            + cache_write_usd(standard, t.cache_write_tokens, self._spec.context_cache_ttl_s),
             uploaded_bytes=t.uploaded_bytes,
             inline_bytes=t.inline_bytes,
             outage_wait_s=round(waited, 3),
+            tier=call.tier,
         )
 
     def _record(self, call: ModelCall, usage: CallUsage, *, ok: bool, error: str) -> None:

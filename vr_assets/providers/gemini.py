@@ -549,14 +549,43 @@ class GeminiTeacher(BaseTeacher):
             cached_content=cache.name if cache is not None else None,
             response_mime_type="application/json" if call.schema_model is not None else None,
             response_schema=call.schema_model,
-            http_options=types.HttpOptions(timeout=self._timeout_ms),
+            http_options=types.HttpOptions(timeout=self._timeout_for(call)),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            service_tier=types.ServiceTier.FLEX if call.tier == "flex" else None,
         )
         parts = [*(prepared.payload if cache is None else []), types.Part(text=call.prompt)]
         resp = self._shared.client.models.generate_content(
             model=s.model, contents=[types.Content(role="user", parts=parts)], config=config
         )
         return read_response(resp)
+
+    def _timeout_for(self, call: ModelCall) -> int:
+        if call.tier != "flex":
+            return self._timeout_ms
+        return max(self._timeout_ms, int(round(self._spec.flex_timeout_s * 1000)))
+
+    @property
+    def client(self) -> genai.Client:
+        """The SDK client (the batch sensor submits and polls through it)."""
+        return self._shared.client
+
+    def batch_request(self, call: ModelCall) -> dict[str, Any]:
+        """One GenerateContentRequest as a line of a batch's JSONL input (REST field names): the same prompt,
+        system instruction and generation settings as a live call; text only (batch steps send no media).
+        The schema goes as `responseJsonSchema` (JSON Schema, what the SDK's `response_schema` conversion
+        also accepts; the docs advise it for pydantic models)."""
+        if call.media is not None:
+            raise ValueError(f"{self._where(call)}: a call with media cannot go in a batch")
+        s = self._settings
+        gen: dict[str, Any] = {"temperature": s.temperature, "maxOutputTokens": s.max_output_tokens}
+        if call.schema_model is not None:
+            gen["responseMimeType"] = "application/json"
+            gen["responseJsonSchema"] = call.schema_model.model_json_schema()
+        req: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": call.prompt}]}],
+                               "generationConfig": gen}
+        if call.system:
+            req["systemInstruction"] = {"parts": [{"text": call.system}]}
+        return req
 
     # -------------------------------------------------- explicit context caching
 

@@ -134,7 +134,18 @@ class OpenAITeacher(BaseTeacher):
                                                                                          media.mime_type))
         return Prepared(payload=parts, inline_bytes=size)
 
-    def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
+    @property
+    def client(self) -> openai.OpenAI:
+        """The SDK client (the batch sensor submits and polls through it)."""
+        return self._shared.client
+
+    def batch_request(self, call: ModelCall) -> dict[str, Any]:
+        """The body of one /v1/chat/completions request, as a batch input line carries it (text only)."""
+        if call.media is not None:
+            raise ValueError(f"{self._where(call)}: a call with media cannot go in a batch")
+        return {"model": self._settings.model_name, **self._body(call, Prepared(payload=[]))}
+
+    def _body(self, call: ModelCall, prepared: Prepared) -> dict[str, Any]:
         s = self._settings
         messages: list[dict[str, Any]] = []
         if call.system:
@@ -153,13 +164,15 @@ class OpenAITeacher(BaseTeacher):
                     "schema": strict_json_schema(call.schema_model),
                 },
             }
+        if call.tier == "flex":
+            kwargs["service_tier"] = "flex"
+        return {"messages": messages, "temperature": s.temperature, "max_tokens": s.max_tokens, **kwargs}
+
+    def _send(self, call: ModelCall, prepared: Prepared) -> Attempt:
+        s = self._settings
+        timeout = max(s.timeout, self._spec.flex_timeout_s) if call.tier == "flex" else s.timeout
         resp = self._shared.client.chat.completions.create(
-            model=s.model_name,
-            messages=messages,  # type: ignore[arg-type]  # video_url is not in the SDK's TypedDicts
-            temperature=s.temperature,
-            max_tokens=s.max_tokens,
-            timeout=s.timeout,
-            **kwargs,
+            model=s.model_name, timeout=timeout, **self._body(call, prepared),
         )
         return read_completion(resp)
 
