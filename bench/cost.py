@@ -175,7 +175,7 @@ def wire_cost(entries: list[WireUsage], price: Pricing, model: str, lv: Levers |
             out.cached_tokens += cached
             out.output_tokens += e.output_tokens + e.thinking_tokens
             out.audio_tokens += sum(a for _, a in counted)
-            out.usd += cost_usd(price, prompt, e.output_tokens, e.thinking_tokens, cached)
+            out.usd += cost_usd(price.for_tier(e.tier), prompt, e.output_tokens, e.thinking_tokens, cached)
         elif e.kind == "cache_create" and lv.explicit_cache:
             n = e.text_tokens + media if recount else e.prompt_tokens
             ttl = e.ttl_s or 3600.0

@@ -387,7 +387,12 @@ def bench_prices() -> dict[str, Any]:
 def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str, set[str]]) -> PipelineRun:
     def command(base_url: str, root: Path, work: Path) -> tuple[list[str], dict[str, str]]:
         spec = work / "spec.yaml"
-        write_spec(spec, base_url, root, work / "results", args.concurrency, {"prices": bench_prices()})
+        extra: dict[str, Any] = {"prices": bench_prices()}
+        if args.tier != "standard":  # every model step on that tier (workflow.tier)
+            from vr_assets.config import TIER_STEPS
+
+            extra["workflow.tier"] = {step: args.tier for step in TIER_STEPS}
+        write_spec(spec, base_url, root, work / "results", args.concurrency, extra)
         cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
         return cmd, pipeline_env(work / "dagster_home")
 
@@ -640,6 +645,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ffmpeg-max-files", type=int, default=0, help="0: every workload file")
     p.add_argument("--min-cache-tokens", type=int, default=2048,
                    help="the fake refuses explicit caches smaller than this (2.5 Flash: 2,048 on 2026 doc pages)")
+    p.add_argument("--tier", default="standard", choices=["standard", "flex"],
+                   help="ours: every model step on this price tier (workflow.tier; flex: half price, same calls)")
     p.add_argument("--batch-steps", default="", help="cost: steps priced on the batch/flex tier (50%%), e.g. 2,3")
     p.add_argument("--bookkeeping-partitions", type=int, default=500, help="0 skips section 5")
     p.add_argument("--run-timeout", type=float, default=4 * 3600, help="seconds before a pipeline run is killed")

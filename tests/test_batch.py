@@ -17,6 +17,7 @@ from google.genai import types
 
 from vr_assets.config import SpecError, parse_spec
 from vr_assets.fakes import FakeGemini, FakeOpenAI
+from vr_assets.fakes.usage_log import UsageLog
 from vr_assets.providers import ModelCall, UsageLedger, get_model
 from vr_assets.providers.usage import cost_usd
 
@@ -129,6 +130,7 @@ def test_flex_goes_on_the_wire_at_half_price(backend: str, tmp_path: Path, clean
                        "workflow": {"tier": {"description": "flex"}},
                        "prices": {model: {"input_per_mtok": 1.0, "output_per_mtok": 4.0}}}, "t", tmp_path)
     ledger = UsageLedger(tmp_path / "usage")
+    fake.usage_log = UsageLog(tmp_path / "wire.jsonl")  # the bench's bill of the same traffic
     teacher = get_model(spec.llm, role="llm", prices=spec.prices, ledger=ledger)
     prompt = "Describe a loading dock in one paragraph."
     std = teacher.generate(ModelCall(step="2", prompt_key="p", video_key="v", prompt=prompt))
@@ -142,6 +144,7 @@ def test_flex_goes_on_the_wire_at_half_price(backend: str, tmp_path: Path, clean
     assert std.usage.cost_usd == cost_usd(price, std.usage.prompt_tokens, std.usage.output_tokens, 0) > 0
     assert flex.usage.cost_usd == pytest.approx(std.usage.cost_usd / 2)
     assert [e.usage.tier for e in ledger.entries()] == ["standard", "flex"]
+    assert [w.tier for w in UsageLog.read(tmp_path / "wire.jsonl") if w.kind == "generate"] == ["standard", "flex"]
     assert spec.workflow.tier_of("2") == "flex" and spec.workflow.tier_of("3") == "standard"
 
 
@@ -334,9 +337,9 @@ def test_the_cli_road_waits_then_finishes_from_the_cache(
     make_pipeline: Any, synthetic_videos: dict[str, Path]
 ) -> None:
     """`vr-annotate run` with qa on the batch tier: its run (launched by the daemon, forked warm) ends with qa
-    waiting and says so; `vr-annotate batches --wait` submits, polls and stores; the next run finishes qa and
-    the dataset without a live call of step 3."""
-    from vr_assets.batch_sensor import main_batches
+    waiting and says so; `--wait-batches` (`vr-annotate batches --wait`) submits, polls and stores, then runs
+    again: qa and the dataset finish without a live call of step 3."""
+    from vr_assets.cli import finish_batches
 
     env = make_pipeline("gemini", batch_delay_s=0.2)
     env.add_video(synthetic_videos["short_mp4"], "a.mp4")
@@ -347,9 +350,8 @@ def test_the_cli_road_waits_then_finishes_from_the_cache(
     assert any("qa waits for the next batch" in line for line in env.log)
     live = env.calls()
     said: list[str] = []
-    assert main_batches(spec, wait=True, say=said.append) == 0
+    second = finish_batches(spec, lambda: env.run(spec), first, said.append)  # `vr-annotate run --wait-batches`
     assert said[-1] == "0 call(s) waiting; answers in for 1 video step(s): `vr-annotate run` finishes them"
-    second = env.run(spec)
     assert second.failed == {} and second.succeeded[:1] == ["a.mp4"] and second.dataset_items
     assert env.calls() == live and env.fake.counts["batches.create"] == 1  # qa: one batch, no live call
 

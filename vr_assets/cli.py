@@ -449,6 +449,22 @@ def _queue_and_follow(
     return summary
 
 
+def finish_batches(spec: Spec, run: Callable[[], RunSummary], summary: RunSummary, progress: Progress) -> RunSummary:
+    """`vr-annotate run --wait-batches`: while calls of batch-tier steps wait, wait for their batches (what the
+    UI's `provider_batches` sensor does), then run again; each round finishes the steps whose answers came in
+    from the answer cache (description, then qa: two rounds). Bounded by the number of per-video steps."""
+    from vr_assets.batch_sensor import STEP_ORDER, main_batches
+    from vr_assets.providers.batch import batch_book_for
+
+    for _ in range(len(STEP_ORDER)):
+        if not batch_book_for(spec.results_dir).entries():
+            break
+        progress("waiting for the provider's batches (--wait-batches)")
+        main_batches(spec, wait=True, say=progress)
+        summary = run()
+    return summary
+
+
 def open_ui(spec: Spec, host: str, port: int) -> int:
     """The README's way to the UI: the tuned home, the effective spec, `dagster dev` with the sensors on."""
     home = ensure_dagster_home(spec)
@@ -508,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--video", action="append", dest="videos", help="only this partition key (repeatable)")
     run_p.add_argument("--parallel", type=int, help="video runs in flight (default workflow.max_workers)")
     run_p.add_argument("--no-dataset", action="store_true", help="skip writing the merged dataset")
+    run_p.add_argument("--wait-batches", action="store_true", help="steps on the batch tier (workflow.tier): wait "
+                       "for their batches and finish them in this command instead of a later run")
     run_p.add_argument("--verbose", action="store_true", help="Dagster's own log lines (the daemon's and the runs') "
                        "on the console too; by default they go to <DAGSTER_HOME>/logs/daemon.log and the event log")
     view_p = sub.add_parser("view", help="serve the dataset viewer and review page")
@@ -561,11 +579,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_batches(spec, wait=args.wait)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM winds down like ^C
+    def say(m: str) -> None:
+        print(m, flush=True)
+
+    def run() -> RunSummary:
+        return run_pipeline(spec, stale=args.stale, only=args.videos, parallel=args.parallel,
+                            build_dataset=not args.no_dataset, progress=say, verbose=args.verbose)
+
     try:
-        summary = run_pipeline(
-            spec, stale=args.stale, only=args.videos, parallel=args.parallel, build_dataset=not args.no_dataset,
-            progress=lambda m: print(m, flush=True), verbose=args.verbose,
-        )
+        summary = run()
+        if args.wait_batches:
+            summary = finish_batches(spec, run, summary, say)
     except KeyboardInterrupt:
         return 130
     # The interpreter's final garbage collection walks every object Dagster loaded (~1 s of wall

@@ -216,6 +216,7 @@ class _GenInfo:
     cache_name: str | None = None
     parts: list[PartTokens] = field(default_factory=list)  # per media part: what it costs in tokens
     cached_text_tokens: int = 0
+    tier: str = "standard"  # the request's serviceTier (flex: billed at half)
 
 
 class FakeGemini(FakeServer):
@@ -450,6 +451,7 @@ class FakeGemini(FakeServer):
             cache_name=cache.name if cache is not None else None,
             parts=parts,
             cached_text_tokens=cache.text_tokens if cache is not None else 0,
+            tier="flex" if str(_get(body, "serviceTier") or "").lower() == "flex" else "standard",
         )
 
     def _cache_for_request(self, model: str, body: dict[str, Any]) -> CachedContent:
@@ -561,13 +563,13 @@ class FakeGemini(FakeServer):
         return usage
 
     def _generate(self, ex: Exchange, fault: str | None) -> Reply:
-        body = self._answer(ex.info, fault)
+        body = self._answer(ex.info, fault, ex.record.route)
         if ex.record.route == "streamGenerateContent":
             event = b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
             return Reply(status=200, body=event, content_type="text/event-stream")
         return Reply.json(body)
 
-    def _answer(self, info: _GenInfo, fault: str | None) -> dict[str, Any]:
+    def _answer(self, info: _GenInfo, fault: str | None, route: str = "batch") -> dict[str, Any]:
         """A GenerateContentResponse body for one request (live, or one line of a batch)."""
         answer = self.teacher.answer(info.prompt, [sha for sha, _ in info.media], info.schema, info.model)
         text = answer.text
@@ -610,12 +612,13 @@ class FakeGemini(FakeServer):
         think_chars = len(answer.think) if fault not in ("empty", "safety") else 0
         body["usageMetadata"] = usage = self._usage(info, answer_chars, think_chars)
         self.note_usage(usage_record(
-            kind="generate", server="gemini", model=info.model, route=ex.record.route, fault=fault,
+            kind="generate", server="gemini", model=info.model, route=route, fault=fault,
             prompt_tokens=usage["promptTokenCount"], text_tokens=info.text_chars // 4,
             by_modality={d["modality"]: d["tokenCount"] for d in usage["promptTokensDetails"]},
             cached_tokens=usage.get("cachedContentTokenCount", 0), cached_text_tokens=info.cached_text_tokens,
             output_tokens=usage["candidatesTokenCount"], thinking_tokens=usage["thoughtsTokenCount"],
             parts=info.parts, cache_name=info.cache_name, video_tokens_mode=self.video_tokens,
+            tier="batch" if route == "batch" else info.tier,
         ))
         body["modelVersion"] = info.model
         body["responseId"] = f"fake-{self.next_id():08d}"

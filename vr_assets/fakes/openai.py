@@ -289,6 +289,7 @@ class FakeOpenAI(FakeServer):
             thinking_tokens=min(think_tokens, completion_tokens),
             parts=[PartTokens(sha256=sha, mime="", modality="IMAGE", video_tokens=MEDIA_TOKENS)
                    for sha in info["media"]],
+            tier="batch" if ex.in_batch else "flex" if body.get("service_tier") == "flex" else "standard",
         ))
         n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
         ident = f"chatcmpl-fake{self.next_id():010d}"
@@ -457,6 +458,7 @@ class FakeOpenAI(FakeServer):
         ex = Exchange(method="POST", path=url, query={}, headers={}, body=b"", json=body, params={}, record=record)
         try:
             self.prepare(ex)
+            ex.in_batch = True
             reply = self._chat(ex, None)
         except Exception as exc:  # noqa: BLE001 - a bad line fails alone, like the service
             reply = getattr(exc, "reply", None) or self.error_reply(400, str(exc))

@@ -124,6 +124,7 @@ class Exchange:
     has_media: bool = False
     pending: Reply | None = None
     info: Any = None
+    in_batch: bool = False  # one line of a provider batch (billed at the batch price)
 
 
 @dataclass

@@ -116,6 +116,7 @@ class WireUsage(BaseModel):
     lived_s: float | None = None  # cache_delete: how long the cache lived
     upload_bytes: int = 0
     video_tokens_mode: str = "per_part"
+    tier: str = "standard"  # generate: standard, flex (serviceTier / service_tier) or batch (a batch's entry)
 
 
 class UsageLog:
