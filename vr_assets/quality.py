@@ -22,7 +22,7 @@ ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
 
 # bump when a rule changes what it flags: step 4's code versions include it, so the checks and exclusions re-run
-QUALITY_VERSION = "1"
+QUALITY_VERSION = "2"
 
 QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
     "no_example_leakage": (ERROR, "No question, option, answer or reasoning repeats the example text of the prompt "
@@ -103,7 +103,8 @@ TASK_QA_TYPE: dict[str, str] = {
     "scene_description": "scene_description",
     "video_summarization": "event_summary",
 }
-_EXAMPLE_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:an?\s+)?examples?\b[^:\n]*:(.*)$", re.IGNORECASE)
+_EXAMPLE_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:an?\s+)?(?:format-only\s+)?examples?\b[^:\n]*:(.*)$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"<[^<>\n]*>")
 _FIELD_LABEL = re.compile(r"^\s*[\w -]{1,20}:\s*")
 _QUOTED = re.compile(r"[\"“]([^\"”]+)[\"”]")
 RUN = 8  # words in a row shared with the example that count as copying
@@ -111,10 +112,13 @@ WHOLE_LINE = 6  # a line this long or longer that sits inside the example counts
 
 
 def example_segments(prompt: str) -> list[str]:
-    """The example texts of a prompt: the lines after an `Example …:` heading up to the next blank line.
+    """The example texts of a prompt: the lines after an `Example …:` (or `Format-only example …:`) heading up to
+    the next blank line, cut at every `<placeholder>`.
 
     Only examples count; the instructions' own quoted forms ("When does [event] occur in the video?",
-    "the person in the red jacket") are what every good item follows, so they are never matched.
+    "the person in the red jacket") are what every good item follows, so they are never matched. A format-only
+    example's scaffolding between its placeholders ("At <MM:SS> <the event>.") is too short to copy, so the
+    shipped packs, whose examples are all format-only, leave nothing to match; a pack with concrete examples does.
     """
     out: list[str] = []
     lines = prompt.splitlines()
@@ -124,7 +128,8 @@ def example_segments(prompt: str) -> list[str]:
         if not m:
             i += 1
             continue
-        block = [m.group(1)] if m.group(1).strip() else []
+        # "Format-only example: the parts in <angle brackets> …:" is all heading; "Example: <text>" holds text
+        block = [m.group(1)] if m.group(1).strip() and not lines[i].rstrip().endswith(":") else []
         i += 1
         while i < len(lines) and lines[i].strip():
             block.append(lines[i])
@@ -132,6 +137,9 @@ def example_segments(prompt: str) -> list[str]:
         for line in block:
             quoted = _QUOTED.findall(line)
             out += [q for q in quoted if q.strip(" .")] if quoted else [_FIELD_LABEL.sub("", line)]
+    if any(_PLACEHOLDER.search(s) for s in out):
+        # a run never spans a placeholder, and the short scaffolding between two is what any item says
+        return [p.strip() for s in out for p in _PLACEHOLDER.split(s) if len(_tokens(p)) >= RUN]
     return [s for s in out if len(_tokens(s)) >= 3]
 
 
