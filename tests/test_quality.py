@@ -70,7 +70,7 @@ def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], concrete: Ex
 
 
 def test_corpus_covers_every_new_rule_both_ways() -> None:
-    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written"}
+    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written", "real-run"}
     for rule in QUALITY_CHECKS:
         caught = [c["id"] for c in CASES if rule in c["flags"]]
         passed = [c["id"] for c in CASES if rule not in c["flags"] and c["file"] in (rule, "speculation")]
@@ -81,6 +81,16 @@ def test_corpus_covers_every_new_rule_both_ways() -> None:
     assert "What is the reason the person is picking up the box?" in questions
     assert "How does placing the box at 00:05 lead to the person entering at 00:00?" in questions
     assert "Does the cyclist touch the opening car door before falling at 00:07?" in questions
+
+
+def test_real_teacher_run_is_in_the_corpus_whole() -> None:
+    """All 30 items of one `make quality` run are cases, verbatim: what the rules left out, what they let through
+    (and what reading found in it, in each case's note)."""
+    real = [c for c in CASES if c["origin"] == "real-run"]
+    assert len(real) == 30 and all(c["note"].startswith(("reading:", "the open-ended twin")) for c in real)
+    flagged = Counter(rule for c in real for rule in c["flags"])
+    assert flagged["no_actor_labels"] == 27 and flagged["mcq_well_formed"] == 4 and flagged["no_example_leakage"] == 2
+    assert [c["id"] for c in real if not c["flags"]] == ["real-vtest_crossing_14s-scene_description-0"]
 
 
 def test_severities_are_declared() -> None:
