@@ -34,6 +34,15 @@ def figures(results: Path) -> dict[str, Any]:
     llm = [e for e in UsageLedger(results / "usage").entries() if e.usage.provider == "openai"]
     paid = [e for e in llm if not e.usage.cached]
     lat = [e.usage.latency_s for e in paid if e.ok]
+    # a run answered from the call cache asked nothing: the seconds are those recorded when each answer was asked
+    cached = [json.loads(f.read_text())["usage"] for f in sorted((results / "cache" / "calls").glob("*/*.json"))]
+    cached = [u for u in cached if u.get("provider") == "openai"]
+    out["llm_calls_in_cache"] = {
+        "answers": len(cached),
+        "latency_s_mean": round(statistics.mean(u["latency_s"] for u in cached), 1) if cached else None,
+        "latency_s_median": round(statistics.median(u["latency_s"] for u in cached), 1) if cached else None,
+        "output_tokens_mean": round(statistics.mean(u["output_tokens"] for u in cached)) if cached else None,
+    }
     out["llm_calls"] = {
         "calls": len(paid), "failed": sum(not e.ok for e in paid), "from_cache": len(llm) - len(paid),
         "per_step": dict(Counter(e.usage.step for e in paid)),
@@ -123,6 +132,9 @@ def print_figures(f: dict[str, Any]) -> None:
     print(f"seconds per call: mean {c['latency_s_mean']}, median {c['latency_s_median']}, max {c['latency_s_max']} "
           f"(prompt {c['prompt_tokens_mean']} / output {c['output_tokens_mean']} tokens on average); "
           f"LLM span {c['wall_s']} s")
+    k = f["llm_calls_in_cache"]
+    print(f"LLM answers in the call cache (every attempt of every run, kept): {k['answers']}, as asked: mean "
+          f"{k['latency_s_mean']} s, median {k['latency_s_median']} s, {k['output_tokens_mean']} output tokens")
     print(f"step 3 parse success: {s3['parsed']}/{s3['answers']} answers, {s3['items']} QA items "
           f"{s3['items_per_type']}")
     for k, why in s3["parse_failures"].items():
