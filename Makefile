@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup setup-test demo test lint bench bench-smoke ui clean
+.PHONY: setup setup-test demo test lint bench bench-smoke quality ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench/.ref-venv/.ready: bench/setup_reference.sh
 
 bench-smoke: setup-test
 	$(BIN)/python bench/run.py --n 2 --skip-reference --bookkeeping-partitions 3
+
+## The real-teacher harness (issue #23): Qwen2.5-Coder-1.5B from PyPI on llama.cpp as the LLM, the fake as the VLM,
+## on the sample videos; prints parse success, check failures by rule, items kept per video, s/call. Not in `make test`:
+## about 1.2 GB into bench/.quality/ and tens of minutes on 2 cores.
+quality: setup-test
+	$(BIN)/python bench/quality.py
 
 ## Dagster UI on the demo results (run `make demo` first).
 ui: setup

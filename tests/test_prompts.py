@@ -167,6 +167,36 @@ def test_mcq_prompts_ask_for_option_contents_and_show_a_format_only_example(pack
         assert scan(fields["reasoning"], 4).refs == [], f"{key}: the example reasoning names an option by letter"
 
 
+_EXAMPLE_FIELDS = {
+    "bcq": {"question", "answer", "explanation", "reasoning"},
+    "open_qa": {"question", "answer", "reasoning"},
+    "causal_linkage": {"question", "answer", "reasoning"},
+    "temporal_localization": {"question", "start_time", "end_time", "reasoning"},
+}
+
+
+@pytest.mark.parametrize("pack_name", SHIPPED)
+def test_every_qa_example_is_format_only(pack_name: str) -> None:
+    """A real 1.5B teacher returned a concrete example word for word (issue 23): every shipped QA example is
+    placeholders, so nothing in it can end up as a fact about an unrelated video."""
+    pack = load_pack(pack_name)
+    for qa_type, expected in _EXAMPLE_FIELDS.items():
+        for mode in ("anomaly", "normal"):
+            key = qa_prompt_key(qa_type, mode)
+            text = pack.text(key)
+            assert "Example of the expected style" not in text, key
+            example = text.split("Format-only example", 1)[1].split("Return a JSON object", 1)[0]
+            fields = dict(re.findall(r"^(\w+): (.*)$", example, re.M))
+            assert set(fields) == expected, (key, set(fields))
+            for name, value in fields.items():
+                if name == "answer" and qa_type == "bcq":
+                    assert value in ('"Yes"', '"No"'), key
+                    continue
+                assert "<" in value and value.count("<") == value.count(">"), (key, name, value)
+                # no concrete time (a digit outside the placeholders) a teacher could copy
+                assert not re.search(r"\d", re.sub(r"<[^>]*>", "", value)), (key, name, value)
+
+
 def test_render_requires_every_placeholder_value() -> None:
     pack = load_pack("general")
     values = _values("anomaly_description")

@@ -26,7 +26,7 @@ from vr_assets.checks import (
 from vr_assets.export import place_and_exclude, place_mcq_options, task_exports_for_video, task_items_for_video
 from vr_assets.fakes.teacher import Teacher
 from vr_assets.parsing import parse_qa
-from vr_assets.prompts import load_pack, qa_prompt_key, schema_for_key
+from vr_assets.prompts import TemplateValues, fill_template, load_pack, qa_prompt_key, schema_for_key
 from vr_assets.quality import QUALITY_CHECKS, ExampleIndex, example_segments, mcq_agreement_problem
 from vr_assets.records import ALL_QA_TYPES, QAItem, TaskExports, TaskItem
 
@@ -44,21 +44,33 @@ def load_cases() -> list[dict[str, Any]]:
 CASES = load_cases()
 
 
+def concrete_values() -> TemplateValues:
+    return TemplateValues.model_validate(yaml.safe_load((CORPUS.parent / "concrete_examples.yaml").read_text()))
+
+
 @pytest.fixture(scope="module")
-def general() -> ExampleIndex:
-    return ExampleIndex.of(load_pack("general"))
+def concrete_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pack with concrete QA examples (the general pack's before its examples became format-only)."""
+    out = tmp_path_factory.mktemp("concrete-examples")
+    fill_template(concrete_values(), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def concrete(concrete_pack: Path) -> ExampleIndex:
+    return ExampleIndex.of(load_pack(str(concrete_pack)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], general: ExampleIndex) -> None:
+def test_corpus_case_breaks_exactly_its_rules(case: dict[str, Any], concrete: ExampleIndex) -> None:
     item = TaskItem(video_id="v.mp4", question=case["question"], answer=str(case["answer"]),
                     reasoning=case["reasoning"])
-    found = item_problems(case["task"], item, case["duration"], mode=case["mode"], examples=general)
+    found = item_problems(case["task"], item, case["duration"], mode=case["mode"], examples=concrete)
     assert sorted({rule for rule, _ in found}) == sorted(case["flags"]), found
 
 
 def test_corpus_covers_every_new_rule_both_ways() -> None:
-    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written"}
+    assert {c["origin"] for c in CASES} == {"observed", "observed-kind", "written", "real-run"}
     for rule in QUALITY_CHECKS:
         caught = [c["id"] for c in CASES if rule in c["flags"]]
         passed = [c["id"] for c in CASES if rule not in c["flags"] and c["file"] in (rule, "speculation")]
@@ -69,6 +81,20 @@ def test_corpus_covers_every_new_rule_both_ways() -> None:
     assert "What is the reason the person is picking up the box?" in questions
     assert "How does placing the box at 00:05 lead to the person entering at 00:00?" in questions
     assert "Does the cyclist touch the opening car door before falling at 00:07?" in questions
+
+
+def test_real_teacher_run_is_in_the_corpus_whole() -> None:
+    """All 58 items of one `make quality` run (30 + 28) are cases, verbatim: what the rules left out, what they let
+    through (and what reading found in it, in each case's note, also where no rule catches it)."""
+    real = [c for c in CASES if c["origin"] == "real-run" and c["file"] == "real_teacher_run"]
+    assert len(real) == 30 and all(c["note"].startswith(("reading:", "the open-ended twin")) for c in real)
+    flagged = Counter(rule for c in real for rule in c["flags"])
+    assert flagged["no_actor_labels"] == 27 and flagged["mcq_well_formed"] == 4 and flagged["no_example_leakage"] == 2
+    assert [c["id"] for c in real if not c["flags"]] == ["real-vtest_crossing_14s-scene_description-0"]
+    normal = [c for c in CASES if c["origin"] == "real-run" and c["file"] == "real_teacher_run_normal"]
+    assert len(normal) == 28 and all(c["note"] for c in normal)
+    assert Counter(rule for c in normal for rule in c["flags"]) == {
+        "no_example_leakage": 6, "answer_not_speculative": 3, "mcq_well_formed": 2, "mcq_answer_not_longest": 2}
 
 
 def test_severities_are_declared() -> None:
@@ -86,8 +112,15 @@ def test_severities_are_declared() -> None:
 
 
 @pytest.mark.parametrize("pack", ["general", "traffic", "warehouse"])
-def test_every_pack_example_counts_as_leakage_and_only_for_its_prompt(pack: str) -> None:
+def test_shipped_examples_leave_nothing_to_copy(pack: str) -> None:
+    """Every shipped QA example is format-only: its scaffolding between <placeholders> is too short to copy."""
     p = load_pack(pack)
+    assert ExampleIndex.of(p).segments and all(s == [] for s in ExampleIndex.of(p).segments.values())
+    assert "Format-only example" in p.text("anomaly_bcq")
+
+
+def test_every_concrete_example_counts_as_leakage_and_only_for_its_prompt(concrete_pack: Path) -> None:
+    p = load_pack(str(concrete_pack))
     index = ExampleIndex.of(p)
     checked = 0
     for key, segments in index.segments.items():
@@ -100,10 +133,13 @@ def test_every_pack_example_counts_as_leakage_and_only_for_its_prompt(pack: str)
     assert checked >= 20
     # the MCQ examples are format-only placeholders (the options move in step 4): nothing in them to copy
     assert all(index.segments[k] == [] for k in ("anomaly_mcq", "normal_mcq"))
-    # the general pack's anomaly_bcq example is not this pack's normal_bcq example
+    # the anomaly_bcq example is not the normal_bcq example
     cyclist = "Does the cyclist touch the opening car door before falling at 00:07?"
-    general = ExampleIndex.of(load_pack("general"))
-    assert general.copied("bcq", "anomaly", cyclist) and not general.copied("bcq", "normal", cyclist)
+    assert index.copied("bcq", "anomaly", cyclist) and not index.copied("bcq", "normal", cyclist)
+    # the same example made format-only: its placeholders cut every run, nothing is left to match
+    seg = example_segments('Format-only example: parts in <angle brackets> stand for details:\nquestion: '
+                           '"Does <the cyclist, by clothing> touch <the object> before falling at <MM:SS>?"')
+    assert seg == []
     # the instructions' own forms are what good items follow: never matched
     assert example_segments(p.text("anomaly_temporal_event_desc")) == []
     assert not index.copied("temporal_description", "anomaly", "What happens between 00:03 and 00:08 in the video?")
@@ -113,7 +149,7 @@ _TASKS = {"mcq": "_mcq", "bcq": "_bcq", "open_qa": "_open_qa", "causal_linkage":
           "temporal_localization": "_temporal_localization"}
 
 
-def test_offline_teacher_output_breaks_no_rule(general: ExampleIndex) -> None:
+def test_offline_teacher_output_breaks_no_rule(concrete: ExampleIndex) -> None:
     """The demo's teacher, structured and free text, both modes, many videos: no item fails any rule."""
     pack = load_pack("general")
     teacher = Teacher(items_per_call=3)
@@ -131,18 +167,18 @@ def test_offline_teacher_output_breaks_no_rule(general: ExampleIndex) -> None:
                 assert skipped == []
                 te = TaskExports(video_key=f"v{v}", mode=mode, tasks=tasks)
                 total += sum(len(x) for x in tasks.values())
-                assert item_failures(te, 8.0, general) == []
+                assert item_failures(te, 8.0, concrete) == []
     assert total == 6 * 2 * 2 * 3 * (len(ALL_QA_TYPES) + 2)  # 3 items per type, MCQ and BCQ with a twin each
 
 
-def test_failures_table_names_item_rule_and_reason(general: ExampleIndex) -> None:
+def test_failures_table_names_item_rule_and_reason(concrete: ExampleIndex) -> None:
     cases = {c["id"]: c for c in CASES}
     bad = [cases["form-bcq-what-is-the-reason"], cases["causal-placing-box-before-entering"]]
     te = TaskExports(video_key="corridor", mode="normal", tasks={
         c["task"]: [TaskItem(video_id="c.mp4", question=c["question"], answer=c["answer"], reasoning=c["reasoning"])]
         for c in bad
     })
-    failures = item_failures(te, 12.0, general)
+    failures = item_failures(te, 12.0, concrete)
     assert [(f.task, f.index, f.rule, f.severity) for f in failures] == [
         ("bcq_openended", 0, "question_form", "error"), ("causal_linkage", 0, "causal_order", "error")]
     md = failures_markdown(failures)
@@ -231,7 +267,9 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
 
     env = make_pipeline("gemini", teacher=CopyingTeacher())
     env.teacher.set_verdict_for_file(env.add_video(synthetic_videos["short_mp4"], "corridor.mp4"), label="normal")
-    spec = env.spec(workflow={"qa_types": ["bcq", "open_qa"]})
+    pack = env.root / "concrete-examples"  # a pack whose normal_bcq example is the ticket-queue scene copied above
+    fill_template(concrete_values(), pack)
+    spec = env.spec(workflow={"qa_types": ["bcq", "open_qa"]}, prompt_pack=str(pack))
     summary = env.run(spec)
     assert summary.failed == {}, summary.failed
     instance = DagsterInstance.get()

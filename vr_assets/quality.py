@@ -22,11 +22,12 @@ ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
 
 # bump when a rule changes what it flags: step 4's code versions include it, so the checks and exclusions re-run
-QUALITY_VERSION = "1"
+QUALITY_VERSION = "3"
 
 QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
     "no_example_leakage": (ERROR, "No question, option, answer or reasoning repeats the example text of the prompt "
-                           "the item was written with (a run of 8 words, or a whole line of 6 or more)."),
+                           "the item was written with (a run of 8 words, or a whole line of 6 or more), or keeps a "
+                           "format-only example's placeholder (\"MM:SS\", \"MM:02\", \"<the person>\")."),
     "question_form": (ERROR, "Yes/no questions are closed questions (an auxiliary verb first: is, does, did, can…); "
                       "temporal localization questions ask when and name the event they locate."),
     "causal_order": (ERROR, "In causal items the cause's time is not after its effect's time."),
@@ -38,6 +39,9 @@ QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
     "answer_not_speculative": (ERROR, "Answers of fact tasks (open QA, causal linkage, temporal description, the "
                                "open-ended Yes/No and MCQ twins) state what is visible, without likely/may/might/"
                                "possibly/probably/it seems."),
+    "no_actor_labels": (ERROR, "No question, option, answer or reasoning names an actor by a label (\"Person A\", "
+                        "\"Actor 1\", \"Vehicle B\") instead of what is visible: a reader of one item cannot tell "
+                        "who that is."),
     "mcq_answer_not_longest": (WARN, "The correct MCQ option is not by far the longest (at most 1.5 times the "
                                "longest wrong option), a cue a model can learn instead of the video."),
     "description_not_speculative": (WARN, "Scene descriptions and summaries state what is visible, without "
@@ -103,7 +107,8 @@ TASK_QA_TYPE: dict[str, str] = {
     "scene_description": "scene_description",
     "video_summarization": "event_summary",
 }
-_EXAMPLE_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:an?\s+)?examples?\b[^:\n]*:(.*)$", re.IGNORECASE)
+_EXAMPLE_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:an?\s+)?(?:format-only\s+)?examples?\b[^:\n]*:(.*)$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"<[^<>\n]*>")
 _FIELD_LABEL = re.compile(r"^\s*[\w -]{1,20}:\s*")
 _QUOTED = re.compile(r"[\"“]([^\"”]+)[\"”]")
 RUN = 8  # words in a row shared with the example that count as copying
@@ -111,10 +116,13 @@ WHOLE_LINE = 6  # a line this long or longer that sits inside the example counts
 
 
 def example_segments(prompt: str) -> list[str]:
-    """The example texts of a prompt: the lines after an `Example …:` heading up to the next blank line.
+    """The example texts of a prompt: the lines after an `Example …:` (or `Format-only example …:`) heading up to
+    the next blank line, cut at every `<placeholder>`.
 
     Only examples count; the instructions' own quoted forms ("When does [event] occur in the video?",
-    "the person in the red jacket") are what every good item follows, so they are never matched.
+    "the person in the red jacket") are what every good item follows, so they are never matched. A format-only
+    example's scaffolding between its placeholders ("At <MM:SS> <the event>.") is too short to copy, so the
+    shipped packs, whose examples are all format-only, leave nothing to match; a pack with concrete examples does.
     """
     out: list[str] = []
     lines = prompt.splitlines()
@@ -124,7 +132,8 @@ def example_segments(prompt: str) -> list[str]:
         if not m:
             i += 1
             continue
-        block = [m.group(1)] if m.group(1).strip() else []
+        # "Format-only example: the parts in <angle brackets> …:" is all heading; "Example: <text>" holds text
+        block = [m.group(1)] if m.group(1).strip() and not lines[i].rstrip().endswith(":") else []
         i += 1
         while i < len(lines) and lines[i].strip():
             block.append(lines[i])
@@ -132,6 +141,9 @@ def example_segments(prompt: str) -> list[str]:
         for line in block:
             quoted = _QUOTED.findall(line)
             out += [q for q in quoted if q.strip(" .")] if quoted else [_FIELD_LABEL.sub("", line)]
+    if any(_PLACEHOLDER.search(s) for s in out):
+        # a run never spans a placeholder, and the short scaffolding between two is what any item says
+        return [p.strip() for s in out for p in _PLACEHOLDER.split(s) if len(_tokens(p)) >= RUN]
     return [s for s in out if len(_tokens(s)) >= 3]
 
 
@@ -179,13 +191,54 @@ class ExampleIndex:
         return None
 
 
+# a format-only example's placeholder kept in the item: "at MM:00" (seen from the real 1.5B teacher), "<MM:SS>"
+_KEPT_PLACEHOLDER = re.compile(r"\b(?:[HM]{1,2}:)?MM:(?:SS|\d\d)\b|<[A-Za-z][^<>\n]{1,60}>")
+
+
+def placeholder_problem(task: str, item: TaskItem) -> str | None:
+    fields = [("question", stem(item.question)), ("reasoning", item.reasoning)]
+    if task != "temporal_localization":  # its answer is the JSON span the export writes
+        fields.append(("answer", item.answer))
+    if task in ("mcq", "mcq_openended"):
+        fields += [("option", text) for _, text in mcq_options(item.question)]
+    for name, text in fields:
+        m = _KEPT_PLACEHOLDER.search(text)
+        if m:
+            return f"{name} keeps the example's placeholder {m.group(0)!r}: {_excerpt(text)!r}"
+    return None
+
+
 def leakage_problem(task: str, item: TaskItem, mode: str | None, examples: ExampleIndex | None) -> str | None:
-    if examples is None:
-        return None
+    kept = placeholder_problem(task, item)
+    if kept is not None or examples is None:
+        return kept
     for name, text in (("question", item.question), ("answer", item.answer), ("reasoning", item.reasoning)):
         line = examples.copied(task, mode, text)
         if line is not None:
             return f"{name} repeats the prompt's example: {_excerpt(line)!r}"
+    return None
+
+
+# ---------------------------------------------------------------- actor labels
+
+# "Person A", "Actor 1", "the man B", "Vehicle 2": a label for an actor, which the prompts forbid
+_ACTOR_NOUNS = sorted(words("person actor man woman individual subject pedestrian worker driver cyclist vehicle car "
+                           "truck"))
+_NOT_UNIT = r"(?!\s*(?:m|metres?|meters?|feet|ft|s|seconds?|km|%)\b)"
+_ACTOR_LABEL = re.compile(
+    # "Person A and …": a capitalised noun takes any letter; "the woman A few …": after a lowercase one "A" is
+    # the article unless no lowercase word follows
+    r"\b(?:(?:" + "|".join(n.capitalize() for n in _ACTOR_NOUNS) + r")\s+(?:[A-H]\b|\d{1,2}\b" + _NOT_UNIT + r")"
+    r"|(?:" + "|".join(_ACTOR_NOUNS) + r")\s+(?:[B-H]\b|A\b(?!\s+[a-z])|\d{1,2}\b" + _NOT_UNIT + r"))"
+)
+
+
+def actor_label_problem(item: TaskItem) -> str | None:
+    for name, text in (("question", stem(item.question)), ("answer", item.answer), ("reasoning", item.reasoning),
+                       *(("option", t) for _, t in mcq_options(item.question))):
+        m = _ACTOR_LABEL.search(text)
+        if m:
+            return f"{name} names an actor by a label ({m.group(0)!r}) instead of what is visible"
     return None
 
 
@@ -455,6 +508,7 @@ def quality_problems(
         found.append(("mcq_answer_matches_reasoning", mcq_agreement_problem(task, item)))
         found.append(("mcq_answer_not_longest", mcq_length_problem(task, item)))
     found.append(("times_inside_video", times_problem(task, item, duration)))
+    found.append(("no_actor_labels", actor_label_problem(item)))
     if task in FACT_TASKS:
         found.append(("answer_not_speculative", speculation_problem(item.answer)))
     if task in DESCRIPTIVE_TASKS:
