@@ -55,7 +55,7 @@ def test_estimate_without_then_with_the_ledger(make_pipeline: Any, synthetic_vid
     after = estimate(spec)
     assert after.method == "ledger" and after.measured_videos == 2
     assert abs(after.total_usd - actual) <= 0.10 * actual, (after.total_usd, actual)
-    assert after.remaining_usd == 0 and abs(after.spent_usd - actual) < 1e-9
+    assert after.remaining_usd == 0 and abs(after.spent_usd - actual) <= 5e-7  # reported to the micro-dollar
     # the fake counts 258 tokens per media part whatever its length: far below the model, which the ratios catch
     assert after.total_usd < before.total_usd
     assert "ledger" in after.render()
