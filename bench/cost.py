@@ -82,7 +82,8 @@ def ledger_cost(results: Path, price: Pricing, ttl_s: float = DEFAULT_TTL_S) -> 
         row.input_tokens += u.prompt_tokens
         row.cached_tokens += u.cached_tokens
         row.output_tokens += u.output_tokens + u.thinking_tokens
-        row.usd += cost_usd(price, u.prompt_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens)
+        billed = price.for_tier(u.tier)  # flex and batch calls at their fraction of the table
+        row.usd += cost_usd(billed, u.prompt_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens)
         row.usd += cache_write_usd(price, u.cache_write_tokens, ttl_s)
     row.usd = round(row.usd, 8)
     return row
@@ -240,7 +241,7 @@ def ledger_step_usd(results: Path, price: Pricing, ttl_s: float) -> tuple[dict[s
     hits_usd, hits = 0.0, 0
     for e in UsageLedger(results / "usage").entries():
         u = e.usage
-        c = cost_usd(price, u.prompt_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens)
+        c = cost_usd(price.for_tier(u.tier), u.prompt_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens)
         if u.cached:
             hits_usd += c
             hits += 1
