@@ -357,6 +357,66 @@ def test_rpm_window_is_never_exceeded() -> None:
     assert all(starts[i + 3] - starts[i] >= 0.3 - 1e-9 for i in range(len(starts) - 3))
 
 
+RATE_PROCESS = """
+import json, sys, time
+from vr_assets.providers.limits import RateLimiter
+lim = RateLimiter(sys.argv[1], max_concurrency=10, requests_per_minute=3, window_s=1.0)
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+starts = []
+for _ in range(3):
+    with lim.slot(1) as permit:
+        starts.append(time.time())
+print(json.dumps(starts))
+"""
+
+
+def _never_more_than(starts: list[float], rpm: int, window_s: float) -> bool:
+    starts = sorted(starts)
+    return all(starts[i + rpm] - starts[i] >= window_s - 0.02 for i in range(len(starts) - rpm))
+
+
+def test_the_rpm_budget_is_shared_by_every_process_on_the_machine(tmp_path: Path) -> None:
+    """Three processes, each with its own limiter of 3 requests per window: together they still start at most 3
+    per window (the shared window beside the host slots), not 9."""
+    import json
+    import os
+    import time
+
+    env = {**os.environ, "VR_HOST_SLOTS_DIR": str(tmp_path / "slots"), "DAGSTER_HOME": str(tmp_path / "home")}
+    env.pop("VR_DAGSTER_POSTGRES_URL", None)
+    at = str(time.time() + 2.5)
+    procs = [subprocess.Popen([sys.executable, "-c", RATE_PROCESS, "endpoint-x", at], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-600:] for _, e in outs]
+    starts = [t for out, _ in outs for t in json.loads(out)]
+    assert len(starts) == 9 and _never_more_than(starts, 3, 1.0), sorted(starts)
+
+
+def test_the_rpm_budget_is_shared_through_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts' limiters of one endpoint (the instance on Postgres): one budget between them."""
+    import time
+
+    from vr_assets.execution.instance import POSTGRES_URL_ENV
+
+    monkeypatch.setenv(POSTGRES_URL_ENV, pg_url)
+    monkeypatch.delenv("VR_HOST_SLOTS_DIR", raising=False)
+    hosts = [RateLimiter("endpoint-pg", max_concurrency=10, requests_per_minute=2, window_s=1.0) for _ in range(2)]
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def one(lim: RateLimiter) -> None:
+        with lim.slot(1), lock:
+            starts.append(time.time())
+
+    threads = [threading.Thread(target=one, args=(hosts[i % 2],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(starts) == 6 and _never_more_than(starts, 2, 1.0), sorted(starts)
+
+
 def test_tpm_estimate_is_settled_with_real_usage() -> None:
     lim = RateLimiter("test", max_concurrency=4, tokens_per_minute=100)
     with lim.slot(90) as permit:

@@ -16,6 +16,7 @@ instead, shared by every process on every host (`vr_assets.shared_state`).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import random
@@ -26,7 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vr_assets.shared_state import Slots
@@ -151,6 +153,9 @@ class RateLimiter:
     @contextmanager
     def slot(self, est_tokens: int = 0) -> Iterator[Permit]:
         permit = self._acquire(max(0, est_tokens))
+        window = shared_window(self.name, self.requests_per_minute, self.tokens_per_minute, self.window_s)
+        if window is not None:  # the per-minute budgets of every process on every host, not this one's alone
+            window.admit(max(0, est_tokens))
         host = host_slots(self.name, self.max_concurrency)
         release = host.acquire() if host is not None else None
         try:
@@ -295,6 +300,62 @@ def host_slots(name: str, n: int) -> Slots | None:
     from vr_assets.shared_state import coordinator
 
     return coordinator().slots(name, n)
+
+
+class SharedRateWindow:
+    """Requests and (estimated) tokens per minute counted over every process that shares this one's coordinator:
+    the last minute's starts are one record (a file beside the host slots, or a row in Postgres), read and
+    rewritten under the record namespace's lock. Each process's own `RateLimiter` still paces its threads and
+    settles actual token counts; this keeps N processes on M hosts from each spending the whole budget."""
+
+    def __init__(self, records: Any, rpm: int | None, tpm: int | None, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.records, self.rpm, self.tpm, self.window_s = records, rpm, tpm, window_s
+        self._clock, self._sleep = clock, sleep
+
+    def _wait(self, starts: list[list[float]], now: float, tokens: int) -> float:
+        waits = [0.0]
+        if self.rpm is not None and len(starts) >= self.rpm:
+            waits.append(starts[len(starts) - self.rpm][0] + self.window_s - now)
+        if self.tpm is not None and starts:
+            over = sum(n for _, n in starts) + tokens - self.tpm
+            for t, n in starts:  # the oldest starts leave the window first
+                if over <= 0:
+                    break
+                over -= n
+                waits.append(t + self.window_s - now)
+        return max(waits)
+
+    def admit(self, tokens: int) -> float:
+        """Block until a request of `tokens` fits in the shared minute, record it; seconds waited."""
+        t0 = self._clock()
+        while True:
+            with self.records.locked():
+                now = self._clock()
+                raw = self.records.get("window")
+                starts = [e for e in (json.loads(raw) if raw else []) if e[0] > now - self.window_s]
+                wait = self._wait(starts, now, tokens)
+                if wait <= 0:
+                    starts.append([now, float(tokens)])
+                    self.records.put("window", json.dumps(starts))
+                    return now - t0
+            self._sleep(min(max(wait, 0.01), 1.0))
+
+
+def shared_window(name: str, rpm: int | None, tpm: int | None, window_s: float = 60.0) -> SharedRateWindow | None:
+    """The shared per-minute window of an endpoint, when it has a budget and other processes share the
+    coordinator (Postgres, or the machine's `VR_HOST_SLOTS_DIR`); None: this process's limiter alone."""
+    if rpm is None and tpm is None:
+        return None
+    from vr_assets.shared_state import coordinator
+
+    coord = coordinator()
+    directory = os.environ.get("VR_HOST_SLOTS_DIR")
+    if coord.kind == "files" and not directory:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    root = Path(directory or ".") / f"{safe}.rate"
+    return SharedRateWindow(coord.records(f"rate:{name}", root), rpm, tpm, window_s)
 
 
 def file_host_slots(name: str, n: int) -> HostSlots | None:
