@@ -46,37 +46,33 @@ def pooled_engine(url: str, token_provider: Any = None) -> Engine:
     return engine
 
 
-def _from_config(cls: Any, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
-    return cls(inst_data=inst_data, postgres_url=pg_url_from_config(config_value),
-               should_autocreate_tables=config_value.get("should_autocreate_tables", True))
+class _Pooled:
+    """The pool, swapped in after dagster-postgres's own set-up; `from_config_value` names the subclass (Dagster's
+    own calls its class by name)."""
 
+    postgres_url: str
+    _token_provider: Any
+    _engine: Engine
 
-class PooledPostgresRunStorage(PostgresRunStorage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engine = pooled_engine(self.postgres_url, self._token_provider)
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any) -> Any:  # type: ignore[override]
-        return _from_config(cls, inst_data, config_value)
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
+        return cls(inst_data=inst_data, postgres_url=pg_url_from_config(config_value),
+                   should_autocreate_tables=config_value.get("should_autocreate_tables", True))
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class PooledPostgresRunStorage(_Pooled, PostgresRunStorage):
+    pass
+
+
+class PooledPostgresEventLogStorage(_Pooled, PostgresEventLogStorage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", _EVENT_BATCH_SIZE)
         super().__init__(*args, **kwargs)
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any) -> Any:  # type: ignore[override]
-        return _from_config(cls, inst_data, config_value)
 
 
-class PooledPostgresScheduleStorage(PostgresScheduleStorage):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any) -> Any:  # type: ignore[override]
-        return _from_config(cls, inst_data, config_value)
+class PooledPostgresScheduleStorage(_Pooled, PostgresScheduleStorage):
+    pass
