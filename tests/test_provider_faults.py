@@ -365,7 +365,7 @@ time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 starts = []
 for _ in range(3):
     with lim.slot(1) as permit:
-        starts.append(time.time())
+        starts.append(permit.shared_at)
 print(json.dumps(starts))
 """
 
@@ -395,7 +395,6 @@ def test_the_rpm_budget_is_shared_by_every_process_on_the_machine(tmp_path: Path
 
 def test_the_rpm_budget_is_shared_through_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two hosts' limiters of one endpoint (the instance on Postgres): one budget between them."""
-    import time
 
     from vr_assets.execution.instance import POSTGRES_URL_ENV
 
@@ -406,8 +405,8 @@ def test_the_rpm_budget_is_shared_through_postgres(pg_url: str, monkeypatch: pyt
     lock = threading.Lock()
 
     def one(lim: RateLimiter) -> None:
-        with lim.slot(1), lock:
-            starts.append(time.time())
+        with lim.slot(1) as permit, lock:
+            starts.append(permit.shared_at)
 
     threads = [threading.Thread(target=one, args=(hosts[i % 2],)) for i in range(6)]
     for t in threads:

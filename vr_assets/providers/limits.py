@@ -51,6 +51,7 @@ class Permit:
         self._limiter = limiter
         self._entry = entry
         self.started_at = started_at
+        self.shared_at: float | None = None  # wall-clock time the shared per-minute window admitted it, if any
 
     def settle(self, tokens: int | None) -> None:
         if tokens is not None and tokens >= 0:
@@ -155,7 +156,7 @@ class RateLimiter:
         permit = self._acquire(max(0, est_tokens))
         window = shared_window(self.name, self.requests_per_minute, self.tokens_per_minute, self.window_s)
         if window is not None:  # the per-minute budgets of every process on every host, not this one's alone
-            window.admit(max(0, est_tokens))
+            permit.shared_at = window.admit(max(0, est_tokens))
         host = host_slots(self.name, self.max_concurrency)
         release = host.acquire() if host is not None else None
         try:
@@ -327,8 +328,7 @@ class SharedRateWindow:
         return max(waits)
 
     def admit(self, tokens: int) -> float:
-        """Block until a request of `tokens` fits in the shared minute, record it; seconds waited."""
-        t0 = self._clock()
+        """Block until a request of `tokens` fits in the shared minute, record it; the time it was recorded at."""
         while True:
             with self.records.locked():
                 now = self._clock()
@@ -338,7 +338,7 @@ class SharedRateWindow:
                 if wait <= 0:
                     starts.append([now, float(tokens)])
                     self.records.put("window", json.dumps(starts))
-                    return now - t0
+                    return now
             self._sleep(min(max(wait, 0.01), 1.0))
 
 
