@@ -392,6 +392,8 @@ def run_ours(videos: list[BenchVideo], args: argparse.Namespace, keys: dict[str,
             from vr_assets.config import TIER_STEPS
 
             extra["workflow.tier"] = {step: args.tier for step in TIER_STEPS}
+        if args.whole_video_requests != "separate":
+            extra["workflow.whole_video_requests"] = args.whole_video_requests
         write_spec(spec, base_url, root, work / "results", args.concurrency, extra)
         cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec)]
         return cmd, pipeline_env(work / "dagster_home")
@@ -647,6 +649,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the fake refuses explicit caches smaller than this (2.5 Flash: 2,048 on 2026 doc pages)")
     p.add_argument("--tier", default="standard", choices=["standard", "flex"],
                    help="ours: every model step on this price tier (workflow.tier; flex: half price, same calls)")
+    p.add_argument("--whole-video-requests", default="separate", choices=["separate", "one_per_step"],
+                   help="ours: steps 0 and 1a's two questions each in separate requests or in one per step "
+                   "(workflow.whole_video_requests)")
     p.add_argument("--batch-steps", default="", help="cost: steps priced on the batch/flex tier (50%%), e.g. 2,3")
     p.add_argument("--bookkeeping-partitions", type=int, default=500, help="0 skips section 5")
     p.add_argument("--run-timeout", type=float, default=4 * 3600, help="seconds before a pipeline run is killed")

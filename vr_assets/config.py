@@ -204,6 +204,12 @@ class WorkflowSettings(SpecModel):
         "while the workers still load Dagster; the answers wait in the call cache (an upload in the upload "
         "registry) and the video's run records them as its own calls, paid once",
     )
+    whole_video_requests: Literal["separate", "one_per_step"] = Field(
+        "separate", description="how steps 0 and 1a ask their two questions each about the whole video (in the "
+        "domain? anomaly or normal?; the global and the dense caption). separate: one request per question, as the "
+        "reference does. one_per_step: one request per step with one JSON answer holding both, so the video is read "
+        "(and paid for) once per step instead of twice; needs a pack with structured output (else separate)",
+    )
     max_video_length_sec: float = Field(300.0, gt=0)
     chunk_duration_options: list[float] = Field(default_factory=lambda: [5, 10, 15, 20, 30])
     max_chunks: int = Field(10, ge=1)

@@ -27,7 +27,18 @@ from vr_assets.media_cache import chunk_plan, keeps_audio, media_tool, step0_fps
 from vr_assets.prompts import PLACEHOLDERS, PromptPack, load_pack, qa_prompt_key
 from vr_assets.providers.usage import UsageLedger, cache_write_usd, context_cache_pays, cost_usd, with_cache_prices
 from vr_assets.records import VideoProbe
-from vr_assets.whole_video import CLASSIFY_KEY, FILTER_KEY, asks_relevance, whole_video_calls
+from vr_assets.whole_video import (
+    CAPTION_FIELDS,
+    CLASSIFY_KEY,
+    FILTER_KEY,
+    SCREENING_FIELDS,
+    SCREENING_ONE_KEY,
+    asks_relevance,
+    both_captions_key,
+    one_request_per_step,
+    two_tasks,
+    whole_video_calls,
+)
 
 Role = Literal["vlm", "llm"]
 STEPS = ("0", "1a", "1b", "1c", "2", "3")
@@ -43,7 +54,8 @@ QWEN_PATCH = 28  # Qwen-VL: one token per 28x28 pixels, two frames merged in tim
 ANOMALY_SHARE = 0.5  # workflow.mode auto without a ledger: a guess, replaced by the measured share
 # A typical answer's tokens per prompt (guesses; the ledger replaces them).
 OUTPUT_TOKENS = {
-    FILTER_KEY: 60, CLASSIFY_KEY: 60, "global_caption": 250, "dense_caption": 500, "chunk_caption": 150,
+    FILTER_KEY: 60, CLASSIFY_KEY: 60, SCREENING_ONE_KEY: 120, "global_and_dense_caption": 750,
+    "global_caption": 250, "dense_caption": 500, "chunk_caption": 150,
     "highlight_timestamp_extraction": 60, "highlight_chunk_caption": 200, "description": 600, "qa": 700,
 }
 VLM_KEYS_SUFFIX = ("_caption",)
@@ -139,6 +151,12 @@ def media_tokens(spec: Spec, probe: VideoProbe, seconds: float, fps: float | Non
 
 def _template_tokens(pack: PromptPack, key: str) -> float:
     """The prompt's own text, its placeholders left empty (what fills them is added by the caller)."""
+    if key == SCREENING_ONE_KEY:
+        return len(two_tasks(pack, FILTER_KEY, CLASSIFY_KEY, SCREENING_FIELDS)) / CHARS_PER_TOKEN
+    if key.endswith("_global_and_dense_caption"):
+        mode = key.removesuffix("_global_and_dense_caption")
+        text = two_tasks(pack, f"{mode}_global_caption", f"{mode}_dense_caption", CAPTION_FIELDS)
+        return len(text) / CHARS_PER_TOKEN
     text = pack.render(key, **{p: "" for p in PLACEHOLDERS.get(key, ())})
     return len(text) / CHARS_PER_TOKEN
 
@@ -159,7 +177,7 @@ def video_calls(spec: Spec, pack: PromptPack, probe: VideoProbe, mode: str | Non
     long_fps = step0_fps(spec, probe, "video")
     whole = media_tokens(spec, probe, d, long_fps)
     cache = (uploads and spec.vlm.context_cache == "auto"
-             and context_cache_pays(price, whole_video_calls(spec), spec.vlm.context_cache_ttl_s))
+             and context_cache_pays(price, whole_video_calls(spec, pack), spec.vlm.context_cache_ttl_s))
     fixed = mode or (wf.mode if wf.mode in ("anomaly", "normal") else None)
     modes = [(fixed, 1.0)] if fixed else [("anomaly", ANOMALY_SHARE), ("normal", 1 - ANOMALY_SHARE)]
     out: list[CallGuess] = []
@@ -173,16 +191,23 @@ def video_calls(spec: Spec, pack: PromptPack, probe: VideoProbe, mode: str | Non
         out.append(CallGuess(step=step, role="vlm", prompt_key=key, input_tokens=whole + _template_tokens(pack, key),
                              output_tokens=_out(key), cached_tokens=cached, cache_write_tokens=write, calls=weight))
 
-    if asks_relevance(spec):
-        whole_call("0", FILTER_KEY, 1.0)
-    if not fixed:
-        whole_call("0", CLASSIFY_KEY, 1.0)
+    if asks_relevance(spec) and not fixed and one_request_per_step(spec, pack):
+        whole_call("0", SCREENING_ONE_KEY, 1.0)
+    else:
+        if asks_relevance(spec):
+            whole_call("0", FILTER_KEY, 1.0)
+        if not fixed:
+            whole_call("0", CLASSIFY_KEY, 1.0)
     chunk_len, plan = chunk_plan(spec, d)
     for m, w in modes:
         captions_out = 0.0
-        for kind in ("global_caption", "dense_caption"):
-            whole_call("1a", f"{m}_{kind}", w)
-            captions_out += _out(kind)
+        if one_request_per_step(spec, pack):
+            whole_call("1a", both_captions_key(m), w)  # type: ignore[arg-type]
+            captions_out += _out("global_caption") + _out("dense_caption")
+        else:
+            for kind in ("global_caption", "dense_caption"):
+                whole_call("1a", f"{m}_{kind}", w)
+                captions_out += _out(kind)
         for _, start, end in plan:
             key = f"{m}_chunk_caption"
             out.append(CallGuess(step="1b", role="vlm", prompt_key=key, calls=w, output_tokens=_out(key),
@@ -211,7 +236,7 @@ def video_calls(spec: Spec, pack: PromptPack, probe: VideoProbe, mode: str | Non
 
 def role_of(prompt_key: str) -> Role:
     """Which teacher a prompt goes to: the VLM for screening and captions, the LLM for the rest."""
-    if prompt_key in (FILTER_KEY, CLASSIFY_KEY) or (
+    if prompt_key in (FILTER_KEY, CLASSIFY_KEY, SCREENING_ONE_KEY) or (
         prompt_key.endswith("_caption") and prompt_key != "highlight_timestamp_extraction"
     ):
         return "vlm"

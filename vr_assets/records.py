@@ -195,6 +195,22 @@ class AnomalyVerdict(BaseModel):
     label: Literal["anomaly", "normal"]
 
 
+class ScreeningVerdict(BaseModel):
+    """Step 0 with `workflow.whole_video_requests: one_per_step`: both screening answers in one object."""
+
+    relevant: bool
+    reason: str
+    reasoning: str
+    label: Literal["anomaly", "normal"]
+
+
+class CaptionPair(BaseModel):
+    """Step 1a with `workflow.whole_video_requests: one_per_step`: both captions from one request."""
+
+    global_caption: str
+    dense_caption: str
+
+
 class AnomalyTime(BaseModel):
     """Step 1c: when the anomaly happens, in seconds from the start."""
 

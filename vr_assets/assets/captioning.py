@@ -40,7 +40,7 @@ from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.storage import DiskFullError
-from vr_assets.whole_video import CAPTION_KEYS, caption_calls
+from vr_assets.whole_video import CAPTION_KEYS, caption_calls, caption_texts, one_request_per_step
 
 CHUNK_KEYS = ("anomaly_chunk_caption", "normal_chunk_caption")
 
@@ -58,7 +58,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         code_version=code_version(
             "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
             wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
-            one_upload_per_video(spec), audio_version(spec),
+            one_upload_per_video(spec), audio_version(spec), one_request_per_step(spec, pipe.pack),
         ),
         kinds={"python", spec.vlm.backend},
         owners=["team:video-data"],
@@ -77,7 +77,12 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         video, probe, mode = filter_result.video, filter_result.probe, filter_result.mode
         model = vlm.client(spec)
         ref = full_video_media(pipe, video, probe, media.tool())
-        g, d = run_calls(model, caption_calls(pipe.pack, mode, key, ref), key, "1a")
+        calls = caption_calls(pipe.pack, mode, key, ref, one_request=one_request_per_step(spec, pipe.pack))
+        answers = run_calls(model, calls, key, "1a")
+        try:
+            global_caption, dense_caption = caption_texts(key, answers)
+        except ValueError as e:
+            raise Failure(description=str(e)) from None
         # Steps 0 and 1a are the last users of the whole video, unless chunks are time ranges of its
         # upload: free its payloads and frames now (the copy stays for step 1b to cut chunks from).
         if not model.clips_in_place:
@@ -85,12 +90,12 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         if ref.kind == "frames":
             drop_frames(pipe, ref)
         result = Captions(
-            video=video, probe=probe, mode=mode, global_caption=g.text, dense_caption=d.text,
-            media_kind=ref.kind, usage=[g.usage, d.usage],
+            video=video, probe=probe, mode=mode, global_caption=global_caption, dense_caption=dense_caption,
+            media_kind=ref.kind, usage=[a.usage for a in answers],
         )
         preview = (
             f"**Mode:** {mode} · sent as {ref.kind} ({len(ref.paths)} file(s))\n\n"
-            f"**Global caption:** {excerpt(g.text, 600)}\n\n**Dense caption:** {excerpt(d.text, 600)}\n"
+            f"**Global caption:** {excerpt(global_caption, 600)}\n\n**Dense caption:** {excerpt(dense_caption, 600)}\n"
             + (f"\n_{OFFLINE_NOTE}_\n" if pipe.offline_teacher else "")
         )
         yield Output(

@@ -31,6 +31,7 @@ from vr_assets.whole_video import (
     ScreeningError,
     asks_relevance,
     known_mode,
+    one_request_per_step,
     probe_stop_reason,
     screen,
 )
@@ -46,6 +47,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
         audio_version(spec), MIN_CHUNK_SEC,  # the sound the model hears; the probe's too-short stop
+        one_request_per_step(spec, pipe.pack),
     )
 
     @asset(
@@ -83,7 +85,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
             try:
                 asked = screen(
                     pipe.pack, lambda calls, step: run_calls(model, calls, key, step), key, ref,
-                    ask_relevance=run_filter, mode=mode,
+                    ask_relevance=run_filter, mode=mode, one_request=one_request_per_step(spec, pipe.pack),
                 )
             except ScreeningError as e:
                 raise Failure(description=str(e)) from None

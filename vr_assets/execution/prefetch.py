@@ -240,6 +240,7 @@ class AskAhead:
             asks_relevance,
             caption_calls,
             known_mode,
+            one_request_per_step,
             probe_stop_reason,
             screen,
             whole_video_ref,
@@ -264,9 +265,11 @@ class AskAhead:
             return answers  # type: ignore[return-value]
 
         try:
-            screened = screen(pack, run, video.key, ref, ask_relevance=asks_relevance(spec), mode=mode)
+            screened = screen(pack, run, video.key, ref, ask_relevance=asks_relevance(spec), mode=mode,
+                              one_request=one_request_per_step(spec, pack))
             if screened.is_valid is not False:  # step 0 lets it through: step 1a asks these next
-                run(caption_calls(pack, screened.label or mode or "normal", video.key, ref), "1a")
+                run(caption_calls(pack, screened.label or mode or "normal", video.key, ref,
+                                  one_request=one_request_per_step(spec, pack)), "1a")
         finally:
             model.release(video.key)  # no payload kept here; an upload stays registered for the worker
         self.asked.append(video.key)

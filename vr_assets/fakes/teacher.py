@@ -210,6 +210,13 @@ class Teacher:
         v = ctx.verdict
         if title == "RelevanceVerdict":
             return {"relevant": v.relevant, "reason": ctx.relevance_reason()}
+        if title == "ScreeningVerdict":
+            return {"relevant": v.relevant, "reason": ctx.relevance_reason(),
+                    "reasoning": ctx.classification_reasoning(), "label": v.label}
+        if title == "CaptionPair":  # two requests' worth: each caption from its own salt
+            return {"global_caption": _Context(h=_digest(ctx.h, "global"), media_h=ctx.media_h,
+                                               verdict=v).caption(),
+                    "dense_caption": _Context(h=_digest(ctx.h, "dense"), media_h=ctx.media_h, verdict=v).caption()}
         if title == "AnomalyVerdict":
             return {"reasoning": ctx.classification_reasoning(), "label": v.label}
         if title == "AnomalyTime":
@@ -252,6 +259,7 @@ class _Context:
 
     def __init__(self, *, h: str, media_h: str, verdict: Verdict) -> None:
         self.h = h
+        self.media_h = media_h
         self.verdict = verdict
         self.scene: str = _pick(_SCENES, media_h)
         self.actor: str = _pick(_ACTORS, media_h, 1)
