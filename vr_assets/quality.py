@@ -561,7 +561,8 @@ _NOT_THE_VIDEO = (r"(?!\s+(?:on|of|painted|written|printed|displayed|shown|visib
 # the captions and descriptions step 3 was written from; in question and answer `no_caption_talk` reads them
 _CAPTION_SOURCE = re.compile(
     r"\b(?:the|this|these|that|provided|given|above)\s+(?:dense\s+|global\s+|chunk\s+|detailed\s+|scene\s+|video\s+|"
-    r"highlight\s+)?(?:captions?|descriptions?|transcripts?)\b",
+    r"highlight\s+)?(?:captions?|descriptions?|transcripts?)\b"
+    r"(?!\s+(?:in|of|given\s+in)\s+(?:the\s+)?(?:options?|choices?|answers?)\b)",  # "the description in option B"
     re.IGNORECASE,
 )
 # any other text the teacher was given ("the provided information", "according to the text"); "the text on the
