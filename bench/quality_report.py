@@ -13,10 +13,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from vr_assets.checks import EXPORT_CHECKS, item_problems
+from vr_assets.checks import item_failures
 from vr_assets.prompts import load_pack
 from vr_assets.providers.usage import UsageLedger
-from vr_assets.quality import ERROR, ExampleIndex
+from vr_assets.quality import ExampleIndex
 from vr_assets.records import Captions, QAResult, TaskExports, TaskItem
 from vr_assets.store import JsonStore
 
@@ -94,12 +94,13 @@ def figures(results: Path) -> dict[str, Any]:
     kept = _kept_items(step4)
     examples = ExampleIndex.of(load_pack("general"))
     warned: Counter[str] = Counter()
+    kept_by_video: dict[str, dict[str, list[TaskItem]]] = defaultdict(lambda: defaultdict(list))
     for task, items in kept.items():
         for it in items:
-            v = video_id.get(it.video_id, "")
-            for rule, _ in item_problems(task, it, durations.get(v, 1e9), mode=mode.get(v), examples=examples):
-                if EXPORT_CHECKS[rule][0] != ERROR:
-                    warned[rule] += 1
+            kept_by_video[video_id.get(it.video_id, "")][task].append(it)
+    for v, tasks in kept_by_video.items():  # per video: the rules that compare a video's items need them together
+        te = TaskExports(video_key=v, mode=mode.get(v, "normal"), tasks=dict(tasks))
+        warned.update(f.rule for f in item_failures(te, durations.get(v, 1e9), examples) if f.severity == "warn")
     kept_per_video: Counter[str] = Counter(video_id.get(it.video_id, it.video_id)
                                            for items in kept.values() for it in items)
     out["excluded"] = {"items": report["excluded_items"], "by_rule": dict(by_rule.most_common()),
@@ -160,10 +161,14 @@ def corpus_cases(results: Path) -> list[dict[str, Any]]:
     for v in store.partitions("task_exports"):
         te = TaskExports.model_validate(store.read("task_exports", v))
         duration = Captions.model_validate(store.read("captions", v)).probe.duration_sec
+        found: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for f in item_failures(te, duration, examples):
+            found[(f.task, f.index)].add(f.rule)
+        name = v.split("__")[-1].removesuffix(".mp4")
         for task, items in te.tasks.items():
             for n, it in enumerate(items):
-                flags = sorted({r for r, _ in item_problems(task, it, duration, mode=te.mode, examples=examples)})
-                cases.append({"id": f"real-{v.split('__')[-1].removesuffix('.mp4')}-{task}-{n}", "origin": "real-run",
+                flags = sorted(found[(task, n)])
+                cases.append({"id": f"real-{name}-{task}-{n}", "origin": "real-run", "video": name,
                               "task": task, "mode": te.mode, "duration": round(duration, 2),
                               "question": it.question, "answer": it.answer, "reasoning": it.reasoning,
                               "flags": flags})

@@ -46,10 +46,12 @@ def test_export_checks_catch_each_problem() -> None:
     assert len(failures(out, "temporal_span_valid")) == 2  # start after end; end past the video
     assert len(failures(out, "reasoning_present")) == 1
     assert len(failures(out, "no_caption_talk")) == 1
-    dup = failures(out, "no_duplicate_questions")
+    dup = failures(out, "no_cross_task_duplicates")
     assert len(dup) == 1 and "open_qa" in dup[0]  # same stem as the MCQ, case-folded; the openended twin is fine
+    assert failures(out, "no_duplicate_questions") == []  # no question twice within one task
     severities = {o.name: o.severity for o in out}
-    assert severities["no_duplicate_questions"] == AssetCheckSeverity.WARN
+    assert severities["no_cross_task_duplicates"] == AssetCheckSeverity.WARN
+    assert severities["no_duplicate_questions"] == AssetCheckSeverity.ERROR
     assert severities["mcq_well_formed"] == AssetCheckSeverity.ERROR
 
 

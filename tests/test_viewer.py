@@ -271,6 +271,23 @@ def test_reviews_apply_before_placement_and_checks(tmp_path: Path) -> None:
     assert "open_qa" not in placed.tasks
 
 
+def test_video_page_flags_a_repeated_question(tmp_path: Path) -> None:
+    """The rules that compare a video's items reach the page, which judges each item alone otherwise: the later
+    copy of a question is flagged at error level (the dataset leaves it out), the first is not."""
+    results = _bench().make_results(tmp_path, 2)
+    key = sorted(p.stem for p in (results / "assets" / "qa").glob("*.json"))[0]
+    store = JsonStore(results)
+    qa = QAResult.model_validate(store.read("qa", key))
+    first = _qa("What does the woman in the red coat carry out of the shop?", "A paper bag.", "open_qa")
+    copy = _qa("What does the woman in the red coat carry out of the shop?", "Two boxes.", "open_qa")
+    other = _qa("Where does the van park?", "At the kerb.", "open_qa")
+    store.write("qa", key, qa.model_copy(update={"items": [first, other, copy]}))
+    items = Viewer(Spec(results_dir=str(results)), failures=False).detail(key)["items"]
+    assert [i["problems"] for i in items[:2]] == [[], []]
+    (flag,) = items[2]["problems"]
+    assert flag.startswith("open_qa: no_duplicate_questions: the same question as open_qa[0]"), flag
+
+
 # ---------------------------------------------------------------- the index with many records (no pipeline)
 
 

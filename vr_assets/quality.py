@@ -12,6 +12,7 @@ and must not flag.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from dagster import AssetCheckSeverity
 
@@ -22,7 +23,7 @@ ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
 
 # bump when a rule changes what it flags: step 4's code versions include it, so the checks and exclusions re-run
-QUALITY_VERSION = "3"
+QUALITY_VERSION = "4"
 
 QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
     "no_example_leakage": (ERROR, "No question, option, answer or reasoning repeats the example text of the prompt "
@@ -46,7 +47,28 @@ QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
                                "longest wrong option), a cue a model can learn instead of the video."),
     "description_not_speculative": (WARN, "Scene descriptions and summaries state what is visible, without "
                                     "likely/may/might/possibly/probably/it seems."),
+    "no_repetition": (ERROR, "No answer or reasoning says the same sentence twice (6 words or more; three times "
+                      "when only its times differ) or repeats a run of 12 words: the loop a small teacher falls "
+                      "into."),
+    "no_source_reference": (ERROR, "No reasoning cites \"the description\", \"the caption(s)\" or \"the transcript\", "
+                            "and no question, answer or reasoning cites \"the text\", \"the provided information\" "
+                            "or \"the notes\": the student sees only the video."),
+    "yes_no_answer_matches_reasoning": (ERROR, "A Yes/No item's answer agrees with the verdict its reasoning or "
+                                        "justification states (\"so yes\", \"the answer is no\"), or, without one, "
+                                        "with a reasoning that restates the question negated (\"does not show any "
+                                        "movement …\" under Yes)."),
+    "times_as_timestamps": (WARN, "Tasks whose prompt asks for MM:SS times do not write a moment as seconds "
+                            "(\"at 20.0 seconds\", \"between 0.0 and 5.0 seconds\", \"at 5 s\"); durations (\"for 5 "
+                            "seconds\") are fine."),
+    "no_duplicate_questions": (ERROR, "No question appears twice in one task of a video (case, spaces and punctuation "
+                               "folded): the later copy is left out, unless the first is left out itself."),
+    "no_duplicate_answers": (WARN, "No two items of one free-text task of a video give the same answer of 12 words "
+                             "or more to different questions (one answer for two windows)."),
+    "no_cross_task_duplicates": (WARN, "No question appears in two tasks of a video, except an MCQ or Yes/No item and "
+                                 "its open-ended twin."),
 }
+# rules that compare the items of one video with each other (`video_problems`); the others judge one item alone
+VIDEO_RULES = ("no_duplicate_questions", "no_duplicate_answers", "no_cross_task_duplicates")
 
 # ---------------------------------------------------------------- shared text helpers
 
@@ -490,6 +512,234 @@ def speculation_problem(answer: str) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- repetition
+
+REPEAT_RUN = 12  # words in a row said twice in one field: longer than a referring expression with its verb
+REPEAT_SENTENCE = 6  # a sentence this long or longer said twice, word for word (times kept), is a loop too
+REPEAT_RETIMED = 3  # the same sentence with other times, this often: "At 00:02, he crosses … At 00:04, he crosses …"
+
+
+def _sentence_key(sentence: str) -> str:
+    return " ".join(_WORD.findall(sentence.lower().replace("’", "'")))
+
+
+def repetition_problem(item: TaskItem) -> str | None:
+    """The same sentence twice (or three times with other times), or a run of `REPEAT_RUN` words twice, within
+    the answer or within the reasoning.
+
+    A state said at two times ("At 00:02 the signal is red. At 00:05 the signal is red.") and a long referring
+    expression used twice ("at 00:04 the man in the grey coat with the trolley …") are no loop; the teacher's
+    loops are whole clauses ("…, passing through the crosswalks and avoiding collisions with other vehicles. He
+    is interacting with the …" twice).
+    """
+    for name, text in (("answer", item.answer), ("reasoning", item.reasoning)):
+        seen: set[str] = set()
+        retimed: Counter[str] = Counter()
+        for sentence in _SENTENCE.split(text.strip()):
+            key = _sentence_key(sentence)
+            if len(key.split()) >= REPEAT_SENTENCE and key in seen:
+                return f"{name} says the same sentence twice: {_excerpt(sentence)!r}"
+            seen.add(key)
+            folded = " ".join(_tokens(sentence))
+            retimed[folded] += 1
+            if len(folded.split()) >= REPEAT_SENTENCE and retimed[folded] >= REPEAT_RETIMED:
+                return f"{name} says the same sentence {retimed[folded]} times: {_excerpt(sentence)!r}"
+        toks = _tokens(text)
+        first: set[tuple[str, ...]] = set()
+        for i in range(len(toks) - REPEAT_RUN + 1):
+            gram = tuple(toks[i : i + REPEAT_RUN])
+            if gram in first:
+                return f"{name} repeats {REPEAT_RUN} words in a row: {_excerpt(' '.join(gram))!r}"
+            first.add(gram)
+    return None
+
+
+# ---------------------------------------------------------------- the text behind the item
+
+_NOT_THE_VIDEO = (r"(?!\s+(?:on|of|painted|written|printed|displayed|shown|visible|seen|in\s+the\s+(?:video|footage|"
+                  r"clip|frames?|scene)|(?:by|from)\s+the\s+(?:video|footage|clip|camera|frames?|scene))\b)")
+# the captions and descriptions step 3 was written from; in question and answer `no_caption_talk` reads them
+_CAPTION_SOURCE = re.compile(
+    r"\b(?:the|this|these|that|provided|given|above)\s+(?:dense\s+|global\s+|chunk\s+|detailed\s+|scene\s+|video\s+|"
+    r"highlight\s+)?(?:captions?|descriptions?|transcripts?)\b"
+    r"(?!\s+(?:in|of|given\s+in)\s+(?:the\s+)?(?:options?|choices?|answers?)\b)",  # "the description in option B"
+    re.IGNORECASE,
+)
+# any other text the teacher was given ("the provided information", "according to the text"); "the text on the
+# truck" and "the details visible in the video" are the video
+_TEXT_SOURCE = re.compile(
+    r"\b(?:provided|given|available|supplied)\s+(?:information|text|details|context|notes|data)\b" + _NOT_THE_VIDEO
+    + r"|\bthe\s+(?:information|details|notes|text|context)\s+(?:provided|given|supplied|above)\b" + _NOT_THE_VIDEO
+    + r"|\b(?:according\s+to|based\s+on)\s+the\s+(?:text|information|notes|context)\b" + _NOT_THE_VIDEO
+    + r"|\bthe\s+(?:text|notes|information)\s+(?:states?|mentions?|describes?|indicates?|suggests?)\b",
+    re.IGNORECASE,
+)
+
+
+def source_reference_problem(item: TaskItem) -> str | None:
+    fields = [("reasoning", item.reasoning, (_CAPTION_SOURCE, _TEXT_SOURCE)),
+              ("question", stem(item.question), (_TEXT_SOURCE,)), ("answer", item.answer, (_TEXT_SOURCE,))]
+    for name, text, patterns in fields:
+        for rx in patterns:
+            m = rx.search(text)
+            if m:
+                return (f"{name} cites {m.group(0)!r} instead of the video: "
+                        f"{_excerpt(text[max(0, m.start() - 20) :], 70)!r}")
+    return None
+
+
+# ---------------------------------------------------------------- times as seconds
+
+_SECONDS = r"\s*(?:s|secs?|seconds?)\b"
+_POINT_SECONDS = re.compile(
+    # a decimal number of seconds after a preposition of time is a moment ("at 20.0 seconds", "before 10.0 seconds")
+    r"\b(?:at|before|after|until|till|from|since|around|by|to|and)\s+(?:about\s+|around\s+|approximately\s+|"
+    r"roughly\s+)?\d+\.\d+" + _SECONDS
+    # a whole number after at/from/since/until is a moment too, unless what follows makes it a length
+    + r"|\b(?:at|from|since|until|till)\s+(?:about\s+|around\s+|approximately\s+|roughly\s+)?\d+" + _SECONDS
+    + r"(?!\s*(?:later|earlier|after|before|long|of|each|apart|ago|in\s+total|more|less|intervals?|per)\b)"
+    # a window in seconds, and the other ways of naming a moment in seconds
+    + r"|\b(?:between|from)\s+\d+(?:\.\d+)?(?:" + _SECONDS + r")?\s*(?:and|to|-|–)\s*\d+(?:\.\d+)?" + _SECONDS
+    + r"|\b\d+(?:\.\d+)?" + _SECONDS + r"\s+into\s+the\s+(?:video|clip|footage|recording)\b"
+    + r"|\bthe\s+\d+(?:\.\d+)?[- ]second\s+mark\b",
+    re.IGNORECASE,
+)
+# every QA prompt but the scene description's asks for times as MM:SS
+TIMESTAMP_TASKS = frozenset(TASK_QA_TYPE) - {"scene_description"}
+
+
+def seconds_times_problem(item: TaskItem) -> str | None:
+    for name, text in (("question", stem(item.question)), ("answer", item.answer), ("reasoning", item.reasoning)):
+        m = _POINT_SECONDS.search(text)
+        if m:
+            return f"{name} writes a time as seconds, not MM:SS: {_excerpt(m.group(0), 40)!r}"
+    return None
+
+
+# ---------------------------------------------------------------- Yes/No verdict in the reasoning
+
+_YN_AFTER = r"(?=\s*(?:[,.;:!\"'”)]|$))"
+_YN_VERDICTS = re.compile(
+    r"\b(?:so|thus|therefore|hence)\s*,?\s*(?:the\s+answer\s+is\s*:?\s*)?[\"'“]?(?P<a>yes|no)" + _YN_AFTER
+    + r"|\b(?:correct\s+|final\s+|right\s+)?answer\s+(?:is|would\s+be|must\s+be)\s*:?\s*[\"'“]?(?P<b>yes|no)"
+    + _YN_AFTER
+    + r"|\banswer\s*:\s*[\"'“]?(?P<c>yes|no)\b",
+    re.IGNORECASE,
+)
+_NEGATION = words("not no never cannot")
+NEGATED_RUN = 3  # question words right after a negation, reaching the question's end (or 6 of them anywhere)
+
+
+def _negated(tok: str) -> bool:
+    return tok in _NEGATION or tok.endswith("n't")
+
+
+def negated_restatement(question: str, text: str) -> str | None:
+    """The sentence of `text` that states the question's own words negated ("Does the camera show any movement
+    in the area?" → "The camera does not show any movement in the area"), if any.
+
+    The words after the negation must be the question's, in a row: 3 or more up to the question's end, or 6 or
+    more anywhere, so "does not stop at the first line, it stops at the crossing" does not answer "Does the car
+    stop at the crossing?" with No.
+    """
+    q = _tokens(stem(question))[1:]  # without the auxiliary the question opens with
+    if not q or any(_negated(t) for t in q):
+        return None  # a negative question ("Does nobody stop?") is not restated this simply
+    for sentence in _SENTENCE.split(text.strip()):
+        toks = _tokens(sentence)
+        for i, tok in enumerate(toks):
+            if not _negated(tok):
+                continue
+            for j in range(len(q)):
+                n = 0
+                while i + 1 + n < len(toks) and j + n < len(q) and toks[i + 1 + n] == q[j + n]:
+                    n += 1
+                if n >= 6 or (n >= NEGATED_RUN and j + n == len(q)):
+                    return sentence
+    return None
+
+
+def yes_no_verdict(question: str, texts: list[str]) -> tuple[str, str] | None:
+    """("yes"/"no", the words that say it): the last explicit verdict in `texts`, else a negated restatement."""
+    explicit = [(m.group("a") or m.group("b") or m.group("c")).lower() for t in texts for m in _YN_VERDICTS.finditer(t)]
+    said = [m.group(0) for t in texts for m in _YN_VERDICTS.finditer(t)]
+    if explicit:
+        return explicit[-1], said[-1]
+    for t in texts:
+        sentence = negated_restatement(question, t)
+        if sentence is not None:
+            return "no", sentence
+    return None
+
+
+def yes_no_agreement_problem(task: str, item: TaskItem) -> str | None:
+    answer = item.answer.strip()
+    head = answer.split(maxsplit=1)[0].strip(",.;:!").lower() if answer else ""
+    if head not in ("yes", "no"):
+        return None  # bcq_yes_no says so
+    texts = [item.reasoning]
+    if task == "bcq_openended":
+        texts.insert(0, answer[len(answer.split(maxsplit=1)[0]) :])  # the justification after the Yes/No
+    verdict = yes_no_verdict(item.question, texts)
+    if verdict is None or verdict[0] == head:
+        return None
+    return f"the answer is {head.capitalize()} but the reasoning says {verdict[0]}: {_excerpt(verdict[1])!r}"
+
+
+# ---------------------------------------------------------------- the items of one video together
+
+# free-text tasks whose answers should differ per question; an open-ended Yes/No justification may repeat
+ANSWER_TASKS = frozenset({"open_qa", "causal_linkage", "temporal_description", "scene_description",
+                          "video_summarization"})
+SAME_ANSWER_WORDS = 12
+
+
+def _question_key(question: str) -> str:
+    return " ".join(re.sub(r"[^\w\s':]", " ", stem(question).lower().replace("’", "'")).split())
+
+
+def video_problems(
+    tasks: dict[str, list[TaskItem]], left_out: set[tuple[str, int]]
+) -> list[tuple[str, int, str, str]]:
+    """(task, index, rule, problem) for the items of one video that repeat an earlier item of the video.
+
+    Only an item the dataset keeps counts as the earlier one: `left_out` holds the (task, index) of the items
+    that fail an error-level rule of their own (an MCQ with its twin), so a copy of a left-out item stays.
+    The open-ended twin repeats its closed question on purpose, so twins count as one task across tasks.
+    """
+    out: list[tuple[str, int, str, str]] = []
+    first_in_task: dict[tuple[str, str], int] = {}
+    first_answer: dict[tuple[str, str], int] = {}
+    first_family: dict[str, tuple[str, str, int]] = {}
+    for task, items in tasks.items():
+        family = task.removesuffix("_openended")
+        for n, item in enumerate(items):
+            q = _question_key(item.question)
+            kept = (task, n) not in left_out
+            if (task, q) in first_in_task:
+                m = first_in_task[(task, q)]
+                out.append((task, n, "no_duplicate_questions",
+                            f"the same question as {task}[{m}]: {_excerpt(stem(item.question))!r}"))
+            elif q in first_family and first_family[q][0] != family:
+                _, other, m = first_family[q]
+                out.append((task, n, "no_cross_task_duplicates",
+                            f"the same question as {other}[{m}]: {_excerpt(stem(item.question))!r}"))
+            if task in ANSWER_TASKS:
+                a = _sentence_key(item.answer)
+                j = first_answer.get((task, a))
+                if len(a.split()) >= SAME_ANSWER_WORDS and j is not None and _question_key(
+                        tasks[task][j].question) != q:
+                    out.append((task, n, "no_duplicate_answers",
+                                f"the same answer as {task}[{j}] ({_excerpt(stem(tasks[task][j].question), 50)!r}): "
+                                f"{_excerpt(item.answer, 50)!r}"))
+                if kept:
+                    first_answer.setdefault((task, a), n)
+            if kept:
+                first_in_task.setdefault((task, q), n)
+                first_family.setdefault(q, (family, task, n))
+    return out
+
+
 # ---------------------------------------------------------------- all of them
 
 
@@ -513,4 +763,10 @@ def quality_problems(
         found.append(("answer_not_speculative", speculation_problem(item.answer)))
     if task in DESCRIPTIVE_TASKS:
         found.append(("description_not_speculative", speculation_problem(item.answer)))
+    found.append(("no_repetition", repetition_problem(item)))
+    found.append(("no_source_reference", source_reference_problem(item)))
+    if task in ("bcq", "bcq_openended"):
+        found.append(("yes_no_answer_matches_reasoning", yes_no_agreement_problem(task, item)))
+    if task in TIMESTAMP_TASKS:
+        found.append(("times_as_timestamps", seconds_times_problem(item)))
     return [(name, p) for name, p in found if p]

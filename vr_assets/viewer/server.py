@@ -32,7 +32,7 @@ from vr_assets.config import Spec
 from vr_assets.fsnames import printable
 from vr_assets.media_cache import media_cache_dir
 from vr_assets.quality import ExampleIndex
-from vr_assets.records import QAItem, TaskExports, VideoSource
+from vr_assets.records import QAItem, TaskExports, TaskItem, VideoSource
 from vr_assets.registry import VideoRegistry
 from vr_assets.reviews import ItemEdit, edited_item, item_key, load_reviews, save_review
 from vr_assets.store import JsonStore
@@ -72,6 +72,32 @@ def video_json(video: VideoSource) -> dict[str, Any]:
     \\n), which JSON can carry; the exact bytes stay in the registry."""
     return {**video.model_dump(mode="json"), "path": printable(video.path), "source": printable(video.source),
             "rel_path": printable(video.rel_path)}
+
+
+def video_repeats(
+    items: list[QAItem], key: str, mode: str, video_id: str, duration: float, examples: ExampleIndex | None,
+    seed: str,
+) -> dict[int, tuple[list[str], list[str]]]:
+    """(error-level, warn-level) flags of the rules that compare a video's items (`quality.VIDEO_RULES`: a question
+    or answer repeated), per QA item index: the page judges each item alone, these need the whole video."""
+    from vr_assets.checks import item_failures
+    from vr_assets.export import TASKS, task_items_for_video
+    from vr_assets.quality import VIDEO_RULES
+
+    tasks: dict[str, list[TaskItem]] = {t: [] for t in TASKS}
+    owner: dict[tuple[str, int], int] = {}
+    for n, item in enumerate(items):
+        for task, its in task_items_for_video([item], video_id, seed)[0].items():
+            for it in its:
+                owner[(task, len(tasks[task]))] = n
+                tasks[task].append(it)
+    te = TaskExports(video_key=key, mode=mode, tasks={t: its for t, its in tasks.items() if its})
+    out: dict[int, tuple[list[str], list[str]]] = {}
+    for f in item_failures(te, duration, examples):
+        if f.rule in VIDEO_RULES:
+            errors, warnings = out.setdefault(owner[(f.task, f.index)], ([], []))
+            (errors if f.severity == "error" else warnings).append(f"{f.task}: {f.rule}: {f.reason}")
+    return out
 
 
 class Viewer:
@@ -133,6 +159,9 @@ class Viewer:
         reviews = load_reviews(self.results, key)
         video_id = printable(video.rel_path)
 
+        repeats = video_repeats(list(qa.items) if qa else [], key, mode, video_id, duration, self.examples,
+                                self.spec.export.mcq_seed)
+
         def problems(item: QAItem) -> tuple[list[str], list[str]]:
             """(error-level, warn-level) flags: the dataset's item rules (`item_failures`) on the task items the
             QA item becomes, MCQ options placed as the dataset places them; an error leaves it out of the dataset."""
@@ -151,6 +180,8 @@ class Viewer:
             present.add(k)
             r = reviews.reviews.get(k)
             errors, warnings = problems(item)
+            errors += repeats.get(n, ([], []))[0]
+            warnings += repeats.get(n, ([], []))[1]
             entry: dict[str, Any] = {"index": n, "key": k, **item.model_dump(), "problems": errors,
                                      "warnings": warnings, "review": r.model_dump() if r else None}
             if r is not None and r.action == "edit" and r.edit is not None:
