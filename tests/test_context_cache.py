@@ -190,6 +190,10 @@ def test_cached_tokens_cost_their_price_and_the_break_even() -> None:
     assert context_cache_pays(flash, 4, 600)
     assert not context_cache_pays(flash, 2, 3600)
     assert not context_cache_pays(with_cache_prices("gemini-other", Pricing(input_per_mtok=0.30)), 4, 600)
+    # on flex the calls cost half but the cache's creation and storage do not: 2 calls no longer pay, 4 still do
+    # (0.30 + 2 * 0.015 + 1/6 = 0.497 > 2 * 0.15; 0.30 + 4 * 0.015 + 1/6 = 0.527 < 4 * 0.15)
+    assert context_cache_pays(flash, 2, 600) and not context_cache_pays(flash, 2, 600, "flex")
+    assert context_cache_pays(flash, 4, 600, "flex")
 
 
 def test_a_pipeline_run_makes_one_cache_per_video_and_leaves_none(

@@ -177,7 +177,8 @@ def video_calls(spec: Spec, pack: PromptPack, probe: VideoProbe, mode: str | Non
     long_fps = step0_fps(spec, probe, "video")
     whole = media_tokens(spec, probe, d, long_fps)
     cache = (uploads and spec.vlm.context_cache == "auto"
-             and context_cache_pays(price, whole_video_calls(spec, pack), spec.vlm.context_cache_ttl_s))
+             and context_cache_pays(price, whole_video_calls(spec, pack), spec.vlm.context_cache_ttl_s,
+                                    wf.tier_of("0")))
     fixed = mode or (wf.mode if wf.mode in ("anomaly", "normal") else None)
     modes = [(fixed, 1.0)] if fixed else [("anomaly", ANOMALY_SHARE), ("normal", 1 - ANOMALY_SHARE)]
     out: list[CallGuess] = []

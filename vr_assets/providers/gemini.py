@@ -599,7 +599,7 @@ class GeminiTeacher(BaseTeacher):
         if media.start_s is not None or len(prepared.payload) != 1 or prepared.payload[0].file_data is None:
             return None, False
         ttl = self._spec.context_cache_ttl_s
-        if not context_cache_pays(self._price(), media.reuses, ttl):
+        if not context_cache_pays(self._price(), media.reuses, ttl, call.tier):
             return None, False
         part = prepared.payload[0]
         fd, meta = part.file_data, part.video_metadata

@@ -76,18 +76,21 @@ def cache_write_usd(price: Pricing | None, tokens: int, ttl_s: float) -> float:
     return round(tokens * (price.input_per_mtok + storage * ttl_s / 3600) / 1_000_000, 8)
 
 
-def context_cache_pays(price: Pricing | None, calls: int, ttl_s: float) -> bool:
-    """Whether one explicit cache read by `calls` calls costs less than sending its content with each.
+def context_cache_pays(price: Pricing | None, calls: int, ttl_s: float, tier: str = "standard") -> bool:
+    """Whether one explicit cache read by `calls` calls on `tier` costs less than sending its content with each.
 
-    Per cached token, with the cache: its creation (billed as input), each call's read at the cached price
-    and its storage for the whole TTL; without: each call's input price. The token count cancels out
-    (what the service refuses as too small, 1,024-4,096 tokens by model, falls back to plain calls).
+    Per cached token, with the cache: its creation (billed as input at the standard price: `caches.create` is
+    no flex request), each call's read at the tier's cached price and its storage for the whole TTL; without:
+    each call's input price on the tier. The token count cancels out (what the service refuses as too small,
+    1,024-4,096 tokens by model, falls back to plain calls). On a half-price tier a cache needs more calls to
+    pay: creation and storage are not halved.
     """
     if price is None or calls < 2 or price.cache_storage_per_mtok_hour is None:
         return False
-    cached = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+    billed = price.for_tier(tier)
+    cached = billed.cached_input_per_mtok if billed.cached_input_per_mtok is not None else billed.input_per_mtok
     with_cache = price.input_per_mtok + calls * cached + price.cache_storage_per_mtok_hour * ttl_s / 3600
-    return with_cache < calls * price.input_per_mtok
+    return with_cache < calls * billed.input_per_mtok
 
 
 class LedgerEntry(BaseModel):
