@@ -396,7 +396,40 @@ def bench_lines(out: Path, model: str = DEFAULT_MODEL, batch_steps: list[str] | 
                  f"against the ledger of the run; the fake counts video by duration x fps x tokens/frame + audio): "
                  f"estimated ${est:.5f}, actual ${actual:.5f}, error {error}")
     lines.append(f"… per step, estimated/actual: {steps}")
+    sampled = sampled_estimate(spec_path, table, model)
+    if sampled is not None and actual:
+        n, est_n = sampled
+        lines.append(f"estimate calibrated on {n} of the videos (what `vr-annotate estimate --sample {n}` does: their "
+                     f"ledger entries only, the other videos modelled and scaled by the measured ratios): "
+                     f"estimated ${est_n:.5f}, actual ${actual:.5f}, error {(est_n - actual) / actual:+.1%}")
     return "\n".join(lines)
+
+
+def sampled_estimate(spec_path: Path, table: PriceTable, model: str = DEFAULT_MODEL,
+                     sample: int = 3) -> tuple[int, float] | None:
+    """The estimate after a `--sample N` calibration, replayed without paying again: a copy of the run's ledger
+    cut down to the first N videos it names (in a scratch results dir), then `estimate` over every video."""
+    import tempfile
+
+    spec = load_spec(spec_path)
+    price = table.models[model]
+    results = Path(spec.results_dir)
+    entries = UsageLedger(results / "usage").entries()
+    first: list[str] = []
+    for e in entries:
+        if e.video_key not in first and len(first) < sample:
+            first.append(e.video_key)
+    if len(first) < sample:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "usage"
+        ledger.mkdir()
+        kept = [line for line in (results / "usage" / "calls.jsonl").read_text().splitlines()
+                if json.loads(line)["video_key"] in first]
+        (ledger / "calls.jsonl").write_text("\n".join(kept) + "\n")
+        cut = spec.model_copy(update={"results_dir": tmp,
+                                      "prices": {spec.vlm.model_name: price, spec.llm.model_name: price}})
+        return sample, estimate(cut).total_usd
 
 
 def ratio_line(ours: CostRow, ref: CostRow) -> str:
