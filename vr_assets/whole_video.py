@@ -110,6 +110,12 @@ def one_request_per_step(spec: Spec, pack: PromptPack | None) -> bool:
     return spec.workflow.whole_video_requests == "one_per_step" and (pack is None or pack.structured_output)
 
 
+def whole_video_requests_version(spec: Spec, pack: PromptPack | None) -> tuple[str, ...]:
+    """What steps 0 and 1a add to their code versions for `whole_video_requests`: nothing at the default, so
+    partitions materialized before the setting existed do not turn stale."""
+    return ("one_per_step",) if one_request_per_step(spec, pack) else ()
+
+
 def two_tasks(pack: PromptPack, first: str, second: str, fields: dict[str, str]) -> str:
     """The pack's texts of `first` and `second` as one request's prompt (`TWO_TASKS`)."""
     return TWO_TASKS.format(first=pack.render(first), second=pack.render(second), **fields)

@@ -40,7 +40,13 @@ from vr_assets.providers import MediaRef, ModelAnswer
 from vr_assets.records import Captions, ChunkCaption, ChunkCaptions, FilterResult
 from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.storage import DiskFullError
-from vr_assets.whole_video import CAPTION_KEYS, caption_calls, caption_texts, one_request_per_step
+from vr_assets.whole_video import (
+    CAPTION_KEYS,
+    caption_calls,
+    caption_texts,
+    one_request_per_step,
+    whole_video_requests_version,
+)
 
 CHUNK_KEYS = ("anomaly_chunk_caption", "normal_chunk_caption")
 
@@ -58,7 +64,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetChecksDefinition]:
         code_version=code_version(
             "captions/1", pipe.pack.fingerprint(CAPTION_KEYS), vlm_id, wf.long_video_threshold_sec,
             wf.long_video_sample_fps, wf.long_video_max_frames, spec.media.max_side, spec.media.fps,
-            one_upload_per_video(spec), audio_version(spec), one_request_per_step(spec, pipe.pack),
+            one_upload_per_video(spec), audio_version(spec), *whole_video_requests_version(spec, pipe.pack),
         ),
         kinds={"python", spec.vlm.backend},
         owners=["team:video-data"],

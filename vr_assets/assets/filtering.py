@@ -34,6 +34,7 @@ from vr_assets.whole_video import (
     one_request_per_step,
     probe_stop_reason,
     screen,
+    whole_video_requests_version,
 )
 
 
@@ -47,7 +48,7 @@ def build(pipe: Pipeline) -> AssetsDefinition:
         wf.mode, run_filter, wf.max_video_length_sec, wf.long_video_threshold_sec, wf.long_video_sample_fps,
         wf.long_video_max_frames, spec.media.max_side, spec.media.fps, one_upload_per_video(spec),
         audio_version(spec), MIN_CHUNK_SEC,  # the sound the model hears; the probe's too-short stop
-        one_request_per_step(spec, pipe.pack),
+        *whole_video_requests_version(spec, pipe.pack),
     )
 
     @asset(
