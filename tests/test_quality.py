@@ -135,7 +135,7 @@ def test_real_teacher_run_is_in_the_corpus_whole() -> None:
     assert Counter(rule for c in normal for rule in c["flags"]) == {
         "no_repetition": 11, "times_as_timestamps": 10, "no_example_leakage": 6, "answer_not_speculative": 3,
         "mcq_well_formed": 2, "mcq_answer_not_longest": 2, "no_duplicate_questions": 2, "no_duplicate_answers": 2,
-        "no_source_reference": 2}
+        "no_source_reference": 2, "no_duplicate_reasoning": 2}
 
 
 def test_real_teacher_run_through_the_dataset_pass(concrete: ExampleIndex) -> None:
@@ -158,6 +158,46 @@ def test_real_teacher_run_through_the_dataset_pass(concrete: ExampleIndex) -> No
     assert not first_reason.keys() & {"times_as_timestamps", "no_duplicate_answers"}  # warn-level: flagged, kept
 
 
+DEFECT_KINDS = {"unsupported", "false_premise", "reasoning_mismatch", "speculative_reasoning", "invented_detail",
+                "weak_distractors", "prompt_wording", "caption_filler", "repetition", "reasoning_of_another_question",
+                "ill_posed_question", "incomplete", "grammar", "times_in_seconds", "duplicate_answer"}
+
+
+def test_three_video_run_is_in_the_corpus_whole(concrete: ExampleIndex) -> None:
+    """All 78 items of the three-video `make quality` run, each with its reading; through the dataset pass the
+    current rules keep 53 (18 / 18 / 17 per video): the run's own dataset kept 57, before no_duplicate_reasoning."""
+    cases = [c for c in CASES if c["file"] == "real_teacher_run_3videos"]
+    assert len(cases) == 78 and all(c["origin"] == "real-run" and c["note"].startswith("reading:") for c in cases)
+    assert all(set(c["defects"]) <= DEFECT_KINDS for c in cases)
+    assert all(c["defects"] or "no defect" in c["note"] for c in cases)
+    assert Counter(rule for c in cases for rule in c["flags"]) == {
+        "times_as_timestamps": 12, "no_source_reference": 6, "answer_not_speculative": 5, "mcq_answer_not_longest": 4,
+        "mcq_well_formed": 4, "no_example_leakage": 3, "question_form": 2, "no_duplicate_answers": 2,
+        "no_repetition": 1, "temporal_span_valid": 1, "no_duplicate_reasoning": 6}
+    durations = {"vtest_24s": 24.0, "vtest_crossing_14s": 14.0, "bikes": 10.0}
+    per_video = []
+    for video in durations:
+        tasks: dict[str, list[TaskItem]] = defaultdict(list)
+        mine = [c for c in cases if c["video"] == video]
+        for c in mine:
+            tasks[c["task"]].append(task_item(c))
+        per_video.append(TaskExports(video_key=video, mode=mine[0]["mode"], tasks=dict(tasks)))
+    placed, _, excluded = place_and_exclude(per_video, lambda te: item_failures(te, durations[te.video_key], concrete))
+    kept = {te.video_key: sum(len(x) for x in te.tasks.values()) for te in placed}
+    assert kept == {"vtest_24s": 18, "vtest_crossing_14s": 18, "bikes": 17} and len(excluded) == 25
+    # no_duplicate_reasoning, added from reading this run: a Yes and a No, and three open questions, argued with
+    # one reasoning word for word; the first copy stays
+    copied = [c["id"] for c in cases if "no_duplicate_reasoning" in c["flags"]]
+    assert all("reasoning_of_another_question" in next(c for c in cases if c["id"] == i)["defects"] for i in copied)
+    assert len(copied) == 6 and not any(i.endswith(("bcq-0", "open_qa-0")) for i in copied)
+    # the warn-level rules flag what reading also found, the kept item stays
+    for c in cases:
+        if "times_as_timestamps" in c["flags"]:
+            assert "times_in_seconds" in c["defects"], c["id"]
+        if "no_duplicate_answers" in c["flags"]:
+            assert "duplicate_answer" in c["defects"], c["id"]
+
+
 def test_severities_are_declared() -> None:
     sev = {name: s for name, (s, _) in EXPORT_CHECKS.items()}
     assert sev["mcq_answer_not_longest"] == AssetCheckSeverity.WARN
@@ -166,7 +206,7 @@ def test_severities_are_declared() -> None:
         AssetCheckSeverity.WARN)
     for rule in ("no_example_leakage", "question_form", "causal_order", "mcq_answer_matches_reasoning",
                  "times_inside_video", "answer_not_speculative", "no_repetition", "no_source_reference",
-                 "yes_no_answer_matches_reasoning", "no_duplicate_questions"):
+                 "yes_no_answer_matches_reasoning", "no_duplicate_questions", "no_duplicate_reasoning"):
         assert sev[rule] == AssetCheckSeverity.ERROR
     # a warn-level rule shows the item in the checks but does not leave it out of the dataset
     case = next(c for c in CASES if c["id"] == "longest-answer-by-far")

@@ -23,7 +23,7 @@ ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
 
 # bump when a rule changes what it flags: step 4's code versions include it, so the checks and exclusions re-run
-QUALITY_VERSION = "4"
+QUALITY_VERSION = "5"
 
 QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
     "no_example_leakage": (ERROR, "No question, option, answer or reasoning repeats the example text of the prompt "
@@ -66,9 +66,13 @@ QUALITY_CHECKS: dict[str, tuple[AssetCheckSeverity, str]] = {
                              "or more to different questions (one answer for two windows)."),
     "no_cross_task_duplicates": (WARN, "No question appears in two tasks of a video, except an MCQ or Yes/No item and "
                                  "its open-ended twin."),
+    "no_duplicate_reasoning": (ERROR, "No two items of one task of a video give the same reasoning (20 words or more, "
+                               "word for word) to different questions with different answers: one reasoning cannot "
+                               "support both. The later copy is left out, unless the first is left out itself."),
 }
 # rules that compare the items of one video with each other (`video_problems`); the others judge one item alone
-VIDEO_RULES = ("no_duplicate_questions", "no_duplicate_answers", "no_cross_task_duplicates")
+VIDEO_RULES = ("no_duplicate_questions", "no_duplicate_answers", "no_cross_task_duplicates",
+               "no_duplicate_reasoning")
 
 # ---------------------------------------------------------------- shared text helpers
 
@@ -692,16 +696,30 @@ def yes_no_agreement_problem(task: str, item: TaskItem) -> str | None:
 ANSWER_TASKS = frozenset({"open_qa", "causal_linkage", "temporal_description", "scene_description",
                           "video_summarization"})
 SAME_ANSWER_WORDS = 12
+# a reasoning this long said word for word under another question is a copy; a short generic line may recur
+SAME_REASONING_WORDS = 20
 
 
 def _question_key(question: str) -> str:
     return " ".join(re.sub(r"[^\w\s':]", " ", stem(question).lower().replace("’", "'")).split())
 
 
+def _answer_key(task: str, item: TaskItem) -> str:
+    """What the item answers, comparable across its task's questions: Yes or No, the chosen option's text, or the
+    answer's words."""
+    if task in ("bcq", "bcq_openended"):
+        return _sentence_key(item.answer.split(maxsplit=1)[0]) if item.answer.strip() else ""
+    if task in ("mcq", "mcq_openended"):
+        letter = answer_letter(task, item.answer)
+        return next((_sentence_key(text) for lt, text in mcq_options(item.question) if lt == letter), letter)
+    return _sentence_key(item.answer)
+
+
 def video_problems(
     tasks: dict[str, list[TaskItem]], left_out: set[tuple[str, int]]
 ) -> list[tuple[str, int, str, str]]:
-    """(task, index, rule, problem) for the items of one video that repeat an earlier item of the video.
+    """(task, index, rule, problem) for the items of one video that repeat an earlier item of the video: its
+    question, its answer, or its reasoning under another question and answer.
 
     Only an item the dataset keeps counts as the earlier one: `left_out` holds the (task, index) of the items
     that fail an error-level rule of their own (an MCQ with its twin), so a copy of a left-out item stays.
@@ -711,6 +729,7 @@ def video_problems(
     first_in_task: dict[tuple[str, str], int] = {}
     first_answer: dict[tuple[str, str], int] = {}
     first_family: dict[str, tuple[str, str, int]] = {}
+    first_reasoning: dict[tuple[str, str], int] = {}
     for task, items in tasks.items():
         family = task.removesuffix("_openended")
         for n, item in enumerate(items):
@@ -734,7 +753,16 @@ def video_problems(
                                 f"{_excerpt(item.answer, 50)!r}"))
                 if kept:
                     first_answer.setdefault((task, a), n)
+            r = _sentence_key(item.reasoning)
+            j = first_reasoning.get((task, r))
+            if len(r.split()) >= SAME_REASONING_WORDS and j is not None and (
+                    _question_key(tasks[task][j].question) != q
+                    and _answer_key(task, tasks[task][j]) != _answer_key(task, item)):
+                out.append((task, n, "no_duplicate_reasoning",
+                            f"the same reasoning as {task}[{j}] ({_excerpt(stem(tasks[task][j].question), 50)!r}), "
+                            f"another answer: {_excerpt(item.reasoning, 50)!r}"))
             if kept:
+                first_reasoning.setdefault((task, r), n)
                 first_in_task.setdefault((task, q), n)
                 first_family.setdefault(q, (family, task, n))
     return out
