@@ -42,10 +42,9 @@ from vr_assets.records import (  # noqa: E402
     VideoSource,
 )
 from vr_assets.reviews import save_review  # noqa: E402
+from vr_assets.store import PER_VIDEO_ASSETS as ASSETS  # noqa: E402
 from vr_assets.viewer.index import DatasetIndex  # noqa: E402
 from vr_assets.viewer.server import ViewerServer  # noqa: E402
-
-ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
 
 
 def _items(n: int) -> list[QAItem]:

@@ -22,14 +22,13 @@ from dagster import (
 
 from vr_assets.config import Spec
 from vr_assets.providers.batch import BatchJob, batch_book_for, tick
-
-# the per-video steps in graph order: a step answered by a batch is run again with everything after it
-STEP_ORDER = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
+from vr_assets.store import PER_VIDEO_ASSETS
 
 
 def rerun_selection(asset: str) -> list[AssetKey]:
-    """The step and the per-video steps after it (the ones its waiting run skipped)."""
-    return [AssetKey(a) for a in STEP_ORDER[STEP_ORDER.index(asset):]]
+    """The step and the per-video steps after it (the ones its waiting run skipped): a step answered by a batch
+    is run again with everything after it."""
+    return [AssetKey(a) for a in PER_VIDEO_ASSETS[PER_VIDEO_ASSETS.index(asset):]]
 
 
 def _observations(job: BatchJob, videos: dict[str, set[tuple[str, str]]]) -> list[AssetObservation]:

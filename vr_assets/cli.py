@@ -453,10 +453,11 @@ def finish_batches(spec: Spec, run: Callable[[], RunSummary], summary: RunSummar
     """`vr-annotate run --wait-batches`: while calls of batch-tier steps wait, wait for their batches (what the
     UI's `provider_batches` sensor does), then run again; each round finishes the steps whose answers came in
     from the answer cache (description, then qa: two rounds). Bounded by the number of per-video steps."""
-    from vr_assets.batch_sensor import STEP_ORDER, main_batches
+    from vr_assets.batch_sensor import main_batches
     from vr_assets.providers.batch import batch_book_for
+    from vr_assets.store import PER_VIDEO_ASSETS
 
-    for _ in range(len(STEP_ORDER)):
+    for _ in range(len(PER_VIDEO_ASSETS)):
         if not batch_book_for(spec.results_dir).entries():
             break
         progress("waiting for the provider's batches (--wait-batches)")

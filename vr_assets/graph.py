@@ -17,8 +17,8 @@ from vr_assets.io_manager import PartitionedJsonIOManager
 from vr_assets.prompts import load_pack
 from vr_assets.resources import MediaResource, TeacherResource
 from vr_assets.sensors import build_dataset_sensor, build_sensor
+from vr_assets.store import PER_VIDEO_ASSETS as PER_VIDEO_ASSETS
 
-PER_VIDEO_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
 ANNOTATE_JOB = "annotate_videos"
 DATASET_JOB = "build_dataset"
 

@@ -35,6 +35,9 @@ ASSET_RECORDS: dict[str, type[BaseModel]] = {
     "qa": records.QAResult,
     "task_exports": records.TaskExports,
 }
+# The per-video steps in graph order (each upstream of the next): the graph's job, the batch sensor's re-runs and
+# the viewer all read this one list.
+PER_VIDEO_ASSETS: tuple[str, ...] = tuple(ASSET_RECORDS)
 
 
 class JsonStore:

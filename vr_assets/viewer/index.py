@@ -27,10 +27,9 @@ from vr_assets.quality import QUALITY_VERSION, ExampleIndex
 from vr_assets.records import Captions, ChunkCaptions, FilterResult, Highlight, QAResult, TaskExports
 from vr_assets.registry import VideoRegistry
 from vr_assets.reviews import load_reviews, reviewed_items, reviews_dir
-from vr_assets.store import ASSET_RECORDS, atomic_write_text
+from vr_assets.store import ASSET_RECORDS, PER_VIDEO_ASSETS, atomic_write_text
 
 Outcome = Literal["annotated", "stopped", "failed", "incomplete", "pending"]
-STEP_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "description", "qa", "task_exports")
 # the files a row is made from (the others only count as present or not)
 READ_ASSETS = ("filter_result", "captions", "chunk_captions", "highlight", "qa", "task_exports")
 # rows keep check counts: a rule change (the quality rules' or the letter scanner's version) builds them again
@@ -98,7 +97,7 @@ def build_row(results_dir: Path, key: str, video: dict[str, Any], present: set[s
     # out as UTF-8 JSON
     row = VideoRow(key=key, rel_path=printable(str(video.get("rel_path", ""))),
                    source=printable(str(video.get("source", ""))), mode=video.get("mode"))
-    done = [a for a in STEP_ASSETS if a in present]
+    done = [a for a in PER_VIDEO_ASSETS if a in present]
     row.last_step = done[-1] if done else ""
     fr: FilterResult | None = read("filter_result")
     if fr is not None:
@@ -175,7 +174,7 @@ class DatasetIndex:
         self.examples = examples
         self.registry = VideoRegistry(self.results)
         self.cache_path = self.results / "viewer" / "index.json"
-        self.folders = {a: _Folder(self.results / "assets" / a) for a in STEP_ASSETS}
+        self.folders = {a: _Folder(self.results / "assets" / a) for a in PER_VIDEO_ASSETS}
         self.folders["reviews"] = _Folder(reviews_dir(self.results))
         self.failures = failures
         self.min_interval_s = min_interval_s
@@ -198,7 +197,7 @@ class DatasetIndex:
 
     def _signature(self, key: str) -> list[Any]:
         sig: list[Any] = [self._videos.get(key, {}).get("mode")]
-        for name in (*STEP_ASSETS, "reviews"):
+        for name in (*PER_VIDEO_ASSETS, "reviews"):
             sig.append(self.folders[name].files.get(key, 0))
         return sig
 
@@ -259,7 +258,7 @@ class DatasetIndex:
                 sig = self._signature(key)
                 if self._sigs.get(key) == sig and key in self._rows:
                     continue
-                present = {a for a in STEP_ASSETS if self.folders[a].files.get(key)}
+                present = {a for a in PER_VIDEO_ASSETS if self.folders[a].files.get(key)}
                 old = self._rows.get(key)
                 if old is None:
                     self._sorted = None
@@ -300,7 +299,7 @@ class DatasetIndex:
             if self._facets is not None:
                 self._facets.remove(row)
             hit = failed.get(key)
-            newest = max((self.folders[a].files.get(key, 0) for a in STEP_ASSETS), default=0) / 1e9
+            newest = max((self.folders[a].files.get(key, 0) for a in PER_VIDEO_ASSETS), default=0) / 1e9
             if hit is not None and hit[0] >= newest:
                 row.outcome, row.reason = "failed", hit[1]
             elif row.outcome == "failed":  # a later record: it ran again since
