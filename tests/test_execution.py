@@ -27,6 +27,8 @@ from vr_assets.partitions import videos_partitions
 from vr_assets.sensors import sync_partitions
 
 MCQ_ONLY = {"workflow": {"qa_types": ["mcq"]}}
+# where Dagster's EventLogConsumerDaemon (run retries) keeps its run-failure cursor
+RETRY_CURSOR = f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType.RUN_FAILURE.value}"
 
 
 
@@ -198,6 +200,11 @@ def test_a_run_killed_mid_video_is_marked_failed_and_retried_without_paying_twic
             env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
+        # Dagster's retry daemon starts its cursor at the newest event of its first pass and ignores older
+        # ones: a run that fails before that pass (a daemon starved of CPU for its first seconds) is never
+        # retried. A user's daemon is up long before a run dies; here the run starts at once, so it waits.
+        wait_for("the run-retry daemon's first pass",
+                 lambda: instance.daemon_cursor_storage.get_cursor_values({RETRY_CURSOR}).get(RETRY_CURSOR), 60)
         os.environ["VR_CONFIG"] = child_env["VR_CONFIG"]
         try:
             run_id = RunSubmitter(instance, ANNOTATE_JOB).submit(new[0], PER_VIDEO_ASSETS)
