@@ -329,3 +329,57 @@ def test_the_daemon_entry_starts_the_forkserver_of_the_homes_warm_launcher(
     assert daemon._preload_for_home() == (*forkserver.DEFAULT_PRELOAD, *forkserver.POSTGRES_PRELOAD)
     (tmp_path / "dagster.yaml").write_text("run_launcher:\n  module: dagster\n  class: DefaultRunLauncher\n")
     assert daemon._preload_for_home() is None
+
+
+def test_runs_share_a_run_host_and_a_canceled_run_stops_alone(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Several runs on the threads of one host process; terminating one leaves its sibling running."""
+    env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
+    for i, clip in enumerate(("short_mp4", "clip8", "clip16")):
+        env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
+    spec = env.spec(workflow={"qa_types": ["mcq"], "max_workers": 3}, media={"prefetch": False})
+    home = ensure_dagster_home(spec)
+    launcher = "  class: WarmRunLauncher\n"
+    yaml_text = (home / "dagster.yaml").read_text()
+    assert launcher in yaml_text
+    # one host open at a time, two runs each: the three runs land on two hosts, two on the first
+    (home / "dagster.yaml").write_text(
+        yaml_text.replace(launcher, launcher + "  config:\n    runs_per_process: 2\n    spread_over: 1\n"))
+    child_env = services_env(home, write_effective_spec(spec, home), spec)
+    new, _ = sync_partitions(spec, set())
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions(videos_partitions.name, new)
+    os.environ["VR_CONFIG"] = child_env["VR_CONFIG"]
+    try:
+        submitter = RunSubmitter(instance, ANNOTATE_JOB)
+        run_ids = [submitter.submit(key, PER_VIDEO_ASSETS) for key in new]
+    finally:
+        os.environ.pop("VR_CONFIG")
+    with (tmp_path / "daemon.log").open("wb") as log, run_daemon(home, child_env, log) as daemon:
+        assert daemon is not None
+
+        def started() -> dict[str, int] | None:
+            runs = [instance.get_run_by_id(r) for r in run_ids]
+            if all(r is not None and r.status == DagsterRunStatus.STARTED and PID_TAG in r.tags for r in runs):
+                return {r.run_id: int(r.tags[PID_TAG]) for r in runs if r is not None}
+            return None
+
+        pids = wait_for("all three runs started", started, 120)
+        by_pid = Counter(pids.values())
+        assert sorted(by_pid.values()) == [1, 2], pids
+        shared_pid = next(p for p, n in by_pid.items() if n == 2)
+        victim, sibling = [r for r, p in pids.items() if p == shared_pid]
+        assert instance.run_launcher.terminate(victim)
+        finished = wait_for("every run to finish", lambda: (
+            all((r := instance.get_run_by_id(i)) is not None and r.is_finished for i in run_ids)), 180)
+        assert finished
+        status = {i: instance.get_run_by_id(i).status for i in run_ids}  # type: ignore[union-attr]
+        assert status.pop(victim) == DagsterRunStatus.CANCELED, (tmp_path / "daemon.log").read_text()[-3000:]
+        assert set(status.values()) == {DagsterRunStatus.SUCCESS}, status
+        # the first host took its two runs, finished them and exited; the runs stay Dagster's own
+        assert wait_for("the full host to exit", lambda: not Path(f"/proc/{shared_pid}").exists(), 30)
+        messages = [e.message for e in instance.all_logs(sibling, of_type=DagsterEventType.ENGINE_EVENT)]
+        assert any(f"pid: {shared_pid}, forked warm; run " in m for m in messages), messages
+    assert instance.get_materialized_partitions(AssetKey("task_exports")) == {
+        k for k, r in zip(new, run_ids, strict=True) if r != victim}

@@ -354,7 +354,7 @@ def _queue_and_follow(
 ) -> RunSummary:
     from dagster import AssetKey, DagsterInstance
 
-    from vr_assets.execution.launcher import forget_stale_location
+    from vr_assets.execution.run_host import forget_stale_location
     from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
     from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
     from vr_assets.partitions import videos_partitions

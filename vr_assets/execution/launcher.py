@@ -15,12 +15,15 @@ and the daemon launches it here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -28,7 +31,7 @@ from dagster import Array, Field, Noneable
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-from vr_assets.execution import forkserver
+from vr_assets.execution import forkserver, run_host
 from vr_assets.execution.forkserver import DEFAULT_PRELOAD
 
 log = logging.getLogger(__name__)
@@ -52,39 +55,13 @@ def _proc_start(pid: int) -> str | None:
     return fields[19].decode()
 
 
-def forget_stale_location() -> None:
-    """Forget a preloaded code location whose spec or prompts changed since the forkserver loaded it."""
-    import sys
-
-    loaded = sys.modules.get("vr_assets.definitions")
-    if loaded is not None and loaded.fingerprint != loaded.sources_fingerprint():
-        del sys.modules["vr_assets.definitions"]
-
-
 def execute_run_in_worker(run_id: str, instance_ref: str) -> None:
-    """The run process's body: what `dagster api execute_run` does, minus the interpreter start."""
+    """One run in this process with an instance of its own (how a test runs one by hand)."""
     from dagster import DagsterInstance
-    from dagster._core.events import EngineEventData
-    from dagster._grpc.impl import core_execute_run
     from dagster._serdes import deserialize_value
-    from dagster._utils.hosted_user_process import recon_job_from_origin
-    from dagster._utils.interrupts import capture_interrupts
 
-    os.setpgid(0, 0)  # its own process group: a terminate reaches the run and what it started (ffmpeg)
-    forget_stale_location()
-    with capture_interrupts(), DagsterInstance.from_ref(deserialize_value(instance_ref)) as instance:
-        run = instance.get_run_by_id(run_id)
-        if run is None or run.job_code_origin is None:
-            raise RuntimeError(f"run {run_id} not found or has no code origin")
-        recon_job = recon_job_from_origin(run.job_code_origin)  # type: ignore[arg-type]
-        instance.report_engine_event(
-            f"Started process for run (pid: {os.getpid()}, forked warm).", run, EngineEventData.in_process(os.getpid())
-        )
-        try:
-            for _event in core_execute_run(recon_job, run, instance, inject_env_vars=True):
-                pass
-        except BaseException:  # core_execute_run has written the failure to the event log already
-            pass
+    with DagsterInstance.from_ref(deserialize_value(instance_ref)) as instance:
+        run_host.execute_run(run_id, instance, "run by hand")
 
 
 def _in_daemon() -> bool:
@@ -94,14 +71,37 @@ def _in_daemon() -> bool:
     return argv0 == "dagster-daemon" or "_daemon" in (sys.argv[0] if sys.argv else "")
 
 
-class WarmRunLauncher(RunLauncher, ConfigurableClass):
-    """Launches each run in its own process, forked from a forkserver with the code location preloaded."""
+RUNS_PER_PROCESS = 8  # runs one run host takes over its life (and so at most at once)
 
-    def __init__(self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None) -> None:
+
+@dataclass
+class _Host:
+    """The launcher's view of one run host: its pipe, the runs it has not reported done, how many it took."""
+
+    proc: BaseProcess
+    conn: Connection
+    runs: set[str] = field(default_factory=set)
+    taken: int = 0
+    closed: bool = False  # took its last run: it exits once those are done
+    gone: bool = False
+
+
+class WarmRunLauncher(RunLauncher, ConfigurableClass):
+    """Launches each run on a thread of a run host, a process forked from a forkserver with the code preloaded.
+
+    A host takes `runs_per_process` runs over its life, then exits when they are done (a fresh host
+    picks up a changed code location and frees what runs left behind). Runs go to the open host with
+    the fewest in flight, and there are as many open hosts as CPUs before two runs share one, so the
+    runs' Python work spreads over every core."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None,
+                 runs_per_process: int | None = None, spread_over: int | None = None) -> None:
         self._inst_data = inst_data
         self._preload = list(preload or DEFAULT_PRELOAD)
+        self._runs_per_process = max(1, runs_per_process or RUNS_PER_PROCESS)
+        self._spread = max(1, spread_over or os.cpu_count() or 1)
         self._ctx: Any = None
-        self._procs: dict[str, BaseProcess] = {}
+        self._hosts: list[_Host] = []
         self._lock = threading.Lock()
         super().__init__()
         if _in_daemon():
@@ -115,37 +115,75 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict[str, Field]:
-        return {"preload": Field(Noneable(Array(str)), is_required=False, default_value=None)}
+        return {"preload": Field(Noneable(Array(str)), is_required=False, default_value=None),
+                "runs_per_process": Field(Noneable(int), is_required=False, default_value=None,
+                                          description=f"runs one run host takes (default {RUNS_PER_PROCESS})"),
+                "spread_over": Field(Noneable(int), is_required=False, default_value=None,
+                                     description="run hosts open before two runs share one (default: the CPUs)")}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> WarmRunLauncher:
         return cls(inst_data=inst_data, **config_value)
 
     def _context(self) -> Any:
-        with self._lock:
-            if self._ctx is None:
-                self._ctx = forkserver.context(self._preload)
-            return self._ctx
+        if self._ctx is None:
+            self._ctx = forkserver.context(self._preload)
+        return self._ctx
 
     def warm_up(self) -> None:
         """Start the forkserver now (its imports take seconds) instead of at the first launch."""
         forkserver.start(self._preload)
 
-    def launch_run(self, context: LaunchRunContext) -> None:
+    def _start_host(self) -> _Host:
         from dagster._serdes import serialize_value
 
-        run = context.dagster_run
-        proc = self._context().Process(
-            target=execute_run_in_worker,
-            args=(run.run_id, serialize_value(self._instance.get_ref())),
-            name=f"dagster-run-{run.run_id[:8]}",
-        )
+        ours, theirs = Pipe()
+        proc = self._context().Process(target=run_host.serve, args=(theirs, serialize_value(self._instance.get_ref())),
+                                       name="dagster-run-host")
         proc.start()
-        pid = int(proc.pid or 0)
+        theirs.close()
+        host = _Host(proc, ours)
+        self._hosts.append(host)
+        return host
+
+    def _reap(self) -> None:
+        """Take in the hosts' "done" notes; forget hosts that are gone or closed with nothing in flight."""
+        for host in self._hosts:
+            try:
+                while host.conn.poll():
+                    _, run_id = host.conn.recv()
+                    host.runs.discard(run_id)
+            except (EOFError, OSError):
+                host.gone = True
+        for host in [h for h in self._hosts if h.gone or (h.closed and not h.runs)]:
+            self._hosts.remove(host)
+            host.conn.close()
+
+    def _place(self, run_id: str) -> int:
+        """Send the run to a host; the host's pid."""
+        while True:
+            self._reap()
+            open_hosts = [h for h in self._hosts if not h.closed]
+            # as many hosts as CPUs before two runs share one; then the one with the fewest in flight
+            fewest = min(open_hosts, key=lambda h: len(h.runs), default=None)
+            host = fewest if fewest is not None and len(open_hosts) >= self._spread else self._start_host()
+            try:
+                host.conn.send(("run", run_id))
+            except OSError:  # it died since the last look: the next host
+                host.gone = True
+                continue
+            host.runs.add(run_id)
+            host.taken += 1
+            if host.taken >= self._runs_per_process:
+                host.closed = True
+                with contextlib.suppress(OSError):
+                    host.conn.send(("close", None))
+            return int(host.proc.pid or 0)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
         with self._lock:
-            for rid in [r for r, p in self._procs.items() if not p.is_alive()]:
-                self._procs.pop(rid).close()
-            self._procs[run.run_id] = proc
+            pid = self._place(run.run_id)
         tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: _proc_start(pid) or ""}
         self._instance.add_run_tags(run.run_id, tags)
 
@@ -157,15 +195,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         return pid if _proc_start(pid) == run.tags.get(START_TAG) else None
 
     def terminate(self, run_id: str) -> bool:
+        """Mark the run CANCELING; its host, in whichever process launched it, interrupts the run's thread."""
         run = self._instance.get_run_by_id(run_id)
-        pid = self._pid(run_id)
-        if run is None or pid is None:
+        if run is None or run.is_finished or self._pid(run_id) is None:
             return False
         self._instance.report_run_canceling(run)
-        try:
-            os.kill(pid, signal.SIGTERM)  # capture_interrupts turns it into Dagster's interrupt handling
-        except ProcessLookupError:
-            return False
         return True
 
     @property
@@ -184,10 +218,13 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def join(self, timeout: int = 30) -> None:
         with self._lock:
-            procs = list(self._procs.values())
+            procs = [h.proc for h in self._hosts]
         for p in procs:
             p.join(timeout)
 
     def dispose(self) -> None:
+        """Close the pipes: each host finishes the runs it has, then exits."""
         with self._lock:
-            self._procs.clear()
+            for host in self._hosts:
+                host.conn.close()
+            self._hosts.clear()

@@ -28,8 +28,9 @@ class SharedWarmRunLauncher(WarmRunLauncher):
     """`WarmRunLauncher` plus a claim per run in the coordinator's records, its forkserver preloading
     the Postgres storage too."""
 
-    def __init__(self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None) -> None:
-        super().__init__(inst_data, [*(preload or DEFAULT_PRELOAD), *POSTGRES_PRELOAD])
+    def __init__(self, inst_data: ConfigurableClassData | None = None, preload: Sequence[str] | None = None,
+                 runs_per_process: int | None = None, spread_over: int | None = None) -> None:
+        super().__init__(inst_data, [*(preload or DEFAULT_PRELOAD), *POSTGRES_PRELOAD], runs_per_process, spread_over)
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run_id = context.dagster_run.run_id
