@@ -3,8 +3,10 @@
 Why threads: a forked run process writes reference counts into every preloaded object it touches
 (CPython 3.11), so each one privately copied ~37 MB of the forkserver's pages whatever it did;
 `gc.freeze()` and warming the code up first saved little. 128 videos in flight as 128 processes
-held 5.8 GB PSS. Runs on threads of one host pay that copy once per host and share its instance's
-storages; a run spends nearly all its time waiting on the provider, so the GIL costs little.
+held 5.8 GB PSS. Runs on threads of one host pay that copy once per host; a run spends nearly all its
+time waiting on the provider, so the GIL costs little. Each run still opens its own `DagsterInstance`
+(as a run process did): our SQLite event log serializes its writes per instance, and one instance
+shared by eight runs made them queue behind each other.
 
 Each run stays a Dagster run of its own (run id, events, status, monitoring, retries): the host
 only replaces "a process per run" by "a thread per run". `launcher.WarmRunLauncher` talks to a host
@@ -84,9 +86,11 @@ def _interrupt(thread: threading.Thread) -> None:
 class RunHost:
     """The host process's side: start a thread per run it is sent, report each one done, honour cancels."""
 
-    def __init__(self, conn: Connection, instance: Any) -> None:
+    def __init__(self, conn: Connection, instance: Any, instance_ref: Any) -> None:
         self._conn = conn
-        self._instance = instance
+        self._instance = instance  # the host's own: it reads the runs' statuses for cancels
+        self._ref = instance_ref
+        self._log_handlers = list(instance.get_yaml_python_handlers())
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._runs: dict[str, threading.Thread] = {}
@@ -117,8 +121,13 @@ class RunHost:
         self._stop.set()
 
     def _run(self, run_id: str, nth: int) -> None:
+        from dagster import DagsterInstance
+
         try:
-            execute_run(run_id, self._instance, f"run {nth} on this run host's threads")
+            with DagsterInstance.from_ref(self._ref) as instance:
+                handlers = self._log_handlers
+                instance.get_yaml_python_handlers = lambda: handlers  # see `serve`
+                execute_run(run_id, instance, f"run {nth} on this run host's threads")
         except BaseException as e:  # noqa: BLE001  (an interrupt before Dagster's execution, or no such run)
             log.warning("run %s: %s", run_id, e)
             run = self._instance.get_run_by_id(run_id)
@@ -151,22 +160,18 @@ class RunHost:
                     _interrupt(thread)
 
 
-def build_log_handlers_once(instance: Any) -> None:
-    """Build the instance's YAML-configured log handlers (`python_logs`) once, for every run of the host.
-
-    Dagster builds them for each run with `logging.config.dictConfig`, which closes every handler in
-    the process: it assumes one run per process. Beside another run's thread that is emitting through
-    its handler, that deadlocks (each thread holds the lock the other one waits for)."""
-    handlers = list(instance.get_yaml_python_handlers())
-    instance.get_yaml_python_handlers = lambda: handlers
-
-
 def serve(conn: Connection, instance_ref: str) -> None:
-    """The host process's body (forked from the forkserver)."""
+    """The host process's body (forked from the forkserver).
+
+    Dagster builds each run's YAML-configured log handlers (`python_logs`) with
+    `logging.config.dictConfig`, which closes every handler in the process: it assumes one run per
+    process. Beside another run's thread emitting through its handler, that deadlocked (each thread
+    held the lock the other one waited for). The host builds them once, before any run starts, and
+    gives every run's instance that list."""
     from dagster import DagsterInstance
     from dagster._serdes import deserialize_value
 
     os.setpgid(0, 0)  # its own process group: a stop of the host reaches what its runs started (ffmpeg)
-    with DagsterInstance.from_ref(deserialize_value(instance_ref)) as instance:
-        build_log_handlers_once(instance)
-        RunHost(conn, instance).serve()
+    ref = deserialize_value(instance_ref)
+    with DagsterInstance.from_ref(ref) as instance:
+        RunHost(conn, instance, ref).serve()
