@@ -1,6 +1,6 @@
 """The run launcher's forkserver, kept apart from Dagster's imports so it can start before them.
 
-A process has one forkserver (`multiprocessing`'s own). `WarmRunLauncher` forks every run from it;
+A process has one forkserver (`multiprocessing`'s own). `WarmRunLauncher` forks every run host from it;
 `vr_assets.execution.daemon` starts it first thing, so its imports (~3 CPU-s: Dagster, the SDKs,
 the code location) run beside the daemon's own instead of after them.
 """

@@ -1,18 +1,18 @@
-"""The run launcher every run of this package goes through: a process per run, forked warm.
+"""The run launcher every run of this package goes through: runs on the threads of warm-forked run hosts.
 
 Dagster's `DefaultRunLauncher` asks the code server to start each run, and the code server
 *spawns* a fresh interpreter that imports Dagster, the SDKs and the code location again: 3–6
 CPU-seconds per video run on a 2-core machine, more than the run's own work. This launcher forks
-each run from a forkserver that imported all of that once (`vr_assets.execution.preload`), so a
-run process starts in milliseconds and shares the preloaded pages with its siblings.
+run hosts from a forkserver that imported all of that once (`vr_assets.execution.preload`), so a
+host starts in milliseconds, and puts several runs on each host's threads (`run_host`), so the
+preloaded pages a process copies privately are copied once per host, not once per run.
 
 It is a plain `RunLauncher` named in `dagster.yaml`: the run queue (`QueuedRunCoordinator`,
-bounded by `workflow.max_workers`), run monitoring (a dead run process is seen through
+bounded by `workflow.max_workers`), run monitoring (a dead host is seen through
 `check_run_worker_health`), run retries and termination all stay Dagster's. Whatever starts a
 run (the sensor, the UI's *Materialize*, a backfill, `vr-annotate run`) submits it to the queue,
 and the daemon launches it here.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -187,17 +187,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: _proc_start(pid) or ""}
         self._instance.add_run_tags(run.run_id, tags)
 
-    def _pid(self, run_id: str) -> int | None:
-        run = self._instance.get_run_by_id(run_id)
-        if run is None or PID_TAG not in run.tags or run.tags.get(HOST_TAG) != socket.gethostname():
-            return None
-        pid = int(run.tags[PID_TAG])
-        return pid if _proc_start(pid) == run.tags.get(START_TAG) else None
-
     def terminate(self, run_id: str) -> bool:
-        """Mark the run CANCELING; its host, in whichever process launched it, interrupts the run's thread."""
+        """Mark the launched run CANCELING: its host, whichever daemon launched it on whichever machine that
+        shares the instance, interrupts the run's thread within a second."""
         run = self._instance.get_run_by_id(run_id)
-        if run is None or run.is_finished or self._pid(run_id) is None:
+        if run is None or run.is_finished or PID_TAG not in run.tags:
             return False
         self._instance.report_run_canceling(run)
         return True

@@ -1,4 +1,4 @@
-"""Imported once by the run launcher's forkserver, so each run forks with everything it touches loaded.
+"""Imported once by the run launcher's forkserver, so each run host forks with everything its runs touch loaded.
 
 Without it every run paid 3–6 CPU-seconds of imports (google-genai, openai, Dagster's storage
 and daemon modules, alembic's migration scripts, the code location) before its first step — on a
