@@ -92,10 +92,13 @@ def test_every_video_run_is_queued_forked_warm_in_process_and_bounded(
 RUN_IN_WORKER = """
 import gc, json, sys
 import vr_assets.execution.preload
-from vr_assets.execution.launcher import execute_run_in_worker
+from dagster import DagsterInstance
+from dagster._serdes import deserialize_value
+from vr_assets.execution.run_host import execute_run
 before = set(sys.modules)
 frozen = gc.get_freeze_count()
-execute_run_in_worker(sys.argv[1], sys.argv[2])
+with DagsterInstance.from_ref(deserialize_value(sys.argv[2])) as instance:
+    execute_run(sys.argv[1], instance, "run by hand")
 print(json.dumps({"new": sorted(set(sys.modules) - before), "frozen": frozen, "tracked": len(gc.get_objects())}))
 """
 

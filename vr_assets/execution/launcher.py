@@ -13,6 +13,7 @@ bounded by `workflow.max_workers`), run monitoring (a dead host is seen through
 run (the sensor, the UI's *Materialize*, a backfill, `vr-annotate run`) submits it to the queue,
 and the daemon launches it here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,15 +54,6 @@ def _proc_start(pid: int) -> str | None:
     if fields[0] == b"Z":  # a zombie is a finished process
         return None
     return fields[19].decode()
-
-
-def execute_run_in_worker(run_id: str, instance_ref: str) -> None:
-    """One run in this process with an instance of its own (how a test runs one by hand)."""
-    from dagster import DagsterInstance
-    from dagster._serdes import deserialize_value
-
-    with DagsterInstance.from_ref(deserialize_value(instance_ref)) as instance:
-        run_host.execute_run(run_id, instance, "run by hand")
 
 
 def _in_daemon() -> bool:

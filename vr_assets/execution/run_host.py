@@ -56,7 +56,7 @@ def execute_run(run_id: str, instance: Any, how: str) -> None:
     if run is None or run.job_code_origin is None:
         raise RuntimeError(f"run {run_id} not found or has no code origin")
     try:
-        with _load_lock:  # one thread re-imports a changed location; the others wait for it
+        with _load_lock:  # one thread at a time looks for a changed location and forgets it (imported again lazily)
             forget_stale_location()
             recon_job = recon_job_from_origin(run.job_code_origin)  # type: ignore[arg-type]
     except Exception:
