@@ -383,13 +383,19 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
     table = str(meta["check_failures"].value)
     assert "| bcq[0] | no_example_leakage | error | question repeats the prompt's example" in table
     assert "| bcq_openended[1] | question_form | error | not a yes/no question" in table
-    # the asset checks in the UI: the rules the items break failed, the others passed
-    status = {}
-    for rule in ("question_form", "no_example_leakage", "times_inside_video"):
+    # the asset checks in the UI: the error-level check failed and counts the failures by rule, the
+    # warning-level one passed
+    status, by_rule = {}, {}
+    for name in ("items_pass_error_rules", "items_pass_warning_rules"):
         (rec,) = instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(AssetKey("task_exports"), rule), limit=1)
-        status[rule] = rec.status.value
-    assert status == {"question_form": "FAILED", "no_example_leakage": "FAILED", "times_inside_video": "SUCCEEDED"}
+            AssetCheckKey(AssetKey("task_exports"), name), limit=1)
+        status[name] = rec.status.value
+        evaluation = rec.event.dagster_event.event_specific_data  # type: ignore[union-attr]
+        by_rule[name] = evaluation.metadata["failures_by_rule"].value
+    assert status == {"items_pass_error_rules": "FAILED", "items_pass_warning_rules": "SUCCEEDED"}
+    errors = by_rule["items_pass_error_rules"]
+    assert errors["question_form"] == 2 and errors["no_example_leakage"] >= 2 and errors["times_inside_video"] == 0
+    assert set(errors) | set(by_rule["items_pass_warning_rules"]) == set(EXPORT_CHECKS)
 
     out = env.results / "step_4_output"
     for task in ("bcq", "bcq_openended"):

@@ -2,7 +2,9 @@
 
 They run inside the asset that produced the output (declared `check_specs`), so a video's
 checks cost no extra Dagster step; the same item rules let the dataset asset drop items
-that fail error-level checks.
+that fail error-level checks. The item rules reach Dagster as two checks, one per severity,
+each listing its failures by rule: a check result is three stored events and a lookup of the
+target materialization, and 22 per-rule checks were half of a video run's events.
 """
 
 from __future__ import annotations
@@ -222,7 +224,16 @@ EXPORT_CHECKS = {
                         "video (the reasoning: no_source_reference)."),
     **QUALITY_CHECKS,
 }
-EXPORT_SPECS = [AssetCheckSpec(name, asset="task_exports", description=d) for name, (_, d) in EXPORT_CHECKS.items()]
+ITEM_CHECKS: dict[str, AssetCheckSeverity] = {"items_pass_error_rules": ERROR, "items_pass_warning_rules": WARN}
+EXPORT_SPECS = [
+    AssetCheckSpec(
+        name, asset="task_exports",
+        description=("No item breaks a rule that leaves it out of the dataset: " if sev == ERROR else
+                     "No item breaks a rule that only flags it (the item stays in the dataset): ")
+        + "; ".join(f"{rule}: {d}" for rule, (s, d) in EXPORT_CHECKS.items() if s == sev),
+    )
+    for name, sev in ITEM_CHECKS.items()
+]
 
 
 def check_captions(c: Captions) -> list[Outcome]:
@@ -265,8 +276,27 @@ def check_exports(
     te: TaskExports, duration: float, examples: ExampleIndex | None = None,
     failures: list[ItemFailure] | None = None,
 ) -> list[Outcome]:
-    """One outcome per export check; `failures` (from `item_failures`) saves computing the item rules twice."""
+    """One outcome per item rule; `failures` (from `item_failures`) saves computing the item rules twice."""
     outcomes = {name: Outcome(name, sev, d) for name, (sev, d) in EXPORT_CHECKS.items()}
     for f in failures if failures is not None else item_failures(te, duration, examples):
         outcomes[f.rule].failures.append(f"{f.task}[{f.index}]: {f.reason}")
     return list(outcomes.values())
+
+
+def export_check_results(outcomes: list[Outcome]) -> list[AssetCheckResult]:
+    """The rule outcomes as task_exports' two asset checks, one per severity; the metadata counts the
+    failures of each rule (every rule of that severity, passing ones at 0) and lists them."""
+    results = []
+    for name, sev in ITEM_CHECKS.items():
+        mine = [o for o in outcomes if o.severity == sev]
+        failing = [f"{o.name}: {f}" for o in mine for f in o.failures]
+        results.append(AssetCheckResult(
+            asset_key="task_exports", check_name=name, passed=not failing, severity=sev,
+            metadata={
+                "failures": len(failing),
+                "rules_failed": sum(bool(o.failures) for o in mine),
+                "failures_by_rule": MetadataValue.json({o.name: len(o.failures) for o in mine}),
+                "details": MetadataValue.md("\n".join(f"- {f}" for f in failing[:40]) or "all good"),
+            },
+        ))
+    return results

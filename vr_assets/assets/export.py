@@ -6,7 +6,14 @@ from collections.abc import Iterator
 from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, MetadataValue, Output, asset
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
-from vr_assets.checks import EXPORT_SPECS, ItemFailure, check_exports, failures_markdown, item_failures
+from vr_assets.checks import (
+    EXPORT_SPECS,
+    ItemFailure,
+    check_exports,
+    export_check_results,
+    failures_markdown,
+    item_failures,
+)
 from vr_assets.export import (
     dataset_report_markdown,
     place_and_exclude,
@@ -46,7 +53,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
         name="task_exports",
         partitions_def=videos_partitions,
         group_name="step_4_export",
-        code_version=code_version("task_exports/3", SCANNER_VERSION, QUALITY_VERSION, spec.data.video_root),
+        code_version=code_version("task_exports/4", SCANNER_VERSION, QUALITY_VERSION, spec.data.video_root),
         kinds={"python", "json"},
         owners=["team:video-data"],
         check_specs=EXPORT_SPECS,
@@ -76,8 +83,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
                       "check_failures": MetadataValue.md(failures_markdown(failures)),
                       "viewer": MetadataValue.url(video_page_url(spec.viewer.base_url, key))},
         )
-        for outcome in check_exports(result, duration, failures=failures):
-            yield outcome.result("task_exports")
+        yield from export_check_results(check_exports(result, duration, failures=failures))
 
     @asset(
         name="dataset",
