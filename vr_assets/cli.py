@@ -352,18 +352,23 @@ def _queue_and_follow(
     build_dataset: bool, summary: RunSummary, prefetch: MediaPrefetch | None, shared_daemon: bool,
     progress: Progress,
 ) -> RunSummary:
-    from dagster import AssetKey, DagsterInstance
+    from vr_assets.execution.startup import collector_paused
 
-    from vr_assets.execution.run_host import forget_stale_location
-    from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
-    from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
-    from vr_assets.partitions import videos_partitions
-    from vr_assets.shared_state import coordinator
+    with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
+        from dagster import AssetKey, DagsterInstance
 
-    forget_stale_location()
-    import vr_assets.definitions as location
+        from vr_assets.execution.run_host import forget_stale_location
+        from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
+        from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
+        from vr_assets.partitions import videos_partitions
+        from vr_assets.shared_state import coordinator
 
-    with DagsterInstance.get() as instance, ExitStack() as submitting:
+        forget_stale_location()
+        import vr_assets.definitions as location
+
+        opened = DagsterInstance.get()
+
+    with opened as instance, ExitStack() as submitting:
         # one vr-annotate plans and queues at a time (on Postgres: one on any host); a video another
         # one has queued or is running is followed, not queued twice
         submitting.enter_context(coordinator().lock("vr-annotate:submit", home / ".submit.lock"))

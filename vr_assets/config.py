@@ -19,6 +19,12 @@ DEFAULT_SPEC_ENV = "VR_CONFIG"
 DEFAULT_SPEC_PATH = "spec.yaml"
 
 
+def private_key_env(role: str) -> str:
+    """The environment variable a key written in the spec moves to (role `vlm` or `llm`), so it never shows in
+    the UI or on disk; the processes a command starts inherit it."""
+    return f"VR_ASSETS_{role.upper()}_API_KEY"
+
+
 class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from dagster import ConfigurableResource, EnvVar
 
 from vr_assets.call_cache import CachedModel, cache_dir_for, settings_fingerprint, upload_registry_for
-from vr_assets.config import GeminiSettings, ModelSpec, OpenAISettings, RateLimits, RetrySettings, Spec
+from vr_assets.config import (
+    GeminiSettings,
+    ModelSpec,
+    OpenAISettings,
+    RateLimits,
+    RetrySettings,
+    Spec,
+    private_key_env,
+)
 from vr_assets.media import MediaTool
 from vr_assets.media_cache import media_settings
 from vr_assets.providers import UsageLedger, get_model, provider_fatal_file
@@ -143,10 +151,6 @@ def _key_env(role: str, ms: ModelSpec) -> str:
     if os.environ.get(name):  # moved there by the process that started this one (`execution.services`)
         return name
     return KEY_ENV[ms.backend]
-
-
-def private_key_env(role: str) -> str:
-    return f"VR_ASSETS_{role.upper()}_API_KEY"
 
 
 class MediaResource(ConfigurableResource):

@@ -10,11 +10,13 @@ Dagster's own `dagster-daemon` command.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
 
 from vr_assets.execution import forkserver
+from vr_assets.execution.startup import collector_paused
 
 
 def _preload_for_home() -> tuple[str, ...] | None:
@@ -35,10 +37,20 @@ def main() -> int:
     preload = _preload_for_home()
     if preload is not None:
         forkserver.start(preload)
-    from dagster._daemon.cli import main as dagster_daemon
+    with collector_paused():
+        from dagster._daemon.cli import main as dagster_daemon
+
+        # what opening the tuned home's instance imports
+        import vr_assets.execution.launcher  # noqa: F401
+        import vr_assets.execution.storage  # noqa: F401
 
     sys.argv[0] = "dagster-daemon"
-    return dagster_daemon()
+    try:
+        return dagster_daemon()
+    finally:
+        # the interpreter's last garbage collection would walk every object Dagster loaded (~1 s on the way
+        # out, which `vr-annotate run` waits for); nothing needs collecting then
+        gc.freeze()
 
 
 if __name__ == "__main__":

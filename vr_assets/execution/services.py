@@ -21,7 +21,7 @@ from typing import IO
 
 import yaml
 
-from vr_assets.config import Spec
+from vr_assets.config import Spec, private_key_env
 
 DAEMON_LOCK = ".vr-daemon.lock"
 
@@ -49,8 +49,6 @@ def write_effective_spec(spec: Spec, home: Path) -> Path:
     Every path in it is absolute already (`Spec.resolved`); a key given in the file is not in it (the
     spec holds only the name of the private variable it was moved to, which the children inherit).
     """
-    from vr_assets.resources import private_key_env
-
     data = json.loads(spec.model_dump_json())
     for role in ("vlm", "llm"):
         for backend in ("gemini", "openai"):
