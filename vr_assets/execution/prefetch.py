@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,8 +113,13 @@ class MediaPrefetch:
             return key in self._handed_out
 
     def _work(self) -> None:
-        _lower_own_priority()
-        for video in self._videos:
+        # With questions to ask ahead, the first videos' media is what the empty provider waits for: made at
+        # the normal priority (the daemon's and the forkserver's imports are all else the CPU has then),
+        # the rest below the workers.
+        urgent = self._ahead.slots if self._ahead is not None else 0
+        for n, video in enumerate(self._videos):
+            if n == urgent:
+                _lower_own_priority()
             if self._stop.is_set():
                 return
             if self._taken(video.key):
@@ -170,6 +175,11 @@ class AskAhead:
         self.calls = 0
         self.left: dict[str, str] = {}  # video -> why its questions were left to its step
 
+    @property
+    def slots(self) -> int:
+        """Questions in flight at most: one per thread."""
+        return len(self._threads)
+
     def start(self) -> None:
         for t in self._threads:
             t.start()
@@ -224,6 +234,10 @@ class AskAhead:
             return self._model, self._pack
 
     def _work(self) -> None:
+        # the SDK's import and the client now, while the first video's media is being made, not after it;
+        # an error here meets each video's questions again, which leave them to the step
+        with suppress(Exception):
+            self._teacher()
         while (item := self._queue.get()) is not None:
             video, probe, kind, paths, held = item
             try:
