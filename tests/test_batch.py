@@ -193,7 +193,7 @@ def test_a_step_on_the_batch_tier_waits_holding_nothing_and_is_paid_once(
     instance = DagsterInstance.local_temp(str(tmp_path / "home"))
     instance.add_dynamic_partitions(videos_partitions.name, [key])
     defs = build_definitions(spec)
-    graph = list(defs.assets or [])
+    graph = [*defs.assets, *defs.asset_checks]
     sensor = defs.resolve_sensor_def("provider_batches")
     live_route = "generateContent" if backend == "gemini" else "chat.completions"
 

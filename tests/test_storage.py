@@ -252,7 +252,7 @@ def test_a_pipeline_run_writes_its_results_and_dataset_to_s3(
     defs = build_definitions(spec)
     resources = {**defs.resources, "io_manager": PartitionedJsonIOManager(results_dir=spec.results_dir,
                                                                            storage_url=spec.storage_url)}  # fmt: skip
-    graph = list(defs.assets or [])
+    graph = [*defs.assets, *defs.asset_checks]
     for k in keys:
         got = materialize(graph, partition_key=k, resources=resources, instance=instance, selection=PER_VIDEO_ASSETS)
         assert got.success

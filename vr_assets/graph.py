@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetChecksDefinition, AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from vr_assets.assets import captioning, description, export, filtering, highlight, qa
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline
@@ -31,7 +31,7 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
     pipe = Pipeline(spec=spec, pack=pack, offline_teacher=spec.offline_teacher)
     if spec.offline_teacher:
         log.warning("vr-assets: %s", OFFLINE_NOTE)
-    assets = [
+    built = [
         filtering.build(pipe),
         *captioning.build(pipe),
         highlight.build(pipe),
@@ -39,6 +39,8 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
         qa.build(pipe),
         *export.build(pipe),
     ]
+    assets = [d for d in built if not isinstance(d, AssetChecksDefinition)]
+    checks = [d for d in built if isinstance(d, AssetChecksDefinition)]
     annotate = define_asset_job(
         ANNOTATE_JOB,
         selection=AssetSelection.assets(*PER_VIDEO_ASSETS),
@@ -46,7 +48,8 @@ def build_definitions(spec: Spec | None = None) -> Definitions:
     )
     build_dataset = define_asset_job(DATASET_JOB, selection=AssetSelection.assets("dataset"))
     return Definitions(
-        assets=assets,  # their checks are declared on them (check_specs)
+        assets=assets,
+        asset_checks=checks,
         jobs=[annotate, build_dataset],
         sensors=[build_sensor(spec, annotate), build_dataset_sensor(build_dataset), build_batch_sensor(spec, annotate)],
         # a video's steps run one after another in its run's process (forked warm by the run launcher,
