@@ -386,3 +386,22 @@ def test_runs_share_a_run_host_and_a_canceled_run_stops_alone(
         assert any(f"pid: {shared_pid}, forked warm; run " in m for m in messages), messages
     assert instance.get_materialized_partitions(AssetKey("task_exports")) == {
         k for k, r in zip(new, run_ids, strict=True) if r != victim}
+
+
+def test_the_launchers_dagster_builds_for_one_instance_share_its_run_hosts(tmp_path: Path) -> None:
+    """Dagster builds an instance's run launcher lazily and without a lock, so the daemon's dequeue threads can
+    each build one at start: they must place runs on the same hosts (and another instance on its own)."""
+    launcher = {"module": "vr_assets.execution.launcher", "class": "WarmRunLauncher"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "a"), overrides={"run_launcher": launcher}) as one, \
+            DagsterInstance.local_temp(str(tmp_path / "b"), overrides={"run_launcher": launcher}) as other:
+        built = []
+        for instance in (one, one, other):
+            got = instance.get_ref().run_launcher
+            got.register_instance(instance)
+            built.append(got)
+        first, second, third = built
+        assert first is not second and isinstance(first, WarmRunLauncher)
+        assert first._hosts is second._hosts and first._lock is second._lock  # noqa: SLF001
+        assert third._hosts is not first._hosts  # noqa: SLF001

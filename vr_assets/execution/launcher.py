@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
@@ -78,6 +79,20 @@ class _Host:
     gone: bool = False
 
 
+@dataclass
+class _HostPool:
+    """The run hosts of one instance, and the lock their placement takes."""
+
+    hosts: list[_Host] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# Dagster builds an instance's run launcher lazily, without a lock: the daemon's dequeue threads, launching
+# the first runs together, can each build one. Every launcher of an instance places runs on the same hosts.
+_POOLS: weakref.WeakKeyDictionary[Any, _HostPool] = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run on a thread of a run host, a process forked from a forkserver with the code preloaded.
 
@@ -104,6 +119,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     @property
     def inst_data(self) -> ConfigurableClassData | None:
         return self._inst_data
+
+    def register_instance(self, instance: Any) -> None:
+        super().register_instance(instance)
+        with _POOLS_LOCK:
+            pool = _POOLS.setdefault(instance, _HostPool())
+        self._hosts, self._lock = pool.hosts, pool.lock
 
     @classmethod
     def config_type(cls) -> dict[str, Field]:
