@@ -11,6 +11,7 @@ Dagster's own `dagster-daemon` command.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -40,9 +41,10 @@ def main() -> int:
     with collector_paused():
         from dagster._daemon.cli import main as dagster_daemon
 
-        # what opening the tuned home's instance imports
-        import vr_assets.execution.launcher  # noqa: F401
-        import vr_assets.execution.storage  # noqa: F401
+        if preload is not None:  # what opening the tuned home's instance imports: its launcher and storage
+            importlib.import_module("vr_assets.execution.launcher")
+            postgres = set(forkserver.POSTGRES_PRELOAD) <= set(preload)
+            importlib.import_module("vr_assets.execution.pg_storage" if postgres else "vr_assets.execution.storage")
 
     sys.argv[0] = "dagster-daemon"
     try:

@@ -108,8 +108,9 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._runs_per_process = max(1, runs_per_process or RUNS_PER_PROCESS)
         self._spread = max(1, spread_over or os.cpu_count() or 1)
         self._ctx: Any = None
-        self._hosts: list[_Host] = []
-        self._lock = threading.Lock()
+        # the instance's hosts and their lock, shared by every launcher of the instance (`register_instance`)
+        self._hosts: list[_Host]
+        self._lock: threading.Lock
         super().__init__()
         if _in_daemon():
             # the daemon is the process that launches (the webserver and the CLI only queue runs): its
