@@ -269,3 +269,29 @@ def test_a_prefetch_without_videos_stops_cleanly(make_pipeline: Any) -> None:
     prefetch = MediaPrefetch(spec, media_tool(spec), [], ahead).start()
     prefetch.stop()
     assert prefetch.summary().endswith("asked ahead for 0 video(s) (0 calls)")
+
+
+def test_the_wait_for_the_teacher_ends_when_it_cannot_be_built(
+    make_pipeline: Any, synthetic_videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vr-annotate run` imports Dagster once the client asking ahead is built; a client that cannot be built
+    ends that wait at once, and its video's questions are left to the step (which reports the cause)."""
+    import vr_assets.call_cache as call_cache
+
+    def no_teacher(*_: Any) -> Any:
+        raise RuntimeError("no client here")
+
+    monkeypatch.setattr(call_cache, "spec_teacher", no_teacher)
+    env = make_pipeline("gemini")
+    spec = env.spec(**REENCODE)
+    ahead = AskAhead(spec, threads=2)
+    prefetch = MediaPrefetch(spec, media_tool(spec), [source(synthetic_videos["clip8"], "a")], ahead).start()
+    started = threading.Event()
+    waiter = threading.Thread(target=lambda: (prefetch.wait_for_teacher(timeout_s=60.0), started.set()))
+    waiter.start()
+    waiter.join(30.0)
+    assert started.is_set()  # ended by the failed build, not by its 60 s bound
+    prefetch.wait()
+    prefetch.stop()
+    assert prefetch.prepared == ["a"] and list(ahead.left) == ["a"] and "no client here" in ahead.left["a"]
+    assert env.calls() == 0

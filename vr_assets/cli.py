@@ -354,6 +354,8 @@ def _queue_and_follow(
 ) -> RunSummary:
     from vr_assets.execution.startup import collector_paused
 
+    if prefetch is not None:  # the first question asked ahead waits on the SDK's import: that goes first
+        prefetch.wait_for_teacher()
     with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
         from dagster import AssetKey, DagsterInstance
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from vr_assets.call_cache import CachedModel
     from vr_assets.prompts import PromptPack
 
+# Threads making media when questions are asked ahead: the provider waits on the first videos' ffmpeg.
+MEDIA_THREADS = 2
+
 # Below the workers (nice 0): the prefetch uses the CPU they leave idle while waiting on the model.
 NICENESS = 10
 
@@ -56,7 +59,9 @@ class MediaPrefetch:
         self._dropped: set[str] = set()
         self._guard = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="vr-media-prefetch", daemon=True)
+        self._next = 0  # index in `_videos` of the next video a thread takes
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"vr-media-prefetch-{i}", daemon=True)
+                         for i in range(MEDIA_THREADS if ahead is not None else 1)]
         self.prepared: list[str] = []
         self.skipped: list[str] = []
         self.failed: dict[str, str] = {}
@@ -65,8 +70,15 @@ class MediaPrefetch:
         if self._videos:
             if self._ahead is not None:
                 self._ahead.start()  # from this thread: its threads keep the normal priority
-            self._thread.start()
+            for t in self._threads:
+                t.start()
         return self
+
+    def wait_for_teacher(self, timeout_s: float = 5.0) -> None:
+        """Until the questions asked ahead have their SDK client. The first model call waits for that import
+        (~0.6 CPU-s); one process importing Dagster meanwhile on the same GIL and cores delayed it ~1 s."""
+        if self._ahead is not None and self._videos:
+            self._ahead.wait_built(timeout_s)
 
     def handed_out(self, key: str) -> None:
         """A worker has this video now: it prepares its own media from here on."""
@@ -82,8 +94,9 @@ class MediaPrefetch:
 
     def wait(self) -> None:
         """Until every video not handed out has been tried (its questions too)."""
-        if self._thread.is_alive():
-            self._thread.join()
+        for t in self._threads:
+            if t.is_alive():
+                t.join()
         if self._ahead is not None:
             self._ahead.wait()
 
@@ -91,8 +104,9 @@ class MediaPrefetch:
         """Finish the video in hand (its files land whole or not at all) and start no other; with `answers`,
         wait for the questions in flight too (off when the run is being abandoned: they are lost, not paid twice)."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        for t in self._threads:
+            if t.is_alive():
+                t.join()
         if self._ahead is not None:
             self._ahead.stop(wait=answers)
 
@@ -112,19 +126,26 @@ class MediaPrefetch:
         with self._guard:
             return key in self._handed_out
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         # With questions to ask ahead, the first videos' media is what the empty provider waits for: made at
         # the normal priority (the daemon's and the forkserver's imports are all else the CPU has then),
         # the rest below the workers.
         urgent = self._ahead.slots if self._ahead is not None else 0
-        for n, video in enumerate(self._videos):
-            if n == urgent:
-                _lower_own_priority()
-            if self._stop.is_set():
+        lowered = False
+        if index and self._ahead is not None:
+            self._ahead.wait_built(5.0)  # the SDK's import first: the first question waits on it
+        while not self._stop.is_set():
+            with self._guard:
+                n = self._next
+                self._next += 1
+            if n >= len(self._videos):
                 return
-            if self._taken(video.key):
-                continue
-            self._prepare(video)
+            if n >= urgent and not lowered:
+                _lower_own_priority()
+                lowered = True
+            video = self._videos[n]
+            if not self._taken(video.key):
+                self._prepare(video)
 
     def _prepare(self, video: VideoSource) -> None:
         from vr_assets.whole_video import probe_stop_reason
@@ -169,6 +190,7 @@ class AskAhead:
         self._model: CachedModel | None = None
         self._pack: PromptPack | None = None
         self._model_guard = threading.Lock()
+        self._built = threading.Event()  # the teacher is built (or failed to be)
         self._guard = threading.Lock()
         self._stopping = False
         self.asked: list[str] = []
@@ -183,6 +205,10 @@ class AskAhead:
     def start(self) -> None:
         for t in self._threads:
             t.start()
+
+    def wait_built(self, timeout_s: float) -> None:
+        """Until the teacher is built (at most `timeout_s`): see `MediaPrefetch.wait_for_teacher`."""
+        self._built.wait(timeout_s)
 
     def submit(self, video: VideoSource, probe: VideoProbe, kind: str, paths: list[Path], held: ExitStack) -> None:
         with self._guard:
@@ -236,8 +262,11 @@ class AskAhead:
     def _work(self) -> None:
         # the SDK's import and the client now, while the first video's media is being made, not after it;
         # an error here meets each video's questions again, which leave them to the step
-        with suppress(Exception):
-            self._teacher()
+        try:
+            with suppress(Exception):
+                self._teacher()
+        finally:
+            self._built.set()  # built or not: nobody waits for it any longer
         while (item := self._queue.get()) is not None:
             video, probe, kind, paths, held = item
             try:
