@@ -2,8 +2,8 @@
 
 A video's first step cannot call the model before its downscaled copy (and a long video's frames) exist.
 Made inside the run, that ffmpeg work lands all at once on the first wave of workers, when the CPU is
-busiest and the provider still empty. The runner instead hands videos out one at a time and this
-thread prepares the ones not handed out yet, at a lower CPU priority, so a worker finds them ready.
+busiest and the provider still empty. The runner instead hands videos out one at a time and these
+threads prepare the ones not handed out yet, at a lower CPU priority, so a worker finds them ready.
 
 With `workflow.ask_ahead`, the questions about the whole video (`vr_assets.whole_video`: step 0's
 screening, then step 1a's captions if it proceeds) go out too as soon as a video's media exists: the
@@ -45,8 +45,8 @@ NICENESS = 10
 
 
 class MediaPrefetch:
-    """One background thread walking the videos in the order given (the hand-out order, or smallest file first
-    when it asks ahead), skipping those already handed out."""
+    """Background threads (one, or `MEDIA_THREADS` when it asks ahead) taking the videos in the order given (the
+    hand-out order, or smallest file first when it asks ahead), skipping those already handed out."""
 
     def __init__(
         self, spec: Spec, tool: MediaTool, videos: Iterable[VideoSource], ahead: AskAhead | None = None
