@@ -132,8 +132,8 @@ class MediaPrefetch:
         # the rest below the workers.
         urgent = self._ahead.slots if self._ahead is not None else 0
         lowered = False
-        if index and self._ahead is not None:
-            self._ahead.wait_built(5.0)  # the SDK's import first: the first question waits on it
+        if index:
+            self.wait_for_teacher()  # the SDK's import first: the first question waits on it
         while not self._stop.is_set():
             with self._guard:
                 n = self._next
@@ -262,11 +262,9 @@ class AskAhead:
     def _work(self) -> None:
         # the SDK's import and the client now, while the first video's media is being made, not after it;
         # an error here meets each video's questions again, which leave them to the step
-        try:
-            with suppress(Exception):
-                self._teacher()
-        finally:
-            self._built.set()  # built or not: nobody waits for it any longer
+        with suppress(Exception):
+            self._teacher()
+        self._built.set()  # built or not: nobody waits for it any longer
         while (item := self._queue.get()) is not None:
             video, probe, kind, paths, held = item
             try:
