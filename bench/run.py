@@ -339,7 +339,7 @@ def run_against_fake(
         stats = call_stats(fake)
         ok = [r for r in fake.log if r.route in MODEL_ROUTES and r.status == 200]
         spans = [(r.started_at - started, r.duration_s) for r in ok]
-        (work / "spans.json").write_text(json.dumps({"since_launch": sorted(spans)}))
+        (work / "spans.json").write_text(json.dumps({"launched_at": started, "since_launch": sorted(spans)}))
         first_call_s, full_at_s = ramp(spans, args.concurrency)
         seen = verdict_videos_seen(fake, keys)
     finally:
