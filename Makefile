@@ -40,6 +40,7 @@ bench: setup-test bench/.ref-venv/.ready
 	$(BIN)/python bench/run.py --tier flex --whole-video-requests one_per_step --skip-ffmpeg --bookkeeping-partitions 0 --out bench/out-flex
 	$(BIN)/python bench/roads.py --n 24 --concurrency 8 --memory 32 128
 	$(BIN)/python bench/partitions.py --partitions 10000
+	$(BIN)/python bench/dataset_pass.py --videos 10000
 
 bench/.ref-venv/.ready: bench/setup_reference.sh
 	./bench/setup_reference.sh

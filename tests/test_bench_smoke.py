@@ -101,3 +101,17 @@ def test_cost_per_usable_item_is_measured_on_the_wire(bench_run: tuple[str, dict
     check = re.search(r"wire (\d+) calls \$([0-9.]+) .* ledger (\d+) calls \$([0-9.]+)", table)
     assert check is not None and check.group(1) == check.group(3) == calls and check.group(2) == check.group(4)
     assert "| explicit context caching | yes |" in table and "estimate vs actual" in table
+
+
+def test_dataset_pass_bench_reuses_the_last_builds_verdicts() -> None:
+    """`bench/dataset_pass.py` on 40 videos: the rebuild judges only what changed and reuses the rest."""
+    cmd = [sys.executable, str(REPO / "bench" / "dataset_pass.py"), "--videos", "40"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first = re.search(r"first build: (\d+) judged", proc.stdout)
+    again = re.search(r"rebuild with 1 new video\(s\): (\d+) judged, (\d+) reused", proc.stdout)
+    assert first is not None and again is not None, proc.stdout
+    items = re.search(r"40 videos, (\d+) items", proc.stdout)
+    assert items is not None and int(first.group(1)) == int(items.group(1)) > 0
+    judged, reused = int(again.group(1)), int(again.group(2))
+    assert 0 < judged < reused and reused <= int(first.group(1))

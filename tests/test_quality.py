@@ -7,6 +7,7 @@ file) are judged together, as the items of one video, for the rules that compare
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from vr_assets.checks import (
     item_failures,
     item_problems,
     rule_problems,
+    rules_fingerprint,
 )
 from vr_assets.export import place_and_exclude, place_mcq_options, task_exports_for_video, task_items_for_video
 from vr_assets.fakes.teacher import Teacher
+from vr_assets.judgments import ItemJudgments
 from vr_assets.parsing import parse_qa
 from vr_assets.prompts import TemplateValues, fill_template, load_pack, qa_prompt_key, schema_for_key
 from vr_assets.quality import (
@@ -342,6 +345,69 @@ def test_dataset_pass_places_options_before_it_judges() -> None:
     assert none == [] and sum(len(te.tasks["mcq"]) for te in only) == 36
 
 
+def _corpus_videos() -> tuple[list[TaskExports], dict[str, float]]:
+    """Every video of the corpus as a TaskExports (a case without `video` alone), and their durations."""
+    videos: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for c in CASES:
+        videos[(c["file"], c.get("video", c["id"]))].append(c)
+    out, durations = [], {}
+    for (file, video), cases in videos.items():
+        tasks: dict[str, list[TaskItem]] = defaultdict(list)
+        for c in cases:
+            tasks[c["task"]].append(task_item(c))
+        key = f"{file}/{video}"
+        out.append(TaskExports(video_key=key, mode=cases[0]["mode"], tasks=dict(tasks)))
+        durations[key] = cases[0]["duration"]
+    return out, durations
+
+
+def test_item_judgments_reuse_gives_the_verdicts_of_a_fresh_build(concrete: ExampleIndex, tmp_path: Path) -> None:
+    """The dataset pass with the verdicts of the last build gives exactly what judging every item gives: the
+    same written items, placement and exclusions, with nothing judged twice; a changed item, a rule or example
+    change and a damaged file are judged again."""
+    per_video, durations = _corpus_videos()
+    per_video += [task_exports_for_video(f"v{v}", "normal", _mcqs(v), f"v{v}.mp4")[0] for v in range(6)]
+    durations |= {f"v{v}": 30.0 for v in range(6)}
+    path, fingerprint = tmp_path / "cache" / "item_judgments.json", rules_fingerprint(concrete)
+
+    def build(known: ItemJudgments | None, videos: list[TaskExports] = per_video) -> Any:
+        placed, placement, excluded = place_and_exclude(
+            videos, lambda te: item_failures(te, durations[te.video_key], concrete, known))
+        return [te.model_dump() for te in placed], placement.model_dump(), [e.model_dump() for e in excluded]
+
+    fresh = build(None)
+    assert len(fresh[2]) > 100  # the corpus's bad items and the MCQs' second round: exclusions to reproduce
+    first = ItemJudgments.load(path, fingerprint)
+    assert (first.note, first.damaged) == ("", False)  # the first build has no file and says nothing
+    assert build(first) == fresh
+    items = first.judged
+    assert items > 300 and first.reused == 0
+    first.save(path)
+
+    again = ItemJudgments.load(path, fingerprint)
+    assert build(again) == fresh
+    assert (again.judged, again.reused, again.changed()) == (0, items, False)
+
+    # one answer edited: that item alone goes through the rules
+    edited = [te.model_copy(deep=True) for te in per_video]
+    edited[0].tasks[next(iter(edited[0].tasks))][0].answer += " Indeed."
+    one = ItemJudgments.load(path, fingerprint)
+    build(one, edited)
+    assert (one.judged, one.reused) == (1, items - 1)
+    one.save(path)  # the file now holds what this build used: the old form of the edited item is gone
+    assert len(json.loads(path.read_text())["problems"]) == items
+
+    # other examples (or another rules version) make another fingerprint: nothing is taken
+    other = ItemJudgments.load(path, rules_fingerprint(None))
+    assert other.reused == 0 and "changed since the last build" in other.note and not other.damaged
+    assert rules_fingerprint(None) != fingerprint == rules_fingerprint(concrete)
+
+    path.write_text('{"fingerprint": "' + fingerprint + '", "problems": {"x": [["only-one"]]}}')
+    damaged = ItemJudgments.load(path, fingerprint)
+    assert damaged.damaged and "unreadable" in damaged.note and str(path) in damaged.note
+    assert build(damaged) == fresh and damaged.judged == items
+
+
 class CopyingTeacher(Teacher):
     """The offline teacher, except that its yes/no answers carry what a small real model wrote:
     the prompt's own example copied, and a question that is not a yes/no question."""
@@ -408,6 +474,22 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
         ("bcq_openended", "no_example_leakage"), ("bcq_openended", "question_form")]
     assert tao_validate(out)[0] == []
     ds = instance.get_latest_materialization_event(AssetKey("dataset"))
-    md = str(ds.asset_materialization.metadata["report"].value)  # type: ignore[union-attr]
+    ds_meta = ds.asset_materialization.metadata  # type: ignore[union-attr]
+    md = str(ds_meta["report"].value)
     assert "**Excluded by checks:** 4" in md
     assert "| corridor.mp4 | bcq | question_form: not a yes/no question" in md
+    # the first build judged every item and kept the verdicts beside the results
+    first_judged = ds_meta["items_judged"].value
+    assert first_judged == meta["items"].value and ds_meta["item_judgments_reused"].value == 0
+    assert (env.results / "cache" / "item_judgments.json").is_file()
+
+    # a second video: the dataset is built again, and only the new video's items go through the rules
+    env.teacher.set_verdict_for_file(env.add_video(synthetic_videos["short_mp4"], "corridor-2.mp4"), label="normal")
+    summary = env.run(spec)
+    assert summary.failed == {}, summary.failed
+    ds_meta = instance.get_latest_materialization_event(AssetKey("dataset")).asset_materialization.metadata  # type: ignore[union-attr]
+    assert ds_meta["item_judgments_reused"].value == first_judged
+    assert ds_meta["items_judged"].value == first_judged  # the copy's items name another video: new items
+    report = json.loads((out / "dataset_report.json").read_text())
+    assert report["excluded_items"] == 8  # the reused verdicts leave the first video's items out as before
+    assert {e["video_key"] for e in report["excluded"]} == {"corridor.mp4", "corridor-2.mp4"}

@@ -9,15 +9,22 @@ target materialization, and 22 per-rule checks were half of a video run's events
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
-from vr_assets.quality import QUALITY_CHECKS, ExampleIndex, quality_problems, video_problems
+from vr_assets import quality
+from vr_assets.quality import QUALITY_CHECKS, QUALITY_VERSION, ExampleIndex, quality_problems, video_problems
 from vr_assets.records import Captions, ChunkCaptions, Highlight, Record, TaskExports, TaskItem
+
+if TYPE_CHECKING:
+    from vr_assets.judgments import ItemJudgments
 
 ERROR = AssetCheckSeverity.ERROR
 WARN = AssetCheckSeverity.WARN
@@ -160,16 +167,37 @@ class ItemFailure(Record):
     question: str
 
 
-def item_failures(te: TaskExports, duration: float, examples: ExampleIndex | None = None) -> list[ItemFailure]:
+def rules_fingerprint(examples: ExampleIndex | None) -> str:
+    """What the item rules' verdicts depend on besides the item itself: the rules' code (this module and
+    `vr_assets.quality`, read as source, so no edit goes unnoticed) and the prompt pack's examples."""
+    h = hashlib.sha256(QUALITY_VERSION.encode())
+    for module in (quality, sys.modules[__name__]):
+        try:
+            h.update(Path(module.__file__ or "").read_bytes())
+        except OSError:  # no source beside the code (a zipped install): the declared version alone
+            h.update(module.__name__.encode())
+    h.update(json.dumps(examples.segments if examples is not None else None, sort_keys=True).encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+def item_failures(
+    te: TaskExports, duration: float, examples: ExampleIndex | None = None, known: ItemJudgments | None = None
+) -> list[ItemFailure]:
     """Every item rule every item of one video breaks, in task and item order: the rules on each item alone,
     then the rules that compare the video's items (`quality.video_problems`: a repeated question or answer).
+    With `known` (the dataset build's), an item judged before in the same form is not judged again.
 
     A repeat counts only against an item the dataset keeps, so the item rules' errors go first: an item is
     not left out for copying one that is left out itself (an MCQ leaves with its open-ended twin)."""
     found: dict[tuple[str, int], list[tuple[str, str]]] = {}
     for task, items in te.tasks.items():
         for n, it in enumerate(items):
-            found[(task, n)] = item_problems(task, it, duration, mode=te.mode, examples=examples)
+            if known is None:
+                found[(task, n)] = item_problems(task, it, duration, mode=te.mode, examples=examples)
+            else:
+                found[(task, n)] = known.problems(
+                    task, it, duration, te.mode,
+                    lambda t=task, i=it: item_problems(t, i, duration, mode=te.mode, examples=examples))
     left_out = {key for key, problems in found.items() if any(EXPORT_CHECKS[r][0] == ERROR for r, _ in problems)}
     left_out |= {(twin, n) for task, n in left_out if task in ("mcq", "mcq_openended")
                  for twin in ("mcq", "mcq_openended")}

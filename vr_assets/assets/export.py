@@ -13,6 +13,7 @@ from vr_assets.checks import (
     export_check_results,
     failures_markdown,
     item_failures,
+    rules_fingerprint,
 )
 from vr_assets.export import (
     dataset_report_markdown,
@@ -23,6 +24,7 @@ from vr_assets.export import (
     write_json_atomic,
 )
 from vr_assets.fsnames import shown
+from vr_assets.judgments import JUDGMENTS_FILE, ItemJudgments
 from vr_assets.mcq_letters import SCANNER_VERSION
 from vr_assets.media_cache import code_version
 from vr_assets.partitions import videos_partitions
@@ -133,12 +135,20 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
             durations[k] = cap.probe.duration_sec
             per_video.append(te)
         # place the MCQ options (letters in the reasoning renamed) BEFORE the checks, so the checks judge
-        # each item as it is written; then exclude (an MCQ with its twin and source), then write
+        # each item as it is written; then exclude (an MCQ with its twin and source), then write. Items the
+        # last build judged in the same form keep its verdicts (`vr_assets.judgments`).
+        judging = spec.export.exclude_failed_checks
+        judgments_path = root / "cache" / JUDGMENTS_FILE
+        fingerprint = rules_fingerprint(examples)
+        known = ItemJudgments.load(judgments_path, fingerprint) if judging else ItemJudgments(fingerprint)
+        if known.note:
+            (context.log.warning if known.damaged else context.log.info)(known.note)
+
         def judge(te: TaskExports) -> list[ItemFailure]:
-            return item_failures(te, durations[te.video_key], examples)
+            return item_failures(te, durations[te.video_key], examples, known)
 
         per_video, placement, excluded = place_and_exclude(
-            per_video, judge if spec.export.exclude_failed_checks else None, spec.export.mcq_seed
+            per_video, judge if judging else None, spec.export.mcq_seed
         )
         out_dir = root / "step_4_output"
         extra = spec.description_extra
@@ -152,6 +162,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
         # the report as JSON beside the task files (the validator skips JSON without the tao format tag)
         write_json_atomic(out_dir / REPORT_JSON, report.model_dump(mode="json"))
         mirrors = write_mirror_files(root, mirror)
+        if judging and known.changed():
+            known.save(judgments_path)
         usage_md, totals = usage_report(usages)
         md = dataset_report_markdown(report, usage_md)
         videos_line = f"**Videos:** {len(keys)} registered, {len(per_video)} exported, {stopped} stopped at step 0"
@@ -174,6 +186,8 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
                 "items": sum(report.items_per_task.values()),
                 "videos_exported": len(per_video),
                 "excluded_items": len(excluded),
+                "items_judged": known.judged,
+                "item_judgments_reused": known.reused,
                 "report_json": MetadataValue.path(str(out_dir / REPORT_JSON)),
                 "mcq_shuffled": report.mcq_placement.shuffled,
                 "mcq_kept_order": report.mcq_placement.kept_order,
