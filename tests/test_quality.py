@@ -395,14 +395,16 @@ def test_item_judgments_reuse_gives_the_verdicts_of_a_fresh_build(concrete: Exam
     build(one, edited)
     assert (one.judged, one.reused) == (1, items - 1)
     one.save(path)  # the file now holds what this build used: the old form of the edited item is gone
-    assert len(json.loads(path.read_text())["problems"]) == items
+    stored = json.loads(path.read_text())
+    assert len(stored["clean"]) + len(stored["problems"]) == items and stored["problems"] and stored["clean"]
+    assert all(rules and all(len(r) == 2 for r in rules) for rules in stored["problems"].values())
 
     # other examples (or another rules version) make another fingerprint: nothing is taken
     other = ItemJudgments.load(path, rules_fingerprint(None))
     assert other.reused == 0 and "changed since the last build" in other.note and not other.damaged
     assert rules_fingerprint(None) != fingerprint == rules_fingerprint(concrete)
 
-    path.write_text('{"fingerprint": "' + fingerprint + '", "problems": {"x": [["only-one"]]}}')
+    path.write_text('{"fingerprint": "' + fingerprint + '", "clean": [], "problems": {"x": [["only-one"]]}}')
     damaged = ItemJudgments.load(path, fingerprint)
     assert damaged.damaged and "unreadable" in damaged.note and str(path) in damaged.note
     assert build(damaged) == fresh and damaged.judged == items

@@ -33,9 +33,11 @@ Problems = tuple[tuple[str, str], ...]  # (rule, problem) for each rule an item 
 
 
 class JudgmentsFile(Record):
-    """The file as stored: the rules' fingerprint and, per item key, the rules the item breaks (most: none)."""
+    """The file as stored: the rules' fingerprint, the keys of the items that break no rule (most of them), and the
+    rules each other item breaks."""
 
     fingerprint: str
+    clean: list[str]
     problems: dict[str, list[tuple[str, str]]]
 
 
@@ -65,7 +67,7 @@ class ItemJudgments:
         key = item_key(task, item, duration, mode)
         found = self._used.get(key)
         if found is None:
-            found = self._known.get(key)
+            found = self._known.pop(key, None)  # moved, not copied: at 2 M items each map is ~200 MB
             if found is None:
                 found = tuple(rules())
                 self.judged += 1
@@ -91,15 +93,18 @@ class ItemJudgments:
             empty = cls(fingerprint)
             empty.note = "the item rules or the prompt examples changed since the last build: every item is judged"
             return empty
-        return cls(fingerprint, {k: tuple((r, p) for r, p in v) for k, v in stored.problems.items()})
+        known: dict[str, Problems] = dict.fromkeys(stored.clean, ())
+        known.update((k, tuple((r, p) for r, p in v)) for k, v in stored.problems.items())
+        return cls(fingerprint, known)
 
     def changed(self) -> bool:
-        """The build judged an item, or no longer has one the file holds: the file is out of date."""
-        return self.judged > 0 or len(self._used) != len(self._known)
+        """The build judged an item, or did not use one the file holds: the file is out of date."""
+        return self.judged > 0 or bool(self._known)
 
     def save(self, path: Path | UPath) -> None:
         """The verdicts this build used, replacing the file whole (one object on an object store)."""
-        body = {"fingerprint": self.fingerprint, "problems": {k: [list(p) for p in v] for k, v in self._used.items()}}
+        body = {"fingerprint": self.fingerprint, "clean": [k for k, v in self._used.items() if not v],
+                "problems": {k: [list(p) for p in v] for k, v in self._used.items() if v}}
 
         def write(f: IO[bytes]) -> None:
             f.write(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
