@@ -402,6 +402,7 @@ def test_item_judgments_reuse_gives_the_verdicts_of_a_fresh_build(concrete: Exam
     # other examples (or another rules version) make another fingerprint: nothing is taken
     other = ItemJudgments.load(path, rules_fingerprint(None))
     assert other.reused == 0 and "changed since the last build" in other.note and not other.damaged
+    assert other.changed()  # even a build with no item replaces a file it could not use
     assert rules_fingerprint(None) != fingerprint == rules_fingerprint(concrete)
 
     path.write_text('{"fingerprint": "' + fingerprint + '", "clean": [], "problems": {"x": [["only-one"]]}}')

@@ -1,7 +1,7 @@
 """Item judgments kept between dataset builds, so a rebuild runs the item rules only on items it has not seen.
 
 The item rules are ~0.2 ms an item (regular expressions over question, answer and reasoning): at 100 000 videos
-(1.8 M items) a dataset refresh spent minutes re-judging items that had not changed since the last build. An
+(about 2 M items) a dataset refresh spent minutes re-judging items that had not changed since the last build. An
 item's verdict depends only on the item as written (the placed options and renamed letters included), its task,
 the video's mode and duration, the rules' code and the prompt pack's examples; the first four are the key of an
 entry, the last two the file's fingerprint. A file with another fingerprint (a rule changed, another pack) is
@@ -98,8 +98,8 @@ class ItemJudgments:
         return cls(fingerprint, known)
 
     def changed(self) -> bool:
-        """The build judged an item, or did not use one the file holds: the file is out of date."""
-        return self.judged > 0 or bool(self._known)
+        """The build judged an item, did not use one the file holds, or could not use the file: it is out of date."""
+        return self.judged > 0 or bool(self._known) or bool(self.note)
 
     def save(self, path: Path | UPath) -> None:
         """The verdicts this build used, replacing the file whole (one object on an object store)."""
