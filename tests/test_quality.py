@@ -493,6 +493,8 @@ def test_pipeline_leaves_out_failing_items_and_says_why(make_pipeline: Any, synt
     ds_meta = instance.get_latest_materialization_event(AssetKey("dataset")).asset_materialization.metadata  # type: ignore[union-attr]
     assert ds_meta["item_judgments_reused"].value == first_judged
     assert ds_meta["items_judged"].value == first_judged  # the copy's items name another video: new items
+    assert any(line.endswith(f"(item rules: {first_judged} judged, {first_judged} verdicts of the last build reused)")
+               for line in env.log), env.log
     report = json.loads((out / "dataset_report.json").read_text())
     assert report["excluded_items"] == 8  # the reused verdicts leave the first video's items out as before
     assert {e["video_key"] for e in report["excluded"]} == {"corridor.mp4", "corridor-2.mp4"}

@@ -449,7 +449,11 @@ def _queue_and_follow(
                 meta = mats[0].asset_materialization.metadata if mats and mats[0].asset_materialization else {}
                 items = meta.get("items")
                 summary.dataset_items = int(items.value) if items is not None else None  # type: ignore[arg-type]
-                progress(f"dataset: {summary.dataset_items} items in {results_root(spec) / 'step_4_output'}")
+                line = f"dataset: {summary.dataset_items} items in {results_root(spec) / 'step_4_output'}"
+                judged, reused = meta.get("items_judged"), meta.get("item_judgments_reused")
+                if judged is not None and reused is not None and reused.value:
+                    line += f" (item rules: {judged.value} judged, {reused.value} verdicts of the last build reused)"
+                progress(line)
             else:
                 summary.failed["dataset"] = outcome.why
                 progress(f"dataset FAILED: {outcome.why}")
