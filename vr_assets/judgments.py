@@ -17,12 +17,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from vr_assets.records import Record, TaskItem
-from vr_assets.storage import atomic_write
+from vr_assets.storage import atomic_write_text
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -94,7 +94,7 @@ class ItemJudgments:
             empty.note = "the item rules or the prompt examples changed since the last build: every item is judged"
             return empty
         known: dict[str, Problems] = dict.fromkeys(stored.clean, ())
-        known.update((k, tuple((r, p) for r, p in v)) for k, v in stored.problems.items())
+        known.update((k, tuple(v)) for k, v in stored.problems.items())  # pydantic made each (rule, problem) a tuple
         return cls(fingerprint, known)
 
     def changed(self) -> bool:
@@ -105,8 +105,4 @@ class ItemJudgments:
         """The verdicts this build used, replacing the file whole (one object on an object store)."""
         body = {"fingerprint": self.fingerprint, "clean": [k for k, v in self._used.items() if not v],
                 "problems": {k: [list(p) for p in v] for k, v in self._used.items() if v}}
-
-        def write(f: IO[bytes]) -> None:
-            f.write(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-
-        atomic_write(path, write)
+        atomic_write_text(path, json.dumps(body, ensure_ascii=False, separators=(",", ":")))
