@@ -36,7 +36,7 @@ lint: setup-test
 
 ## The benchmark against the reference (nvidia-tao-ds from PyPI, in its own venv: bench/.ref-venv).
 bench: setup-test bench/.ref-venv/.ready
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --repeat 5
 	$(BIN)/python bench/run.py --tier flex --whole-video-requests one_per_step --skip-ffmpeg --bookkeeping-partitions 0 --out bench/out-flex
 	$(BIN)/python bench/roads.py --n 24 --concurrency 8 --memory 32 128
 	$(BIN)/python bench/partitions.py --partitions 10000

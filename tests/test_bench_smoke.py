@@ -26,9 +26,11 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
         sys.executable, str(REPO / "bench" / "run.py"),
         "--n", "2", "--skip-reference", "--bookkeeping-partitions", "3",
         "--latency-media", "0.05", "--latency-text", "0.02", "--run-timeout", "600", "--out", str(out),
+        "--repeat", "2",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (out / "ours-repeat-2").exists()  # a repeat leaves its figures, not its files
     return proc.stdout, json.loads((out / "results.json").read_text())
 
 
@@ -69,6 +71,19 @@ def test_our_run_is_measured(bench_run: tuple[str, dict]) -> None:
     assert ours["verdict_videos_seen"] == 2
     assert ours["dataset_items"] > 0 and ours["dataset_videos"] == 2
     assert res["reference"] == {"skipped": "--skip-reference"}
+
+
+def test_repeat_reports_every_run_and_the_median(bench_run: tuple[str, dict]) -> None:
+    """`--repeat 2`: the first run's wall and a second run's, each from nothing, and their median against the ideal."""
+    table, res = bench_run
+    reps, ours = res["ours_repeats"], res["ours"]
+    assert reps["runs"] == 2 and reps["exit_codes"] == [0, 0]
+    assert reps["wall_s"][0] == ours["wall_s"] and reps["wall_s"][1] > 0
+    median = (reps["wall_s"][0] + reps["wall_s"][1]) / 2
+    assert reps["median_wall_s"] == pytest.approx(median, abs=1e-3)
+    assert reps["median_over_ideal"] == pytest.approx(median / ours["ideal_s"], abs=1e-3)
+    assert f"| … median wall of 2 runs (s) | {reps['median_wall_s']:.2f} |" in table
+    assert re.search(r"1\. ours, 2 runs from nothing: [0-9.]+, [0-9.]+ s \(exit codes \[0, 0\]\)", table), table
 
 
 def test_ffmpeg_costs_are_positive(bench_run: tuple[str, dict]) -> None:
