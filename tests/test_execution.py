@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,15 @@ import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
 
 from tests.timing import max_overlap, wait_for
+from vr_assets.execution.dataset_gate import (
+    BUILDING,
+    GATE_TAG,
+    HOLDER_TAG,
+    GateAbandoned,
+    closed_gate_tags,
+    open_gate,
+    wait_for_gate,
+)
 from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, untuned_reasons
 from vr_assets.execution.launcher import PID_TAG, WarmRunLauncher
 from vr_assets.execution.services import run_daemon, services_env, write_effective_spec, write_workspace
@@ -85,8 +95,15 @@ def test_every_video_run_is_queued_forked_warm_in_process_and_bounded(
         assert any(m.startswith(f"Executing steps in process (pid: {pid})") for m in messages), messages
         spans.append((rec.start_time, rec.end_time))
     assert max_overlap(spans) == 2  # never more than workflow.max_workers, and the queue used both
+    # the dataset run was queued before the last video ended, its gate closed; it read nothing before they all had
     (dataset_run,) = instance.get_run_records(RunsFilter(job_name="build_dataset"))
-    assert dataset_run.start_time >= max(e for _, e in spans)  # the dataset ran after every video
+    assert dataset_run.dagster_run.tags[GATE_TAG] == "open"
+    assert dataset_run.create_timestamp.timestamp() < max(e for _, e in spans)
+    (building,) = [e for e in instance.all_logs(dataset_run.dagster_run.run_id) if e.user_message.startswith(BUILDING)]
+    assert building.timestamp >= max(e for _, e in spans)
+    (mat,) = instance.fetch_materializations(AssetKey("dataset"), limit=1).records
+    assert mat.asset_materialization is not None
+    assert mat.asset_materialization.metadata["videos_exported"].value == 5
 
 
 RUN_IN_WORKER = """
@@ -298,6 +315,68 @@ def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_withou
     bodies = Counter(json.dumps(r.json, sort_keys=True) for r in env.model_requests())
     assert sum(n - 1 for n in bodies.values() if n > 1) <= 2, "only calls in flight at the stop are asked again"
     assert env.calls() > paid_before
+
+
+def test_an_interrupt_after_the_last_video_left_the_queue_cancels_the_waiting_dataset_run(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
+    env.add_video(synthetic_videos["short_mp4"], "cam0/clip.mp4")
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": 0},
+                       media={"prefetch": False})
+    spec_path = env.root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dataset_runs = RunsFilter(job_name="build_dataset")
+
+    def dataset_queued() -> bool:
+        if not (Path(os.environ["DAGSTER_HOME"]) / "history").exists():
+            return False
+        with DagsterInstance.get() as inst:
+            return bool(inst.get_runs(dataset_runs))
+
+    wait_for("the dataset run queued behind the video", dataset_queued, 120)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    instance = DagsterInstance.get()
+    (run,) = instance.get_runs(dataset_runs)
+    assert run.tags[GATE_TAG] == "closed" and run.status == DagsterRunStatus.CANCELED  # not left waiting
+    assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED]))
+
+
+def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(tmp_path: Path) -> None:
+    """A gated dataset run builds once its vr-annotate opens the gate; if that process is gone, it says so."""
+    from dagster._core.test_utils import create_run_for_test
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, msg: str) -> None:
+            self.lines.append(msg)
+
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        plain = create_run_for_test(instance, job_name="build_dataset")
+        assert wait_for_gate(instance, plain.run_id, Log()) == 0.0  # the UI's, the sensor's: at once
+
+        gated = create_run_for_test(instance, job_name="build_dataset", tags=closed_gate_tags())
+        threading.Timer(0.4, open_gate, args=(instance, gated.run_id)).start()
+        log = Log()
+        waited = wait_for_gate(instance, gated.run_id, log)
+        assert 0.35 <= waited < 5 and log.lines[-1].startswith(BUILDING), log.lines
+
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        tags = closed_gate_tags()
+        host = tags[HOLDER_TAG].split(":")[0]
+        orphan = create_run_for_test(instance, job_name="build_dataset",
+                                     tags={**tags, HOLDER_TAG: f"{host}:{gone.pid}:12345"})
+        t0 = time.monotonic()
+        with pytest.raises(GateAbandoned, match=rf"{host}:{gone.pid}:12345.*ended before its videos did"):
+            wait_for_gate(instance, orphan.run_id, Log())
+        assert time.monotonic() - t0 < 5
 
 
 def test_a_rejected_key_stops_the_run_once_instead_of_failing_every_video(

@@ -359,6 +359,7 @@ def _queue_and_follow(
     with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
         from dagster import AssetKey, DagsterInstance
 
+        from vr_assets.execution.dataset_gate import closed_gate_tags, open_gate
         from vr_assets.execution.run_host import forget_stale_location
         from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
         from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
@@ -399,7 +400,19 @@ def _queue_and_follow(
         held = submitting.pop_all()
         feeder = QueueFeeder(lambda k: running.get(k) or submitter.submit(k, work[k]),
                              [k for k in work if k not in runs], runs, on_done=held.close).start()
-        on_start = prefetch.handed_out if prefetch is not None else None
+        # the dataset run is queued once every video run has left the queue, its gate closed: it is launched
+        # while the last videos run and builds the moment this process opens the gate (`dataset_gate`)
+        early_dataset = build_dataset and bool(work) and postgres_url_of(home) is None
+        left_queue: set[str] = set()
+        gated: list[str] = []
+
+        def on_start(key: str) -> None:
+            if prefetch is not None:
+                prefetch.handed_out(key)
+            left_queue.add(key)
+            if early_dataset and not gated and not feeder.feeding() and len(left_queue) >= len(runs):
+                gated.append(RunSubmitter(instance, DATASET_JOB).submit(None, tags=closed_gate_tags()))
+
         n = 0
 
         fatal: list[str] = []
@@ -423,26 +436,37 @@ def _queue_and_follow(
                 canceled = len(_cancel_queued(instance, runs))
                 progress(f"stopping: {outcome.why} ({canceled} queued video(s) canceled; fix it and run again)")
 
+        gate_opened = False
         try:
-            for outcome in follow(instance, runs, on_start, feeding=feeder.feeding):
-                record(outcome)
-        except KeyboardInterrupt:
-            feeder.stop()
-            _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
-            raise
+            try:
+                for outcome in follow(instance, runs, on_start, feeding=feeder.feeding):
+                    record(outcome)
+            except KeyboardInterrupt:
+                feeder.stop()
+                _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
+                raise
+            finally:
+                feeder.stop()
+            if feeder.error is not None:
+                raise feeder.error
+            if gated:
+                open_gate(instance, gated[0])  # every video run has ended: exactly when it used to be queued
+                gate_opened = True
         finally:
-            feeder.stop()
-        if feeder.error is not None:
-            raise feeder.error
+            if gated and not gate_opened:  # interrupted, or an error: the build it was waiting for will not come
+                instance.run_coordinator.cancel_run(gated[0])
         if prefetch is not None:
             prefetch.stop()
             progress(prefetch.summary())
         if build_dataset and summary.ran == 0 and _dataset_up_to_date(instance):
             progress(f"dataset: up to date in {results_root(spec) / 'step_4_output'}")
         elif build_dataset:
-            with coordinator().lock("vr-annotate:submit", home / ".submit.lock"):
-                run_id = (_dataset_run_after(instance, DATASET_JOB, list(runs.values()))
-                          or RunSubmitter(instance, DATASET_JOB).submit(None))
+            if gated:
+                run_id = gated[0]
+            else:
+                with coordinator().lock("vr-annotate:submit", home / ".submit.lock"):
+                    run_id = (_dataset_run_after(instance, DATASET_JOB, list(runs.values()))
+                              or RunSubmitter(instance, DATASET_JOB).submit(None))
             outcome = next(follow(instance, {"dataset": run_id}))
             if outcome.ok:
                 mats = instance.fetch_materializations(AssetKey("dataset"), limit=1).records

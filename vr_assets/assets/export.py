@@ -3,7 +3,7 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Failure, MetadataValue, Output, asset
 
 from vr_assets.assets.common import OFFLINE_NOTE, Pipeline, data_version_of, md_escape
 from vr_assets.checks import (
@@ -15,6 +15,7 @@ from vr_assets.checks import (
     item_failures,
     rules_fingerprint,
 )
+from vr_assets.execution.dataset_gate import GateAbandoned, wait_for_gate
 from vr_assets.export import (
     dataset_report_markdown,
     place_and_exclude,
@@ -102,6 +103,10 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
         "item in its final form.",
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
+        try:  # the build `vr-annotate run` queued early starts once its videos have ended (no gate: at once)
+            wait_for_gate(context.instance, context.run_id, context.log)
+        except GateAbandoned as e:
+            raise Failure(description=str(e)) from None
         keys = sorted(pipe.registry.load())
         root = results_root(spec)
         per_video: list[TaskExports] = []

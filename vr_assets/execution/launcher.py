@@ -43,7 +43,7 @@ HOST_TAG = "vr_assets/host"
 START_TAG = "vr_assets/proc_start"  # the process's start time in clock ticks: a reused pid is not our run
 
 
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
     """Field 22 of /proc/<pid>/stat (start time since boot), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -198,7 +198,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         with self._lock:
             pid = self._place(run.run_id)
-        tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: _proc_start(pid) or ""}
+        tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: proc_start(pid) or ""}
         self._instance.add_run_tags(run.run_id, tags)
 
     def terminate(self, run_id: str) -> bool:
@@ -220,7 +220,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if run.tags.get(HOST_TAG) != socket.gethostname():
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"run process is on host {run.tags.get(HOST_TAG)}")
         pid = int(run.tags[PID_TAG])
-        if _proc_start(pid) == run.tags.get(START_TAG):
+        if proc_start(pid) == run.tags.get(START_TAG):
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run process {pid} is gone (killed, or out of memory)")
 

@@ -1,0 +1,82 @@
+"""The dataset run `vr-annotate run` queues before its last videos end, and the word that lets it build.
+
+The run queue is dequeued once a second, so a dataset run queued when the last video's run ends waited
+0.4–1.1 s for the daemon's next look before it could start (`bench/run.py`: about a sixtieth of the whole
+run). `vr-annotate run` therefore queues it as soon as every one of its video runs has left the queue,
+tagged with a closed gate and the CLI's process; the daemon launches it like any other run when a slot
+frees, and its step waits for the gate before it reads anything. The CLI opens the gate (a run tag) once
+it has seen every video run end, exactly when it used to queue the dataset run, so the build never reads
+half-written inputs, and it starts within `POLL_S` of that instead of at the next dequeue.
+
+A gate whose CLI is gone (killed before its videos ended) fails the run with the reason; a run without
+the tag (the UI, the sensor, a backfill) builds at once. Only when one host runs the instance: on a
+shared Postgres instance another host's daemon may hold the run, and that host's `vr-annotate` would
+wait for this one's gate when it stops its daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from vr_assets.execution.launcher import proc_start
+
+GATE_TAG = "vr_assets/dataset_gate"
+HOLDER_TAG = "vr_assets/dataset_gate_holder"  # host:pid:process start of the vr-annotate that opens it
+CLOSED, OPEN = "closed", "open"
+BUILDING = "the videos of that vr-annotate run have ended: building"
+POLL_S = 0.05
+HOLDER_CHECK_S = 1.0
+
+
+def closed_gate_tags() -> dict[str, str]:
+    """The tags of a dataset run that waits for this process to open its gate."""
+    pid = os.getpid()
+    return {GATE_TAG: CLOSED, HOLDER_TAG: f"{socket.gethostname()}:{pid}:{proc_start(pid) or ''}"}
+
+
+def open_gate(instance: Any, run_id: str) -> None:
+    """Let the dataset run build: every video run this process followed has ended."""
+    instance.add_run_tags(run_id, {GATE_TAG: OPEN})
+
+
+def _holder_gone(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # not ours to judge from here
+    return proc_start(int(pid)) != start
+
+
+class GateAbandoned(RuntimeError):
+    """The vr-annotate that queued this dataset run ended before it opened the gate."""
+
+
+def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
+    """Block until this run's gate is open (at once when it has none); the seconds waited.
+
+    Raises `GateAbandoned` when the process that holds the gate is gone."""
+    run = instance.get_run_by_id(run_id)
+    tags = run.tags if run is not None else {}
+    if GATE_TAG not in tags:
+        return 0.0
+    holder = tags.get(HOLDER_TAG, "")
+    if tags[GATE_TAG] == CLOSED:
+        log.info(f"waiting for the vr-annotate run that queued this build ({holder}) to see its last videos end")
+    t0 = checked = time.monotonic()
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.tags.get(GATE_TAG) != CLOSED:
+            waited = time.monotonic() - t0
+            log.info(f"{BUILDING} (waited {waited:.2f} s)")
+            return waited
+        if time.monotonic() - checked >= HOLDER_CHECK_S:
+            checked = time.monotonic()
+            if _holder_gone(holder):
+                raise GateAbandoned(
+                    f"the vr-annotate run that queued this dataset build ({holder}) ended before its videos did; "
+                    "nothing was built (run `vr-annotate run` again, or materialize `dataset`)"
+                )
+        time.sleep(POLL_S)
