@@ -286,18 +286,24 @@ def test_dagster_dev_by_hand_on_an_untuned_home_says_what_is_missing_in_one_line
     assert "not tuned" not in out.stderr
 
 
+def _start_cli_one_at_a_time(env: Any, interrupt_grace_s: float) -> tuple[list[str], subprocess.Popen[str]]:
+    """`vr-annotate run` in a process of its own (to be interrupted), one video at a time, no prefetch."""
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": interrupt_grace_s},
+                       media={"prefetch": False})
+    spec_path = env.root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return cmd, proc
+
+
 def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_without_paying_twice(
     make_pipeline: Any, synthetic_videos: dict[str, Path]
 ) -> None:
     env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
     for i, clip in enumerate(("short_mp4", "clip8", "clip16")):  # different bytes: no answer shared between them
         env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
-    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": 2},
-                       media={"prefetch": False})
-    spec_path = env.root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd, proc = _start_cli_one_at_a_time(env, interrupt_grace_s=2)
     wait_for("the first video's first call", lambda: env.calls() >= 1, 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -322,12 +328,7 @@ def test_an_interrupt_after_the_last_video_left_the_queue_cancels_the_waiting_da
 ) -> None:
     env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
     env.add_video(synthetic_videos["short_mp4"], "cam0/clip.mp4")
-    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": 0},
-                       media={"prefetch": False})
-    spec_path = env.root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _, proc = _start_cli_one_at_a_time(env, interrupt_grace_s=0)
     dataset_runs = RunsFilter(job_name="build_dataset")
 
     def dataset_queued() -> bool:
