@@ -24,6 +24,7 @@ from vr_assets.execution.dataset_gate import (
     GATE_TAG,
     HOLDER_TAG,
     GateAbandoned,
+    _holder_gone,
     closed_gate_tags,
     open_gate,
     wait_for_gate,
@@ -378,6 +379,9 @@ def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(
         with pytest.raises(GateAbandoned, match=rf"{host}:{gone.pid}:12345.*ended before its videos did"):
             wait_for_gate(instance, orphan.run_id, Log())
         assert time.monotonic() - t0 < 5
+    # where /proc gave no start time, whether the pid is alive; a gate held on another host is not judged here
+    assert _holder_gone(f"{host}:{gone.pid}:") and not _holder_gone(f"{host}:{os.getpid()}:")
+    assert not _holder_gone(f"elsewhere.{host}:{gone.pid}:12345")
 
 
 def test_a_rejected_key_stops_the_run_once_instead_of_failing_every_video(

@@ -47,7 +47,15 @@ def _holder_gone(holder: str) -> bool:
     pid, _, start = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # not ours to judge from here
-    return proc_start(int(pid)) != start
+    if start:
+        return proc_start(int(pid)) != start
+    try:  # no /proc where it was queued: whether the pid is alive at all
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class GateAbandoned(RuntimeError):
