@@ -104,7 +104,7 @@ def build(pipe: Pipeline) -> list[AssetsDefinition | AssetSpec]:
     )
     def dataset(context: AssetExecutionContext) -> Output[None]:
         try:  # the build `vr-annotate run` queued early starts once its videos have ended (no gate: at once)
-            wait_for_gate(context.instance, context.run_id, context.log)
+            wait_for_gate(context.instance, context.run.run_id, context.log)
         except GateAbandoned as e:
             raise Failure(description=str(e)) from None
         keys = sorted(pipe.registry.load())
