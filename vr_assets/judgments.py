@@ -14,7 +14,6 @@ The rules that compare a video's items with each other (`quality.video_problems`
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,6 +102,6 @@ class ItemJudgments:
 
     def save(self, path: Path | UPath) -> None:
         """The verdicts this build used, replacing the file whole (one object on an object store)."""
-        body = {"fingerprint": self.fingerprint, "clean": [k for k, v in self._used.items() if not v],
-                "problems": {k: [list(p) for p in v] for k, v in self._used.items() if v}}
-        atomic_write_text(path, json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        body = JudgmentsFile(fingerprint=self.fingerprint, clean=[k for k, v in self._used.items() if not v],
+                             problems={k: list(v) for k, v in self._used.items() if v})
+        atomic_write_text(path, body.model_dump_json())
