@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from vr_assets.execution.launcher import proc_start
@@ -53,8 +54,8 @@ def _holder_gone(holder: str) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
-        return False
+    except PermissionError:  # alive, another user's
+        pass
     return False
 
 
@@ -62,24 +63,23 @@ class GateAbandoned(RuntimeError):
     """The vr-annotate that queued this dataset run ended before it opened the gate."""
 
 
+def _tags(instance: Any, run_id: str) -> Mapping[str, str]:
+    run = instance.get_run_by_id(run_id)
+    return run.tags if run is not None else {}
+
+
 def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
     """Block until this run's gate is open (at once when it has none); the seconds waited.
 
     Raises `GateAbandoned` when the process that holds the gate is gone."""
-    run = instance.get_run_by_id(run_id)
-    tags = run.tags if run is not None else {}
+    tags = _tags(instance, run_id)
     if GATE_TAG not in tags:
         return 0.0
     holder = tags.get(HOLDER_TAG, "")
     if tags[GATE_TAG] == CLOSED:
         log.info(f"waiting for the vr-annotate run that queued this build ({holder}) to see its last videos end")
     t0 = checked = time.monotonic()
-    while True:
-        run = instance.get_run_by_id(run_id)
-        if run is None or run.tags.get(GATE_TAG) != CLOSED:
-            waited = time.monotonic() - t0
-            log.info(f"{BUILDING} (waited {waited:.2f} s)")
-            return waited
+    while tags.get(GATE_TAG) == CLOSED:
         if time.monotonic() - checked >= HOLDER_CHECK_S:
             checked = time.monotonic()
             if _holder_gone(holder):
@@ -88,3 +88,7 @@ def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
                     "nothing was built (run `vr-annotate run` again, or materialize `dataset`)"
                 )
         time.sleep(POLL_S)
+        tags = _tags(instance, run_id)
+    waited = time.monotonic() - t0
+    log.info(f"{BUILDING} (waited {waited:.2f} s)")
+    return waited
