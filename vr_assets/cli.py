@@ -436,7 +436,6 @@ def _queue_and_follow(
                 canceled = len(_cancel_queued(instance, runs))
                 progress(f"stopping: {outcome.why} ({canceled} queued video(s) canceled; fix it and run again)")
 
-        gate_opened = False
         try:
             try:
                 for outcome in follow(instance, runs, on_start, feeding=feeder.feeding):
@@ -451,10 +450,10 @@ def _queue_and_follow(
                 raise feeder.error
             if gated:
                 open_gate(instance, gated[0])  # every video run has ended: exactly when it used to be queued
-                gate_opened = True
-        finally:
-            if gated and not gate_opened:  # interrupted, or an error: the build it was waiting for will not come
+        except BaseException:
+            if gated:  # interrupted, or an error: the build it was waiting for will not come
                 instance.run_coordinator.cancel_run(gated[0])
+            raise
         if prefetch is not None:
             prefetch.stop()
             progress(prefetch.summary())
