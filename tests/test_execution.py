@@ -26,6 +26,7 @@ from vr_assets.execution.dataset_gate import (
     GateAbandoned,
     _holder_gone,
     closed_gate_tags,
+    gate_is_open,
     open_gate,
     wait_for_gate,
 )
@@ -98,7 +99,7 @@ def test_every_video_run_is_queued_forked_warm_in_process_and_bounded(
     assert max_overlap(spans) == 2  # never more than workflow.max_workers, and the queue used both
     # the dataset run was queued before the last video ended, its gate closed; it read nothing before they all had
     (dataset_run,) = instance.get_run_records(RunsFilter(job_name="build_dataset"))
-    assert dataset_run.dagster_run.tags[GATE_TAG] == "open"
+    assert dataset_run.dagster_run.tags[GATE_TAG] == "closed" and gate_is_open(instance, dataset_run.dagster_run.run_id)
     assert dataset_run.create_timestamp.timestamp() < max(e for _, e in spans)
     (building,) = [e for e in instance.all_logs(dataset_run.dagster_run.run_id) if e.user_message.startswith(BUILDING)]
     assert building.timestamp >= max(e for _, e in spans)
@@ -368,6 +369,10 @@ def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(
         log = Log()
         waited = wait_for_gate(instance, gated.run_id, log)
         assert 0.35 <= waited < 5 and log.lines[-1].startswith(BUILDING), log.lines
+        # the launcher rewrites the run's tags (read-modify-write) while the CLI opens the gate: a stale copy of
+        # the tags written back after the opening leaves the gate open
+        instance.add_run_tags(gated.run_id, {GATE_TAG: "closed", PID_TAG: "1"})
+        assert gate_is_open(instance, gated.run_id) and wait_for_gate(instance, gated.run_id, Log()) < 1
 
         gone = subprocess.Popen(["true"])
         gone.wait()

@@ -4,9 +4,13 @@ The run queue is dequeued once a second, so a dataset run queued when the last v
 0.4–1.1 s for the daemon's next look before it could start (`bench/run.py`: about a sixtieth of the whole
 run). `vr-annotate run` therefore queues it as soon as every one of its video runs has left the queue,
 tagged with a closed gate and the CLI's process; the daemon launches it like any other run when a slot
-frees, and its step waits for the gate before it reads anything. The CLI opens the gate (a run tag) once
-it has seen every video run end, exactly when it used to queue the dataset run, so the build never reads
-half-written inputs, and it starts within `POLL_S` of that instead of at the next dequeue.
+frees, and its step waits for the gate before it reads anything. The CLI opens the gate once it has seen
+every video run end, exactly when it used to queue the dataset run, so the build never reads half-written
+inputs, and it starts within `POLL_S` of that instead of at the next dequeue.
+
+The gate is opened in the instance's key-value store (one key per run, written whole), not by changing the
+run's tag: Dagster rewrites a run's tags by read-modify-write, and the launcher adds its own tags to the
+run at the same moment, so an "open" written then could be overwritten by the launcher's stale "closed".
 
 A gate whose CLI is gone (killed before its videos ended) fails the run with the reason; a run without
 the tag (the UI, the sensor, a backfill) builds at once. Only when one host runs the instance: on a
@@ -19,14 +23,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from vr_assets.execution.launcher import proc_start
 
 GATE_TAG = "vr_assets/dataset_gate"
 HOLDER_TAG = "vr_assets/dataset_gate_holder"  # host:pid:process start of the vr-annotate that opens it
-CLOSED, OPEN = "closed", "open"
+CLOSED, OPEN = "closed", "open"  # the tag a gated run is created with; the store's value once opened
 BUILDING = "the videos of that vr-annotate run have ended: building"
 POLL_S = 0.05
 HOLDER_CHECK_S = 1.0
@@ -38,9 +41,17 @@ def closed_gate_tags() -> dict[str, str]:
     return {GATE_TAG: CLOSED, HOLDER_TAG: f"{socket.gethostname()}:{pid}:{proc_start(pid) or ''}"}
 
 
+def _gate_key(run_id: str) -> str:
+    return f"{GATE_TAG}/{run_id}"
+
+
 def open_gate(instance: Any, run_id: str) -> None:
     """Let the dataset run build: every video run this process followed has ended."""
-    instance.add_run_tags(run_id, {GATE_TAG: OPEN})
+    instance.run_storage.set_cursor_values({_gate_key(run_id): OPEN})
+
+
+def gate_is_open(instance: Any, run_id: str) -> bool:
+    return instance.run_storage.get_cursor_values({_gate_key(run_id)}).get(_gate_key(run_id)) == OPEN
 
 
 def _holder_gone(holder: str) -> bool:
@@ -63,23 +74,19 @@ class GateAbandoned(RuntimeError):
     """The vr-annotate that queued this dataset run ended before it opened the gate."""
 
 
-def _tags(instance: Any, run_id: str) -> Mapping[str, str]:
-    run = instance.get_run_by_id(run_id)
-    return run.tags if run is not None else {}
-
-
 def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
     """Block until this run's gate is open (at once when it has none); the seconds waited.
 
     Raises `GateAbandoned` when the process that holds the gate is gone."""
-    tags = _tags(instance, run_id)
-    if GATE_TAG not in tags:
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.tags.get(GATE_TAG) != CLOSED:
         return 0.0
-    holder = tags.get(HOLDER_TAG, "")
-    if tags[GATE_TAG] == CLOSED:
+    holder = run.tags.get(HOLDER_TAG, "")
+    is_open = gate_is_open(instance, run_id)
+    if not is_open:
         log.info(f"waiting for the vr-annotate run that queued this build ({holder}) to see its last videos end")
     t0 = checked = time.monotonic()
-    while tags.get(GATE_TAG) == CLOSED:
+    while not is_open:
         if time.monotonic() - checked >= HOLDER_CHECK_S:
             checked = time.monotonic()
             if _holder_gone(holder):
@@ -88,7 +95,7 @@ def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
                     "nothing was built (run `vr-annotate run` again, or materialize `dataset`)"
                 )
         time.sleep(POLL_S)
-        tags = _tags(instance, run_id)
+        is_open = gate_is_open(instance, run_id)
     waited = time.monotonic() - t0
     log.info(f"{BUILDING} (waited {waited:.2f} s)")
     return waited
