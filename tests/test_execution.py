@@ -32,6 +32,7 @@ from vr_assets.execution.dataset_gate import (
 )
 from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, untuned_reasons
 from vr_assets.execution.launcher import PID_TAG, WarmRunLauncher
+from vr_assets.execution.processes import is_gone, proc_start
 from vr_assets.execution.services import run_daemon, services_env, write_effective_spec, write_workspace
 from vr_assets.execution.submit import RunSubmitter
 from vr_assets.graph import ANNOTATE_JOB, PER_VIDEO_ASSETS, build_definitions
@@ -262,9 +263,54 @@ def test_a_second_cli_run_beside_a_serving_daemon_submits_to_it(make_pipeline: A
     spec = env.spec()
     home = ensure_dagster_home(spec)
     with open(os.devnull, "wb") as log, run_daemon(home, dict(os.environ), log) as first:
-        assert first is not None and first.poll() is None
+        assert first.proc is not None and first.proc.poll() is None
         with run_daemon(home, dict(os.environ), log) as second:
-            assert second is None
+            assert second.proc is None and not second.ensure()
+
+
+def test_a_daemon_whose_vr_annotate_was_killed_stops_and_a_run_waiting_on_it_starts_its_own(
+    make_pipeline: Any, tmp_path: Path
+) -> None:
+    """kill -9 of the `vr-annotate run` that started the home's daemon: the daemon stops itself (it used to live
+    on, with its forkserver, until someone killed it), and a second vr-annotate that submitted to it starts one."""
+    env = make_pipeline("gemini")
+    home = ensure_dagster_home(env.spec())
+    log_path = tmp_path / "daemon.log"
+    holder = (  # `vr-annotate run`'s part: the home's daemon for as long as it lives
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from vr_assets.execution.processes import proc_start\n"
+        "from vr_assets.execution.services import run_daemon\n"
+        "with open(sys.argv[2], 'ab') as log, run_daemon(Path(sys.argv[1]), dict(os.environ), log) as keeper:\n"
+        "    print(f'{keeper.proc.pid}:{proc_start(keeper.proc.pid)}', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", holder, str(home), str(log_path)],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert first.stdout is not None
+        its_daemon = first.stdout.readline().strip()
+        assert its_daemon and not is_gone(its_daemon)
+        started: list[float] = []
+        with log_path.open("ab") as log, run_daemon(home, dict(os.environ), log) as second:
+            assert second.proc is None  # the first one's daemon serves the home
+            with second.taking_over(lambda: started.append(time.monotonic())):
+                time.sleep(2.5)  # a few of the keeper's looks: nothing to take over while the first one lives
+                assert not started and not is_gone(its_daemon)
+                first.kill()
+                first.wait()
+                killed_at = time.monotonic()
+                wait_for("the killed vr-annotate's daemon to stop itself", lambda: is_gone(its_daemon), 30)
+                wait_for("the second vr-annotate to start a daemon", lambda: started, 30)
+            assert started[0] - killed_at < 30
+            assert second.proc is not None and second.proc.poll() is None
+            ours = f"{second.proc.pid}:{proc_start(second.proc.pid)}"
+        assert is_gone(ours)  # stopped with the block
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = log_path.read_text(errors="replace")
+    assert text.count("is gone: stopping") == 1, text[-3000:]
 
 
 def test_dagster_dev_by_hand_on_an_untuned_home_says_what_is_missing_in_one_line(
@@ -449,7 +495,7 @@ def test_runs_share_a_run_host_and_a_canceled_run_stops_alone(
     finally:
         os.environ.pop("VR_CONFIG")
     with (tmp_path / "daemon.log").open("wb") as log, run_daemon(home, child_env, log) as daemon:
-        assert daemon is not None
+        assert daemon.proc is not None
 
         def started() -> dict[str, int] | None:
             runs = [instance.get_run_by_id(r) for r in run_ids]

@@ -30,7 +30,6 @@ from vr_assets.execution.services import (
     run_daemon,
     serve_ui,
     services_env,
-    stop_group,
     write_effective_spec,
     write_workspace,
 )
@@ -211,7 +210,8 @@ def run_pipeline(
 
     Nothing executes here: runs go to the instance's queue and the daemon launches them through the
     instance's run launcher, exactly as the sensor's and the UI's runs (see `vr_assets.execution`).
-    This process starts that daemon for the run's duration unless a `vr-annotate ui` serves the home.
+    This process starts that daemon for the run's duration unless a `vr-annotate ui` serves the home (and
+    starts one after all if that one stops while runs of this one wait in the queue).
     Meanwhile it makes step 0's media, and asks the whole-video questions, ahead of the runs.
     """
     t0 = time.perf_counter()
@@ -249,14 +249,16 @@ def run_pipeline(
                 prefetch = start_prefetch(spec, todo, sizes)
         try:
             # one console line when the teacher endpoint's breaker opens, one when it closes
-            with _location_env(env), BreakerWatch(env["VR_HOST_SLOTS_DIR"], progress):
+            taken_over = f"the daemon that served {home} stopped: this vr-annotate started one for its queued runs"
+            with (_location_env(env), BreakerWatch(env["VR_HOST_SLOTS_DIR"], progress),
+                  daemon.taking_over(lambda: progress(taken_over))):
                 summary = _queue_and_follow(spec, home, keys, all_keys, list(order), stale, build_dataset,
-                                            summary, prefetch, daemon is None, progress)
+                                            summary, prefetch, daemon.proc is None, progress)
         finally:
             if prefetch is not None:
                 prefetch.stop(answers=False)
-        if daemon is not None and summary.ran == 0 and summary.dataset_items is None and not summary.failed:
-            stop_group(daemon, grace_s=0.5)  # it launched nothing: no run to let finish cleanly
+        if summary.ran == 0 and summary.dataset_items is None and not summary.failed:
+            daemon.close(grace_s=0.5)  # it launched nothing: no run to let finish cleanly
     summary.seconds = time.perf_counter() - t0
     ran = [k for k in (*summary.succeeded, *summary.failed) if k != "dataset"]
     if ran or found.skipped:  # the videos of this run; the others were up to date (counted below)

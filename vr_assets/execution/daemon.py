@@ -5,6 +5,11 @@ launch before it has imported Dagster. Started by `dagster-daemon`, the two came
 (~5 s on two cores before the first video's run); started here, side by side. Everything after is
 Dagster's own `dagster-daemon` command.
 
+It lives as long as the `vr-annotate run` that started it (named in `VR_DAEMON_OWNER`): when that
+process is gone without stopping it (killed with -9), the daemon stops itself as that process would
+have (SIGTERM to its process group: itself and the forkserver). The runs in flight finish on their run
+hosts, whose pipe to the launcher has closed; the queued ones wait for the next `vr-annotate run`.
+
     python -m vr_assets.execution.daemon run --empty-workspace
 """
 
@@ -13,10 +18,13 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from vr_assets.execution import forkserver
+from vr_assets.execution.processes import is_gone
 from vr_assets.execution.startup import collector_paused
 
 
@@ -34,7 +42,23 @@ def _preload_for_home() -> tuple[str, ...] | None:
     return None
 
 
+OWNER_ENV = "VR_DAEMON_OWNER"  # pid:process start of the vr-annotate run the daemon serves
+OWNER_CHECK_S = 1.0
+
+
+def _watch_owner(owner: str) -> None:
+    """Stop this daemon's process group once the vr-annotate that started it is gone."""
+    while not is_gone(owner):
+        threading.Event().wait(OWNER_CHECK_S)
+    print(f"vr-annotate daemon: the vr-annotate run that started it ({owner}) is gone: stopping", file=sys.stderr,
+          flush=True)
+    os.killpg(os.getpgrp(), signal.SIGTERM)
+
+
 def main() -> int:
+    owner = os.environ.get(OWNER_ENV, "")
+    if owner:
+        threading.Thread(target=_watch_owner, args=(owner,), name="vr-daemon-owner", daemon=True).start()
     preload = _preload_for_home()
     if preload is not None:
         forkserver.start(preload)

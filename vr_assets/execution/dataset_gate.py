@@ -20,12 +20,11 @@ wait for this one's gate when it stops its daemon.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import Any
 
-from vr_assets.execution.launcher import proc_start
+from vr_assets.execution.processes import is_gone, this_process
 
 GATE_TAG = "vr_assets/dataset_gate"
 HOLDER_TAG = "vr_assets/dataset_gate_holder"  # host:pid:process start of the vr-annotate that opens it
@@ -37,8 +36,7 @@ HOLDER_CHECK_S = 1.0
 
 def closed_gate_tags() -> dict[str, str]:
     """The tags of a dataset run that waits for this process to open its gate."""
-    pid = os.getpid()
-    return {GATE_TAG: CLOSED, HOLDER_TAG: f"{socket.gethostname()}:{pid}:{proc_start(pid) or ''}"}
+    return {GATE_TAG: CLOSED, HOLDER_TAG: f"{socket.gethostname()}:{this_process()}"}
 
 
 def _gate_key(run_id: str) -> str:
@@ -55,19 +53,8 @@ def gate_is_open(instance: Any, run_id: str) -> bool:
 
 
 def _holder_gone(holder: str) -> bool:
-    host, _, rest = holder.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # not ours to judge from here
-    if start:
-        return proc_start(int(pid)) != start
-    try:  # no /proc where it was queued: whether the pid is alive at all
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    return False
+    host, _, process = holder.partition(":")
+    return host == socket.gethostname() and is_gone(process)  # another host's is not ours to judge
 
 
 class GateAbandoned(RuntimeError):

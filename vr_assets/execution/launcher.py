@@ -35,26 +35,13 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from vr_assets.execution import forkserver, run_host
 from vr_assets.execution.forkserver import DEFAULT_PRELOAD
+from vr_assets.execution.processes import proc_start
 
 log = logging.getLogger(__name__)
 
 PID_TAG = "vr_assets/pid"
 HOST_TAG = "vr_assets/host"
 START_TAG = "vr_assets/proc_start"  # the process's start time in clock ticks: a reused pid is not our run
-
-
-def proc_start(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time since boot), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its closing one
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":  # a zombie is a finished process
-        return None
-    return fields[19].decode()
 
 
 def _in_daemon() -> bool:

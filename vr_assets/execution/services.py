@@ -3,7 +3,10 @@
 Both roads use Dagster's processes as they are: the daemon dequeues runs and launches them through
 the instance's run launcher; `dagster dev` is the webserver plus that daemon (with the sensors).
 A flock in the home marks that a vr-annotate process serves it with a daemon, so a `vr-annotate run`
-beside an open `vr-annotate ui` submits to the UI's daemon instead of starting a second one.
+beside an open `vr-annotate ui` submits to the UI's daemon instead of starting a second one. The daemon
+shares that lock with the process that started it (the lock ends when both have), stops itself when that
+process is gone (killed), and a `vr-annotate run` whose runs wait in a queue no daemon serves any more
+(the UI closed, the other run ended) starts one of its own (`DaemonKeeper`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -22,6 +26,8 @@ from typing import IO
 import yaml
 
 from vr_assets.config import Spec, private_key_env
+from vr_assets.execution.daemon import OWNER_ENV
+from vr_assets.execution.processes import this_process
 
 DAEMON_LOCK = ".vr-daemon.lock"
 
@@ -71,21 +77,6 @@ def services_env(home: Path, spec_path: Path, spec: Spec) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def daemon_lock(home: Path) -> Iterator[bool]:
-    """Hold the home's daemon lock while the block runs; yields False if another process holds it."""
-    with open(home / DAEMON_LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
     """SIGTERM the process group, then SIGKILL it after `grace_s`."""
     if proc.poll() is not None:
@@ -102,25 +93,90 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
             continue
 
 
-@contextmanager
-def run_daemon(home: Path, env: dict[str, str], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes] | None]:
-    """A `dagster-daemon` on this home for the block, unless a vr-annotate daemon serves it already (None).
+def _start_daemon(lock: IO[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`vr-annotate run`'s daemon, sharing the home's lock, told which process it serves.
 
     Its workspace is empty: it only dequeues and launches the runs `vr-annotate run` submits (and
-    monitors them), so it loads no code location and runs no sensor of its own.
+    monitors them), so it loads no code location and runs no sensor of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vr_assets.execution.daemon", "run", "--empty-workspace", "--log-level", "warning"],
+        env={**env, OWNER_ENV: this_process()}, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock.fileno(),),
+    )
+
+
+TAKE_OVER_CHECK_S = 1.0
+
+
+class DaemonKeeper:
+    """The daemon serving a home for one `vr-annotate run`: its own, or another vr-annotate's.
+
+    `ensure()` takes the home's daemon lock if nobody holds it and starts a daemon; while another process
+    holds it, that process's daemon serves the queue. Called again while the runs are followed, it starts
+    one the moment the other daemon is gone, so queued runs never wait for a daemon that will not come.
     """
-    with daemon_lock(home) as ours:
-        if not ours:
-            yield None
-            return
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vr_assets.execution.daemon", "run", "--empty-workspace", "--log-level", "warning"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+
+    def __init__(self, home: Path, env: dict[str, str], log: IO[bytes]) -> None:
+        self._home, self._env, self._log = home, env, log
+        self._lock: IO[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def ensure(self) -> bool:
+        """A daemon serves the home; True when this call started it."""
+        if self.proc is not None:
+            return False
+        fh = open(self._home / DAEMON_LOCK, "a")  # noqa: SIM115 (held until `close`)
         try:
-            yield proc
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._lock = fh
+        self.proc = _start_daemon(fh, self._env, self._log)
+        return True
+
+    @contextmanager
+    def taking_over(self, started: Callable[[], None]) -> Iterator[None]:
+        """For the block: when another process's daemon served the home, start one the moment it is gone
+        (`started` is called then)."""
+        if self.proc is not None:
+            yield
+            return
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(TAKE_OVER_CHECK_S):
+                if self.ensure():
+                    started()
+                    return
+
+        thread = threading.Thread(target=watch, name="vr-daemon-keeper", daemon=True)
+        thread.start()
+        try:
+            yield
         finally:
-            stop_group(proc)
+            stop.set()
+            thread.join()
+
+    def close(self, grace_s: float = 20.0) -> None:
+        """Stop this process's daemon (if it started one) and let go of the lock."""
+        if self.proc is not None:
+            stop_group(self.proc, grace_s)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@contextmanager
+def run_daemon(home: Path, env: dict[str, str], log: IO[bytes]) -> Iterator[DaemonKeeper]:
+    """The home's daemon for the block: started here unless a vr-annotate daemon serves it already
+    (`keeper.proc` is then None, and `keeper.ensure()` takes over when that daemon is gone)."""
+    keeper = DaemonKeeper(home, env, log)
+    keeper.ensure()
+    try:
+        yield keeper
+    finally:
+        keeper.close()
 
 
 def serve_ui(home: Path, env: dict[str, str], workspace: Path, host: str, port: int) -> int:
