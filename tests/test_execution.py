@@ -19,12 +19,14 @@ import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
 
 from tests.timing import max_overlap, wait_for
+from vr_assets.execution.daemon import OWNER_ENV
 from vr_assets.execution.dataset_gate import (
     BUILDING,
     GATE_TAG,
     HOLDER_TAG,
     GateAbandoned,
     _holder_gone,
+    cancel_abandoned,
     closed_gate_tags,
     gate_is_open,
     open_gate,
@@ -34,7 +36,7 @@ from vr_assets.execution.instance import MANAGED_MARK, ensure_dagster_home, untu
 from vr_assets.execution.launcher import PID_TAG, WarmRunLauncher
 from vr_assets.execution.processes import is_gone, proc_start
 from vr_assets.execution.services import run_daemon, services_env, write_effective_spec, write_workspace
-from vr_assets.execution.submit import RunSubmitter
+from vr_assets.execution.submit import RunSubmitter, _remote_origin
 from vr_assets.graph import ANNOTATE_JOB, PER_VIDEO_ASSETS, build_definitions
 from vr_assets.partitions import videos_partitions
 from vr_assets.sensors import sync_partitions
@@ -395,6 +397,63 @@ def test_an_interrupt_after_the_last_video_left_the_queue_cancels_the_waiting_da
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED]))
 
 
+def _processes_serving(owner_pid: int) -> list[int]:
+    """The processes started for the `vr-annotate run` of `owner_pid`: its daemon, forkserver and run hosts."""
+    mark = f"{OWNER_ENV}={owner_pid}:".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark in (entry / "environ").read_bytes() and not is_gone(
+                    f"{entry.name}:{proc_start(int(entry.name)) or 'gone'}"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_vr_annotate_killed_with_9_leaves_nothing_running_and_the_next_one_finishes_its_work(
+    make_pipeline: Any, synthetic_videos: dict[str, Path]
+) -> None:
+    """kill -9 of `vr-annotate run` while its videos run: its daemon and forkserver stop themselves, the videos in
+    flight finish on their run host (nothing paid is lost), and the dataset run it had queued is canceled by the
+    next `vr-annotate run`, which builds the dataset without asking the teacher anything twice."""
+    env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
+    for i, clip in enumerate(("short_mp4", "clip8")):
+        env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 2}, media={"prefetch": False})
+    spec_path = env.root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dataset_runs = RunsFilter(job_name="build_dataset")
+
+    def dataset_queued() -> bool:
+        if not (Path(os.environ["DAGSTER_HOME"]) / "history").exists():
+            return False
+        with DagsterInstance.get() as inst:
+            return bool(inst.get_runs(dataset_runs))
+
+    wait_for("both videos running and the gated dataset run queued", dataset_queued, 120)
+    assert _processes_serving(proc.pid)
+    proc.kill()
+    proc.wait()
+    wait_for("every process of the killed vr-annotate to end", lambda: not _processes_serving(proc.pid), 120)
+    instance = DagsterInstance.get()
+    videos = instance.get_runs(RunsFilter(job_name=ANNOTATE_JOB))
+    assert [r.status for r in videos] == [DagsterRunStatus.SUCCESS] * 2  # finished, not left STARTED
+    (gated,) = instance.get_runs(dataset_runs)
+    assert gated.status == DagsterRunStatus.QUEUED
+    paid = env.calls()
+
+    again = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "1 dataset run(s) queued by a vr-annotate that is gone: canceled" in again.stdout, again.stdout
+    assert re.search(r"^dataset: \d+ items in ", again.stdout, re.M), again.stdout
+    assert instance.get_run_by_id(gated.run_id).status == DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+    assert env.calls() == paid  # every answer was in by the kill's end: nothing asked again
+    assert instance.get_materialized_partitions(AssetKey("task_exports")) == {"cam0__clip.mp4", "cam1__clip.mp4"}
+
+
 def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(tmp_path: Path) -> None:
     """A gated dataset run builds once its vr-annotate opens the gate; if that process is gone, it says so."""
     from dagster._core.test_utils import create_run_for_test
@@ -406,7 +465,8 @@ def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(
         def info(self, msg: str) -> None:
             self.lines.append(msg)
 
-    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+    queue = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}}
+    with DagsterInstance.local_temp(str(tmp_path), overrides=queue) as instance:
         plain = create_run_for_test(instance, job_name="build_dataset")
         assert wait_for_gate(instance, plain.run_id, Log()) == 0.0  # the UI's, the sensor's: at once
 
@@ -430,6 +490,14 @@ def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(
         with pytest.raises(GateAbandoned, match=rf"{host}:{gone.pid}:12345.*ended before its videos did"):
             wait_for_gate(instance, orphan.run_id, Log())
         assert time.monotonic() - t0 < 5
+        # still queued when the next vr-annotate starts: canceled there, not launched to fail; a live one stays
+        origin = _remote_origin("build_dataset")
+        queued = {name: create_run_for_test(instance, job_name="build_dataset", status=DagsterRunStatus.QUEUED,
+                                            tags=t, remote_job_origin=origin).run_id
+                  for name, t in (("orphan", orphan.tags), ("live", closed_gate_tags()))}
+        assert cancel_abandoned(instance, "build_dataset") == [queued["orphan"]]
+        status = {name: instance.get_run_by_id(rid).status for name, rid in queued.items()}  # type: ignore[union-attr]
+        assert status == {"orphan": DagsterRunStatus.CANCELED, "live": DagsterRunStatus.QUEUED}
     # where /proc gave no start time, whether the pid is alive; a gate held on another host is not judged here
     assert _holder_gone(f"{host}:{gone.pid}:") and not _holder_gone(f"{host}:{os.getpid()}:")
     assert not _holder_gone(f"elsewhere.{host}:{gone.pid}:12345")

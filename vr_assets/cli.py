@@ -361,7 +361,7 @@ def _queue_and_follow(
     with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
         from dagster import AssetKey, DagsterInstance
 
-        from vr_assets.execution.dataset_gate import closed_gate_tags, open_gate
+        from vr_assets.execution.dataset_gate import cancel_abandoned, closed_gate_tags, open_gate
         from vr_assets.execution.run_host import forget_stale_location
         from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
         from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
@@ -381,6 +381,8 @@ def _queue_and_follow(
         new = [k for k in all_keys if k not in existing]
         if new:
             instance.add_dynamic_partitions(videos_partitions.name, new)
+        if abandoned := cancel_abandoned(instance, DATASET_JOB):
+            progress(f"{len(abandoned)} dataset run(s) queued by a vr-annotate that is gone: canceled")
         plan = plan_work(spec, location.defs, instance, keys, stale)
         work = {k: plan[k] for k in order if k in plan}
         if prefetch is not None:

@@ -57,6 +57,20 @@ def _holder_gone(holder: str) -> bool:
     return host == socket.gethostname() and is_gone(process)  # another host's is not ours to judge
 
 
+def cancel_abandoned(instance: Any, job_name: str) -> list[str]:
+    """Cancel the queued dataset runs whose vr-annotate is gone (killed before it opened their gate); their ids.
+
+    Launched, each would only fail on its abandoned gate; the next `vr-annotate run` queues its own."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    queued = instance.get_runs(RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.QUEUED],
+                                          tags={GATE_TAG: CLOSED}))
+    abandoned = [r.run_id for r in queued if _holder_gone(r.tags.get(HOLDER_TAG, ""))]
+    for run_id in abandoned:
+        instance.run_coordinator.cancel_run(run_id)
+    return abandoned
+
+
 class GateAbandoned(RuntimeError):
     """The vr-annotate that queued this dataset run ended before it opened the gate."""
 
