@@ -537,6 +537,49 @@ def test_the_daemon_entry_starts_the_forkserver_of_the_homes_warm_launcher(
     assert daemon._preload_for_home() is None
 
 
+def test_a_run_reaches_its_host_with_its_process_already_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's run start rewrites the run's stored body from its own read of it: a pid tag written after the
+    run was sent could be lost under that write, and run monitoring then failed a healthy run as "no run process
+    recorded yet" (it happened to one video of a bench run). The launcher records the host before it sends."""
+    from dagster._core.launcher import LaunchRunContext
+    from dagster._core.test_utils import create_run_for_test
+
+    from vr_assets.execution import launcher as launcher_module
+
+    seen_at_send: dict[str, dict[str, str]] = {}
+
+    class Pipe:
+        def __init__(self, instance: Any) -> None:
+            self.instance = instance
+
+        def send(self, message: tuple[str, str | None]) -> None:
+            kind, run_id = message
+            if kind == "run" and run_id is not None:
+                seen_at_send[run_id] = dict(self.instance.get_run_by_id(run_id).tags)
+
+        def poll(self) -> bool:
+            return False
+
+    class Proc:
+        pid = os.getpid()
+
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        launcher = WarmRunLauncher(runs_per_process=2, spread_over=1)
+        launcher.register_instance(instance)
+        monkeypatch.setattr(launcher, "_start_host", lambda: launcher._hosts.append(
+            host := launcher_module._Host(Proc(), Pipe(instance))) or host)  # type: ignore[arg-type]
+        runs = [create_run_for_test(instance, job_name="annotate_videos") for _ in range(3)]
+        for run in runs:
+            launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+        assert set(seen_at_send) == {r.run_id for r in runs}
+        start = proc_start(os.getpid())
+        for run_id, tags in seen_at_send.items():
+            assert tags[PID_TAG] == str(os.getpid()) and tags[launcher_module.START_TAG] == start, tags
+            assert launcher.check_run_worker_health(instance.get_run_by_id(run_id)).status.value == "RUNNING"
+
+
 def test_runs_share_a_run_host_and_a_canceled_run_stops_alone(
     make_pipeline: Any, synthetic_videos: dict[str, Path], tmp_path: Path
 ) -> None:

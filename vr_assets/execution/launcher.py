@@ -160,14 +160,22 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             self._hosts.remove(host)
             host.conn.close()
 
-    def _place(self, run_id: str) -> int:
-        """Send the run to a host; the host's pid."""
+    def _place(self, run_id: str) -> None:
+        """Send the run to a host, its process recorded on the run first.
+
+        First: the host's run start rewrites the run's stored body from its own read of the run (Dagster's
+        `handle_run_event` is a read-modify-write, as is `add_run_tags`). Tagged after the send, a run could
+        lose its pid tag to the host's start written over it, and run monitoring then failed the healthy run
+        as "no run process recorded yet" (one video of a 40-video bench run)."""
         while True:
             self._reap()
             open_hosts = [h for h in self._hosts if not h.closed]
             # as many hosts as CPUs before two runs share one; then the one with the fewest in flight
             fewest = min(open_hosts, key=lambda h: len(h.runs), default=None)
             host = fewest if fewest is not None and len(open_hosts) >= self._spread else self._start_host()
+            pid = int(host.proc.pid or 0)
+            self._instance.add_run_tags(run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname(),
+                                                 START_TAG: proc_start(pid) or ""})
             try:
                 host.conn.send(("run", run_id))
             except OSError:  # it died since the last look: the next host
@@ -179,14 +187,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 host.closed = True
                 with contextlib.suppress(OSError):
                     host.conn.send(("close", None))
-            return int(host.proc.pid or 0)
+            return
 
     def launch_run(self, context: LaunchRunContext) -> None:
-        run = context.dagster_run
         with self._lock:
-            pid = self._place(run.run_id)
-        tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: proc_start(pid) or ""}
-        self._instance.add_run_tags(run.run_id, tags)
+            self._place(context.dagster_run.run_id)
 
     def terminate(self, run_id: str) -> bool:
         """Mark the launched run CANCELING: its host, whichever daemon launched it on whichever machine that
