@@ -336,15 +336,28 @@ def test_dagster_dev_by_hand_on_an_untuned_home_says_what_is_missing_in_one_line
     assert "not tuned" not in out.stderr
 
 
-def _start_cli_one_at_a_time(env: Any, interrupt_grace_s: float) -> tuple[list[str], subprocess.Popen[str]]:
-    """`vr-annotate run` in a process of its own (to be interrupted), one video at a time, no prefetch."""
-    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 1, "interrupt_grace_s": interrupt_grace_s},
-                       media={"prefetch": False})
+def _start_cli(
+    env: Any, interrupt_grace_s: float = 30, max_workers: int = 1
+) -> tuple[list[str], subprocess.Popen[str]]:
+    """`vr-annotate run` in a process of its own (to be interrupted), `max_workers` videos at a time, no prefetch."""
+    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": max_workers,
+                                 "interrupt_grace_s": interrupt_grace_s}, media={"prefetch": False})
     spec_path = env.root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return cmd, proc
+
+
+DATASET_RUNS = RunsFilter(job_name="build_dataset")
+
+
+def _dataset_run_queued() -> bool:
+    """A dataset run exists in the home's instance (which the CLI under test may not have created yet)."""
+    if not (Path(os.environ["DAGSTER_HOME"]) / "history").exists():
+        return False
+    with DagsterInstance.get() as inst:
+        return bool(inst.get_runs(DATASET_RUNS))
 
 
 def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_without_paying_twice(
@@ -353,7 +366,7 @@ def test_an_interrupted_run_cancels_the_queue_stops_in_flight_and_resumes_withou
     env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
     for i, clip in enumerate(("short_mp4", "clip8", "clip16")):  # different bytes: no answer shared between them
         env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
-    cmd, proc = _start_cli_one_at_a_time(env, interrupt_grace_s=2)
+    cmd, proc = _start_cli(env, interrupt_grace_s=2)
     wait_for("the first video's first call", lambda: env.calls() >= 1, 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -378,21 +391,13 @@ def test_an_interrupt_after_the_last_video_left_the_queue_cancels_the_waiting_da
 ) -> None:
     env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
     env.add_video(synthetic_videos["short_mp4"], "cam0/clip.mp4")
-    _, proc = _start_cli_one_at_a_time(env, interrupt_grace_s=0)
-    dataset_runs = RunsFilter(job_name="build_dataset")
-
-    def dataset_queued() -> bool:
-        if not (Path(os.environ["DAGSTER_HOME"]) / "history").exists():
-            return False
-        with DagsterInstance.get() as inst:
-            return bool(inst.get_runs(dataset_runs))
-
-    wait_for("the dataset run queued behind the video", dataset_queued, 120)
+    _, proc = _start_cli(env, interrupt_grace_s=0)
+    wait_for("the dataset run queued behind the video", _dataset_run_queued, 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     instance = DagsterInstance.get()
-    (run,) = instance.get_runs(dataset_runs)
+    (run,) = instance.get_runs(DATASET_RUNS)
     assert run.tags[GATE_TAG] == "closed" and run.status == DagsterRunStatus.CANCELED  # not left waiting
     assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED]))
 
@@ -420,28 +425,16 @@ def test_a_vr_annotate_killed_with_9_leaves_nothing_running_and_the_next_one_fin
     env = make_pipeline("gemini", latency_media_s=1.0, latency_text_s=0.3)
     for i, clip in enumerate(("short_mp4", "clip8")):
         env.add_video(synthetic_videos[clip], f"cam{i}/clip.mp4")
-    raw = env.raw_spec(workflow={"qa_types": ["mcq"], "max_workers": 2}, media={"prefetch": False})
-    spec_path = env.root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "vr_assets.cli", "run", "--config", str(spec_path)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    dataset_runs = RunsFilter(job_name="build_dataset")
-
-    def dataset_queued() -> bool:
-        if not (Path(os.environ["DAGSTER_HOME"]) / "history").exists():
-            return False
-        with DagsterInstance.get() as inst:
-            return bool(inst.get_runs(dataset_runs))
-
-    wait_for("both videos running and the gated dataset run queued", dataset_queued, 120)
+    cmd, proc = _start_cli(env, max_workers=2)
+    wait_for("both videos running and the gated dataset run queued", _dataset_run_queued, 120)
     assert _processes_serving(proc.pid)
     proc.kill()
-    proc.wait()
+    proc.communicate()
     wait_for("every process of the killed vr-annotate to end", lambda: not _processes_serving(proc.pid), 120)
     instance = DagsterInstance.get()
     videos = instance.get_runs(RunsFilter(job_name=ANNOTATE_JOB))
     assert [r.status for r in videos] == [DagsterRunStatus.SUCCESS] * 2  # finished, not left STARTED
-    (gated,) = instance.get_runs(dataset_runs)
+    (gated,) = instance.get_runs(DATASET_RUNS)
     assert gated.status == DagsterRunStatus.QUEUED
     paid = env.calls()
 
