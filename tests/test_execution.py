@@ -408,8 +408,8 @@ def _processes_serving(owner_pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and mark in (entry / "environ").read_bytes() and not is_gone(
-                    f"{entry.name}:{proc_start(int(entry.name)) or 'gone'}"):
+            alive = entry.name.isdigit() and proc_start(int(entry.name)) is not None  # a zombie has ended
+            if alive and mark in (entry / "environ").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue
