@@ -9,9 +9,10 @@ letter that names no option, fewer than two options; BCQ answers such as "Not su
 MCQ options differ from the reference on purpose: the reference shuffles them by the question
 text and leaves the reasoning alone, so "Option B is correct" ends up under answer A, and the
 letters are only as balanced as chance makes them.  Here the per-video record keeps the teacher's
-order; the dataset pass (:func:`place_mcq_options`) assigns each MCQ's answer letter round robin
-over the whole dataset and renames the letters in the reasoning with the options
-(:mod:`vr_assets.mcq_letters`); an MCQ whose letters are ambiguous keeps the teacher's order.
+order; the dataset pass (:func:`place_mcq_options`) assigns each MCQ's answer letter, exactly
+balanced over the whole dataset and stable as videos are added, and renames the letters in the
+reasoning with the options (:mod:`vr_assets.mcq_letters`); an MCQ whose letters are ambiguous keeps
+the teacher's order.
 
 Writers:
 
@@ -360,13 +361,41 @@ def _placement_key(seed_extra: str, video_key: str, index: int, question: str) -
     return hashlib.sha256(f"{seed_extra}\0{video_key}\0{index}\0{question}".encode()).hexdigest()
 
 
+def balanced_letters(items: list[tuple[str, int, int]], n: int) -> dict[tuple[int, int], int]:
+    """Answer positions for MCQs of `n` options, keyed (hash, video, item): exactly balanced and stable.
+
+    Each MCQ has a letter of its own from its hash; the letters over their share give up their MCQs with the
+    highest second hash to the letters under it. Counts differ by at most one, and a new MCQ moves at most a
+    few others: with the letters given by rank instead (the k-th MCQ at letter k mod n), one new MCQ moved the
+    letters of every MCQ ranked after it, and a dataset refresh rewrote and re-judged nearly all of them.
+    """
+    base, extra = divmod(len(items), n)
+    own: dict[int, list[tuple[str, int, int]]] = {letter: [] for letter in range(n)}
+    for item in items:
+        own[int(item[0][:16], 16) % n].append(item)
+    # the letters with the most MCQs of their own take the share's remainder: the fewest moves
+    by_size = sorted(range(n), key=lambda letter: (-len(own[letter]), letter))
+    share = {letter: base + int(rank < extra) for rank, letter in enumerate(by_size)}
+    targets: dict[tuple[int, int], int] = {}
+    given_up: list[tuple[str, int, int]] = []
+    for letter, mine in own.items():
+        mine.sort(key=lambda item: item[0][16:])
+        for _, v, i in mine[: share[letter]]:
+            targets[(v, i)] = letter
+        given_up += mine[share[letter] :]
+    room = [letter for letter in range(n) for _ in range(share[letter] - len(own[letter]))]
+    for (_, v, i), letter in zip(sorted(given_up), room, strict=True):
+        targets[(v, i)] = letter
+    return targets
+
+
 def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tuple[list[TaskExports], McqPlacement]:
     """Move every movable MCQ's options so the answer letters are balanced over the whole dataset.
 
-    The movable MCQs (no ambiguous letter in their text) are ranked by a hash of video key and
-    question, and within each option count the k-th gets its answer at letter ``k mod n``: exactly
-    balanced (counts differ by at most one per option count), the same files for the same inputs, and
-    no tie between a letter and an item's position in its video.  The other options follow the
+    The movable MCQs (no ambiguous letter in their text) get their answer letter from a hash of video
+    key, position and question, balanced exactly within each option count (`balanced_letters`: counts
+    differ by at most one), the same files for the same inputs, no tie between a letter and an item's
+    position in its video, and new videos leave the old MCQs' letters alone but for a few.  The other options follow the
     question-seeded shuffle; the reasoning's letters are renamed to match.  MCQs whose letters are
     ambiguous keep the teacher's order and are counted.  Videos stored without sources (older
     records) are left as they are.
@@ -384,12 +413,12 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
                 placement.kept_order_reasons.append(f"{te.video_key} {_short(source.question, 50)!r}: {why}")
             else:
                 movable.append((_placement_key(seed_extra, te.video_key, i, source.question), v, i))
+    by_n: dict[int, list[tuple[str, int, int]]] = {}
+    for h, v, i in movable:
+        by_n.setdefault(len(per_video[v].mcq_sources[i].options), []).append((h, v, i))
     targets: dict[tuple[int, int], int] = {}
-    seen_per_n: Counter[int] = Counter()
-    for _, v, i in sorted(movable):
-        n = len(per_video[v].mcq_sources[i].options)
-        targets[(v, i)] = seen_per_n[n] % n
-        seen_per_n[n] += 1
+    for n, ranked in by_n.items():
+        targets.update(balanced_letters(ranked, n))
 
     letters: Counter[str] = Counter()
     by_count: dict[int, Counter[str]] = {}
@@ -486,8 +515,8 @@ def place_and_exclude(
 
     The checks judge the items as they will be written, after the shuffle renamed the letters in
     the reasoning (``mcq_answer_matches_reasoning`` compares the placed answer with the remapped
-    verdict).  Leaving an MCQ out shifts the round robin, so the rest is placed again from the
-    teacher's order and judged again, until a round leaves nothing out: the written letters stay
+    verdict).  Leaving an MCQ out moves a few letters to keep the balance, so the rest is placed
+    again from the teacher's order and judged again, until a round leaves nothing out: the written letters stay
     exactly balanced and every written item was judged in the form it is written.  ``judge=None``
     (``export.exclude_failed_checks: false``) only places.
     """
