@@ -362,7 +362,8 @@ def _placement_key(seed_extra: str, video_key: str, index: int, question: str) -
 
 
 def balanced_letters(items: list[tuple[str, int, int]], n: int) -> dict[tuple[int, int], int]:
-    """Answer positions for MCQs of `n` options, keyed (hash, video, item): exactly balanced and stable.
+    """Answer positions for MCQs of `n` options given as (hash, video, item), keyed (video, item): exactly
+    balanced and stable.
 
     Each MCQ has a letter of its own from its hash; the letters over their share give up their MCQs with the
     highest second hash to the letters under it. Counts differ by at most one, and a new MCQ moves at most a
@@ -395,8 +396,8 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
     The movable MCQs (no ambiguous letter in their text) get their answer letter from a hash of video
     key, position and question, balanced exactly within each option count (`balanced_letters`: counts
     differ by at most one), the same files for the same inputs, no tie between a letter and an item's
-    position in its video, and new videos leave the old MCQs' letters alone but for a few.  The other options follow the
-    question-seeded shuffle; the reasoning's letters are renamed to match.  MCQs whose letters are
+    position in its video, and new videos leave the old MCQs' letters alone but for a few.  The other
+    options follow the question-seeded shuffle; the reasoning's letters are renamed to match.  MCQs whose letters are
     ambiguous keep the teacher's order and are counted.  Videos stored without sources (older
     records) are left as they are.
     """
@@ -417,8 +418,8 @@ def place_mcq_options(per_video: list[TaskExports], seed_extra: str = "") -> tup
     for h, v, i in movable:
         by_n.setdefault(len(per_video[v].mcq_sources[i].options), []).append((h, v, i))
     targets: dict[tuple[int, int], int] = {}
-    for n, ranked in by_n.items():
-        targets.update(balanced_letters(ranked, n))
+    for n, mcqs in by_n.items():
+        targets.update(balanced_letters(mcqs, n))
 
     letters: Counter[str] = Counter()
     by_count: dict[int, Counter[str]] = {}
@@ -516,8 +517,8 @@ def place_and_exclude(
     The checks judge the items as they will be written, after the shuffle renamed the letters in
     the reasoning (``mcq_answer_matches_reasoning`` compares the placed answer with the remapped
     verdict).  Leaving an MCQ out moves a few letters to keep the balance, so the rest is placed
-    again from the teacher's order and judged again, until a round leaves nothing out: the written letters stay
-    exactly balanced and every written item was judged in the form it is written.  ``judge=None``
+    again from the teacher's order and judged again, until a round leaves nothing out: the written
+    letters stay exactly balanced and every written item was judged in the form it is written.  ``judge=None``
     (``export.exclude_failed_checks: false``) only places.
     """
     kept = list(per_video)  # teacher's order: placement always starts from the sources
