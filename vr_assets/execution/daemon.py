@@ -6,9 +6,11 @@ launch before it has imported Dagster. Started by `dagster-daemon`, the two came
 Dagster's own `dagster-daemon` command.
 
 It lives as long as the `vr-annotate run` that started it (named in `VR_DAEMON_OWNER`): when that
-process is gone without stopping it (killed with -9), the daemon stops itself as that process would
-have (SIGTERM to its process group: itself and the forkserver). The runs in flight finish on their run
-hosts, whose pipe to the launcher has closed; the queued ones wait for the next `vr-annotate run`.
+process is gone without stopping it (killed with -9), the daemon stops itself with Dagster's own
+shutdown (a SIGTERM to itself), which lets a launch in progress finish; its forkserver exits with it.
+The runs in flight finish on their run hosts, whose pipe to the launcher has closed; the queued ones
+wait for the next `vr-annotate run`. Signalling the whole process group instead killed the forkserver
+under a launch in progress, and that run failed (or stayed STARTING).
 
     python -m vr_assets.execution.daemon run --empty-workspace
 """
@@ -44,15 +46,19 @@ def _preload_for_home() -> tuple[str, ...] | None:
 
 OWNER_ENV = "VR_DAEMON_OWNER"  # pid:process start of the vr-annotate run the daemon serves
 OWNER_CHECK_S = 1.0
+OWNER_GRACE_S = 60.0  # Dagster's shutdown joins each daemon thread for up to 30 s
 
 
 def _watch_owner(owner: str) -> None:
-    """Stop this daemon's process group once the vr-annotate that started it is gone."""
+    """Stop this daemon once the vr-annotate that started it is gone; its process group if it has not stopped
+    after `OWNER_GRACE_S` (what the vr-annotate's own stop would have done)."""
     while not is_gone(owner):
         threading.Event().wait(OWNER_CHECK_S)
     print(f"vr-annotate daemon: the vr-annotate run that started it ({owner}) is gone: stopping", file=sys.stderr,
           flush=True)
-    os.killpg(os.getpgrp(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Event().wait(OWNER_GRACE_S)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def main() -> int:
