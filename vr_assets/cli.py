@@ -341,10 +341,12 @@ def _dataset_run_after(instance: Any, job_name: str, run_ids: list[str]) -> str 
     run, and neither's dataset run is ended by the other's daemon when that host is done."""
     from dagster import DagsterRunStatus, RunsFilter
 
+    from vr_assets.execution.dataset_gate import abandoned_gate
+
     ended = [r.end_time or 0.0 for r in instance.get_run_records(RunsFilter(run_ids=run_ids))] if run_ids else []
     live = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
     for rec in instance.get_run_records(RunsFilter(job_name=job_name, statuses=live)):
-        if rec.create_timestamp.timestamp() >= max(ended, default=0.0):
+        if rec.create_timestamp.timestamp() >= max(ended, default=0.0) and not abandoned_gate(rec.dagster_run):
             return rec.dagster_run.run_id
     return None
 
@@ -361,7 +363,7 @@ def _queue_and_follow(
     with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
         from dagster import AssetKey, DagsterInstance
 
-        from vr_assets.execution.dataset_gate import cancel_abandoned, closed_gate_tags, open_gate
+        from vr_assets.execution.dataset_gate import cancel_abandoned, cancel_gated, closed_gate_tags, open_gate
         from vr_assets.execution.run_host import forget_stale_location
         from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
         from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
@@ -382,7 +384,7 @@ def _queue_and_follow(
         if new:
             instance.add_dynamic_partitions(videos_partitions.name, new)
         if abandoned := cancel_abandoned(instance, DATASET_JOB):
-            progress(f"{len(abandoned)} dataset run(s) queued by a vr-annotate that is gone: canceled")
+            progress(f"{len(abandoned)} dataset run(s) of a vr-annotate that is gone: canceled")
         plan = plan_work(spec, location.defs, instance, keys, stale)
         work = {k: plan[k] for k in order if k in plan}
         if prefetch is not None:
@@ -415,7 +417,8 @@ def _queue_and_follow(
                 prefetch.handed_out(key)
             left_queue.add(key)
             if early_dataset and not gated and not feeder.feeding() and len(left_queue) >= len(runs):
-                gated.append(RunSubmitter(instance, DATASET_JOB).submit(None, tags=closed_gate_tags()))
+                gated.append(RunSubmitter(instance, DATASET_JOB).create(None, tags=closed_gate_tags()))
+                instance.submit_run(gated[0], workspace=None)  # known before it is queued: a ^C cancels it
 
         n = 0
 
@@ -446,6 +449,8 @@ def _queue_and_follow(
                     record(outcome)
             except KeyboardInterrupt:
                 feeder.stop()
+                if gated:  # first: stopping the videos frees slots, and a launched gated run must be canceled
+                    cancel_gated(instance, gated[0])
                 _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
                 raise
             finally:
@@ -456,7 +461,7 @@ def _queue_and_follow(
                 open_gate(instance, gated[0])  # every video run has ended: exactly when it used to be queued
         except BaseException:
             if gated:  # interrupted, or an error: the build it was waiting for will not come
-                instance.run_coordinator.cancel_run(gated[0])
+                cancel_gated(instance, gated[0])
             raise
         if prefetch is not None:
             prefetch.stop()

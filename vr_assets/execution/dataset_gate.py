@@ -57,18 +57,56 @@ def _holder_gone(holder: str) -> bool:
     return host == socket.gethostname() and is_gone(process)  # another host's is not ours to judge
 
 
-def cancel_abandoned(instance: Any, job_name: str) -> list[str]:
-    """Cancel the queued dataset runs whose vr-annotate is gone (killed before it opened their gate); their ids.
+CANCEL_WAIT_S = 10.0
 
-    Launched, each would only fail on its abandoned gate; the next `vr-annotate run` queues its own."""
+
+def cancel_gated(instance: Any, run_id: str) -> None:
+    """Cancel a gated dataset run whose build will not come, wherever it is.
+
+    Created and not yet queued (its vr-annotate stopped in between): marked canceled, not left NOT_STARTED.
+    Queued, or launched: Dagster's cancel. Being launched: Dagster's cancel needs the process the launcher
+    records on the run, so that is waited for (a run canceled without it would go on to wait for its gate)."""
+    from dagster import DagsterRunStatus
+
+    from vr_assets.execution.launcher import PID_TAG
+
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while (run := instance.get_run_by_id(run_id)) is not None and not run.is_finished:
+        if run.status == DagsterRunStatus.CANCELING:
+            return
+        if run.status == DagsterRunStatus.NOT_STARTED:
+            instance.report_run_canceled(run, "its vr-annotate run stopped before queueing it")
+            return
+        if run.status != DagsterRunStatus.STARTING or PID_TAG in run.tags or time.monotonic() > deadline:
+            instance.run_coordinator.cancel_run(run_id)
+            return
+        time.sleep(POLL_S)
+
+
+def abandoned_gate(run: Any) -> bool:
+    """A gated dataset run whose vr-annotate is gone before it opened the gate: it will never build."""
+    return run.tags.get(GATE_TAG) == CLOSED and _holder_gone(run.tags.get(HOLDER_TAG, ""))
+
+
+def cancel_abandoned(instance: Any, job_name: str) -> list[str]:
+    """Cancel the dataset runs not yet ended whose vr-annotate is gone (killed before it opened their gate); their
+    ids. Each would only fail on its abandoned gate; the next `vr-annotate run` queues its own."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    queued = instance.get_runs(RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.QUEUED],
-                                          tags={GATE_TAG: CLOSED}))
-    abandoned = [r.run_id for r in queued if _holder_gone(r.tags.get(HOLDER_TAG, ""))]
+    waiting = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
+               DagsterRunStatus.STARTED]
+    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=waiting, tags={GATE_TAG: CLOSED}))
+    abandoned = [r.run_id for r in runs if abandoned_gate(r)]
     for run_id in abandoned:
-        instance.run_coordinator.cancel_run(run_id)
+        cancel_gated(instance, run_id)
     return abandoned
+
+
+def _canceling(instance: Any, run_id: str) -> bool:
+    from dagster import DagsterRunStatus
+
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.status == DagsterRunStatus.CANCELING
 
 
 class GateAbandoned(RuntimeError):
@@ -90,7 +128,7 @@ def wait_for_gate(instance: Any, run_id: str, log: Any) -> float:
     while not is_open:
         if time.monotonic() - checked >= HOLDER_CHECK_S:
             checked = time.monotonic()
-            if _holder_gone(holder):
+            if _holder_gone(holder) and not _canceling(instance, run_id):  # a cancel: its interrupt is coming
                 raise GateAbandoned(
                     f"the vr-annotate run that queued this dataset build ({holder}) ended before its videos did; "
                     "nothing was built (run `vr-annotate run` again, or materialize `dataset`)"
