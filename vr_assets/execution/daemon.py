@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from vr_assets.execution import forkserver
@@ -53,11 +54,11 @@ def _watch_owner(owner: str) -> None:
     """Stop this daemon once the vr-annotate that started it is gone; its process group if it has not stopped
     after `OWNER_GRACE_S` (what the vr-annotate's own stop would have done)."""
     while not is_gone(owner):
-        threading.Event().wait(OWNER_CHECK_S)
+        time.sleep(OWNER_CHECK_S)
     print(f"vr-annotate daemon: the vr-annotate run that started it ({owner}) is gone: stopping", file=sys.stderr,
           flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
-    threading.Event().wait(OWNER_GRACE_S)
+    time.sleep(OWNER_GRACE_S)
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 

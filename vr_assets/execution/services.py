@@ -77,6 +77,18 @@ def services_env(home: Path, spec_path: Path, spec: Spec) -> dict[str, str]:
     return env
 
 
+def _take_daemon_lock(home: Path) -> IO[str] | None:
+    """The home's daemon lock, open and held (until the file is closed, here and in whatever inherited it), or
+    None when another process holds it."""
+    fh = open(home / DAEMON_LOCK, "a")  # noqa: SIM115 (held by the caller)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
     """SIGTERM the process group, then SIGKILL it after `grace_s`."""
     if proc.poll() is not None:
@@ -125,14 +137,10 @@ class DaemonKeeper:
         """A daemon serves the home; True when this call started it."""
         if self.proc is not None:
             return False
-        fh = open(self._home / DAEMON_LOCK, "a")  # noqa: SIM115 (held until `close`)
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
+        self._lock = _take_daemon_lock(self._home)
+        if self._lock is None:
             return False
-        self._lock = fh
-        self.proc = _start_daemon(fh, self._env, self._log)
+        self.proc = _start_daemon(self._lock, self._env, self._log)
         return True
 
     @contextmanager
@@ -186,10 +194,8 @@ def serve_ui(home: Path, env: dict[str, str], workspace: Path, host: str, port: 
     its webserver, daemon and code server, and nothing is left running. The home's daemon lock stays held
     across the exec (its descriptor is inherited), so a `vr-annotate run` meanwhile submits to this daemon.
     """
-    fh = open(home / DAEMON_LOCK, "a")  # noqa: SIM115 (held for the life of the exec'd process)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fh = _take_daemon_lock(home)  # held for the life of the exec'd process
+    if fh is None:
         print(f"another vr-annotate process serves {home} with a daemon; stop it first", file=sys.stderr)
         return 2
     os.set_inheritable(fh.fileno(), True)
