@@ -27,6 +27,7 @@ from vr_assets.execution.dataset_gate import (
     GateAbandoned,
     _holder_gone,
     cancel_abandoned,
+    cancel_held,
     closed_gate_tags,
     gate_is_open,
     open_gate,
@@ -501,6 +502,10 @@ def test_the_dataset_gate_opens_on_the_clis_word_and_fails_when_its_cli_is_gone(
         status = {name: instance.get_run_by_id(rid).status for name, rid in queued.items()}  # type: ignore[union-attr]
         assert status == {"orphan": DagsterRunStatus.CANCELED, "live": DagsterRunStatus.QUEUED,
                           "never queued": DagsterRunStatus.CANCELED}
+        # this process stopping: the gated runs it holds and has not opened are canceled, the opened one is left
+        cancel_held(instance, "build_dataset")
+        assert instance.get_run_by_id(queued["live"]).status == DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+        assert instance.get_run_by_id(gated.run_id).status == DagsterRunStatus.NOT_STARTED  # type: ignore[union-attr]
     # where /proc gave no start time, whether the pid is alive; a gate held on another host is not judged here
     assert _holder_gone(f"{host}:{gone.pid}:") and not _holder_gone(f"{host}:{os.getpid()}:")
     assert not _holder_gone(f"elsewhere.{host}:{gone.pid}:12345")

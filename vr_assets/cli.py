@@ -363,7 +363,7 @@ def _queue_and_follow(
     with collector_paused():  # Dagster, the code location and the instance's storage: imports, mostly
         from dagster import AssetKey, DagsterInstance
 
-        from vr_assets.execution.dataset_gate import cancel_abandoned, cancel_gated, closed_gate_tags, open_gate
+        from vr_assets.execution.dataset_gate import cancel_abandoned, cancel_held, closed_gate_tags, open_gate
         from vr_assets.execution.run_host import forget_stale_location
         from vr_assets.execution.submit import QueueFeeder, RunSubmitter, follow
         from vr_assets.graph import ANNOTATE_JOB, DATASET_JOB, PER_VIDEO_ASSETS
@@ -417,8 +417,7 @@ def _queue_and_follow(
                 prefetch.handed_out(key)
             left_queue.add(key)
             if early_dataset and not gated and not feeder.feeding() and len(left_queue) >= len(runs):
-                gated.append(RunSubmitter(instance, DATASET_JOB).create(None, tags=closed_gate_tags()))
-                instance.submit_run(gated[0], workspace=None)  # known before it is queued: a ^C cancels it
+                gated.append(RunSubmitter(instance, DATASET_JOB).submit(None, tags=closed_gate_tags()))
 
         n = 0
 
@@ -449,8 +448,8 @@ def _queue_and_follow(
                     record(outcome)
             except KeyboardInterrupt:
                 feeder.stop()
-                if gated:  # first: stopping the videos frees slots, and a launched gated run must be canceled
-                    cancel_gated(instance, gated[0])
+                if early_dataset:  # first: stopping the videos frees slots, and a launched gated run must be canceled
+                    cancel_held(instance, DATASET_JOB)
                 _wind_down(instance, runs, summary, record, spec.workflow.interrupt_grace_s, progress)
                 raise
             finally:
@@ -460,8 +459,8 @@ def _queue_and_follow(
             if gated:
                 open_gate(instance, gated[0])  # every video run has ended: exactly when it used to be queued
         except BaseException:
-            if gated:  # interrupted, or an error: the build it was waiting for will not come
-                cancel_gated(instance, gated[0])
+            if early_dataset:  # interrupted, or an error: the build it was waiting for will not come
+                cancel_held(instance, DATASET_JOB)
             raise
         if prefetch is not None:
             prefetch.stop()

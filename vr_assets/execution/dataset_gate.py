@@ -88,18 +88,31 @@ def abandoned_gate(run: Any) -> bool:
     return run.tags.get(GATE_TAG) == CLOSED and _holder_gone(run.tags.get(HOLDER_TAG, ""))
 
 
-def cancel_abandoned(instance: Any, job_name: str) -> list[str]:
-    """Cancel the dataset runs not yet ended whose vr-annotate is gone (killed before it opened their gate); their
-    ids. Each would only fail on its abandoned gate; the next `vr-annotate run` queues its own."""
+def _unfinished_gated_runs(instance: Any, job_name: str, tags: dict[str, str]) -> list[Any]:
     from dagster import DagsterRunStatus, RunsFilter
 
     waiting = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                DagsterRunStatus.STARTED]
-    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=waiting, tags={GATE_TAG: CLOSED}))
-    abandoned = [r.run_id for r in runs if abandoned_gate(r)]
+    return instance.get_runs(RunsFilter(job_name=job_name, statuses=waiting, tags={GATE_TAG: CLOSED, **tags}))
+
+
+def cancel_abandoned(instance: Any, job_name: str) -> list[str]:
+    """Cancel the dataset runs not yet ended whose vr-annotate is gone (killed before it opened their gate); their
+    ids. Each would only fail on its abandoned gate; the next `vr-annotate run` queues its own."""
+    abandoned = [r.run_id for r in _unfinished_gated_runs(instance, job_name, {}) if abandoned_gate(r)]
     for run_id in abandoned:
         cancel_gated(instance, run_id)
     return abandoned
+
+
+def cancel_held(instance: Any, job_name: str) -> None:
+    """Cancel the gated dataset runs this process holds and has not opened (it is stopping).
+
+    Found by their holder tag, not by an id kept in hand: an interrupt can land inside the run's creation,
+    after its row is written and before its id is returned, and the run would be left NOT_STARTED."""
+    for run in _unfinished_gated_runs(instance, job_name, {HOLDER_TAG: closed_gate_tags()[HOLDER_TAG]}):
+        if not gate_is_open(instance, run.run_id):
+            cancel_gated(instance, run.run_id)
 
 
 def _canceling(instance: Any, run_id: str) -> bool:
